@@ -1,0 +1,140 @@
+"""feddel-center: what a hospital runs at its own site, before and during a federation."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from common.cliutil import EXIT_FAILED, EXIT_OK, Command, console, dispatch, run_cli
+from common.cliutil import build_parser as build_parser_for
+from common.data import Inventory, scan_center
+from common.io import write_json
+
+DESCRIPTION = """\
+Run FedDEL at one center. Images, embeddings and sample ids never leave this machine: the
+coordinator only ever receives counts, per-cluster sums and score histograms.
+
+Commands:
+  check    scan a data folder: what will be in the pool, what cannot be read, and why
+"""
+
+MAX_EXAMPLES = 10  # unreadable files listed per reason
+
+
+# --- check ------------------------------------------------------------------------------------
+
+
+def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="the center's image folder (read-only; masks/ and test/ sub-folders are reserved)",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the summary as JSON")
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    inventory = _scan_with_progress(args.data)
+    summary = check_summary(inventory)
+    _print_check(inventory, summary)
+    if args.json:
+        write_json(args.json, summary)
+        console.print(f"wrote {args.json}")
+    if not summary["readable"]:
+        console.print("[bold red]no image in this folder could be read[/]: see the reasons above")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def check_summary(inventory: Inventory) -> dict[str, Any]:
+    """The machine-readable result of `check` (counts only, plus the unreadable file list)."""
+    return {
+        "data": str(inventory.root.resolve()),
+        "files": inventory.n_files,
+        "readable": inventory.n_readable,
+        "samples": len(inventory.samples),
+        "duplicate_groups": len(inventory.duplicates),
+        "duplicate_files": inventory.n_duplicate_files,
+        "unreadable": len(inventory.unreadable),
+        "unreadable_files": [{"file": u.file, "reason": u.reason} for u in inventory.unreadable],
+        "unreadable_reasons": inventory.unreadable_reasons(),
+        "ignored": inventory.ignored,
+        "masks": inventory.n_masks,
+        "sizes": inventory.size_stats(),
+        "modalities": inventory.modalities(),
+    }
+
+
+def _scan_with_progress(data: Path) -> Inventory:
+    columns = (
+        TextColumn("decoding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("decoding", total=None)
+        return scan_center(data, lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _print_check(inventory: Inventory, summary: dict[str, Any]) -> None:
+    table = Table(title=f"{inventory.root}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("image files", str(summary["files"]))
+    table.add_row("readable", str(summary["readable"]))
+    table.add_row("unique samples (the pool)", str(summary["samples"]))
+    table.add_row(
+        "exact duplicates",
+        f"{summary['duplicate_files']} extra files in {summary['duplicate_groups']} groups",
+    )
+    table.add_row("unreadable", str(summary["unreadable"]))
+    table.add_row("masks matched", f"{summary['masks']} of {summary['samples']} samples")
+    table.add_row("other files ignored", str(summary["ignored"]))
+    if sizes := summary["sizes"]:
+        for axis in ("width", "height"):
+            table.add_row(
+                f"{axis} min / median / max",
+                f"{sizes[f'min_{axis}']} / {sizes[f'median_{axis}']} / {sizes[f'max_{axis}']}",
+            )
+    modalities = ", ".join(f"{name} {count}" for name, count in summary["modalities"].items())
+    table.add_row("modalities", modalities or "-")
+    console.print(table)
+    for reason, count in summary["unreadable_reasons"].items():
+        console.print(f"[yellow]unreadable ({count}): {reason}[/]", soft_wrap=True)
+        examples = [u.file for u in inventory.unreadable if u.reason == reason]
+        for file in examples[:MAX_EXAMPLES]:
+            console.print(f"    {file}", soft_wrap=True, markup=False)
+        if count > MAX_EXAMPLES:
+            console.print(f"    ... and {count - MAX_EXAMPLES} more (all listed in --json)")
+
+
+# --- the command table ------------------------------------------------------------------------
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        name="check",
+        summary="scan a data folder: counts, duplicates, unreadable files and why",
+        description="Scan a center's image folder recursively (png, jpg, bmp, tif, DICOM), "
+        "decode every file, group exact duplicates, match masks, and report what cannot be "
+        "read and why. Nothing in the folder is written.",
+        add_arguments=_add_check_arguments,
+        run=_cmd_check,
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return build_parser_for("feddel-center", DESCRIPTION, COMMANDS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(lambda args: dispatch(build_parser(), args), argv)
