@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: $(STAMP)
-	$(BIN)/feddel-sim data --out $(DEMO_OUT)/data --scale demo --preview
+	$(BIN)/feddel-sim demo --out $(DEMO_OUT)
 
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
 test: $(STAMP)

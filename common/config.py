@@ -30,6 +30,8 @@ class CurationConfig:
     min_count: int = 10  # privacy: no reported cell has fewer members
     min_fraction: float = 0.5  # the round goes on while at least this share of centers answers
     phase_timeout: float = 0.0  # seconds to wait for a phase's replies; 0 = no limit
+    min_centers: int = 1  # wait until this many centers are connected before starting
+    connect_timeout: float = 120.0  # seconds to wait for them
     kmeans_max_rounds: int = 20
     kmeans_tol: float = 1e-4  # stop Lloyd when the relative inertia change is below this
     tau: float = 0.0  # temperature of the cluster-PVI softmax; 0 = mean squared distance (auto)
@@ -53,6 +55,8 @@ class CurationConfig:
         _check(
             self.phase_timeout >= 0.0, "phase-timeout", self.phase_timeout, ">= 0 (0 = no limit)"
         )
+        _check(self.min_centers >= 1, "min-centers", self.min_centers, ">= 1")
+        _check(self.connect_timeout >= 0.0, "connect-timeout", self.connect_timeout, ">= 0")
         _check(self.kmeans_max_rounds >= 1, "kmeans-max-rounds", self.kmeans_max_rounds, ">= 1")
         _check(self.kmeans_tol >= 0.0, "kmeans-tol", self.kmeans_tol, ">= 0")
         _check(self.tau >= 0.0, "tau", self.tau, ">= 0 (0 = automatic)")

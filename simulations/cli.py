@@ -15,6 +15,7 @@ from rich.table import Table
 
 from common.cliutil import EXIT_OK, Command, console, dispatch, run_cli
 from common.cliutil import build_parser as build_parser_for
+from simulations.curate_cmd import add_curate_arguments, add_demo_arguments, curate_run, demo_run
 from simulations.synth import generate_federation
 from simulations.synth.plan import SCALES
 
@@ -96,6 +97,26 @@ COMMANDS: tuple[Command, ...] = (
         "is disruptive (blur, dark, overexposed, bubbles, blank).",
         add_arguments=_data_arguments,
         run=_data_run,
+    ),
+    Command(
+        name="curate",
+        summary="run one curation round on a simulated federation (federated or centralized)",
+        description="Curate a federation made by `feddel-sim data`: every center embeds, flags "
+        "and scores its own images; only aggregates reach the coordinator. Writes "
+        "RUN/summary.json, "
+        "RUN/selection.csv and each center's manifest under RUN/centers/<center>/. When the data "
+        "has truth.csv, the selection is judged against it (and against random at the same R).",
+        add_arguments=add_curate_arguments,
+        run=curate_run,
+    ),
+    Command(
+        name="demo",
+        summary="the main job: generate the demo federation and curate it over Flower at 5%",
+        description="Generate (once) the 31-center demo federation under OUT/data and run a "
+        "federated FedDEL round at 5% on Flower's simulation engine (--mode centralized for "
+        "the pooled reference); print the summary and the ground-truth comparison with random.",
+        add_arguments=add_demo_arguments,
+        run=demo_run,
     ),
 )
 

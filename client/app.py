@@ -1,0 +1,95 @@
+"""The Flower ClientApp of a center: decode the request, run the phase handler, encode the reply.
+
+A deployed center (SuperNode) names its folders in the node config:
+`--node-config 'data-path="/data/endoscopy" state-path="/var/lib/feddel"'` (optionally
+`center-name`). In simulation, `build_client_app` takes a resolver that maps the virtual node's
+`partition-id` to a center folder. A user-fixable failure (FedDELError) becomes an error reply
+whose reason names the center and the problem; the server drops that center and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.app import Context, Error, Message
+from flwr.clientapp import ClientApp
+
+from client import handlers
+from client.handlers import CenterPaths
+from client.state import CenterState
+from common.errors import ConfigError, FedDELError
+from common.protocol import (
+    InventoryRequest,
+    KeysRequest,
+    LloydRequest,
+    Payload,
+    ScoreRequest,
+    SeedRequest,
+    SelectRequest,
+)
+
+log = logging.getLogger(__name__)
+
+USER_ERROR = 1  # Error.code of a reply whose reason is a one-line, user-fixable message
+
+Resolver = Callable[[Context], CenterPaths]
+
+PHASES: dict[str, tuple[type[Payload], Callable[[Payload, CenterPaths], Payload]]] = {
+    "inventory": (InventoryRequest, handlers.inventory),
+    "keys": (KeysRequest, handlers.keys),
+    "seed": (SeedRequest, handlers.seed),
+    "lloyd": (LloydRequest, handlers.lloyd),
+    "score": (ScoreRequest, handlers.score),
+    "select": (SelectRequest, handlers.select),
+}  # type: ignore[dict-item]
+
+
+def paths_from_node_config(context: Context) -> CenterPaths:
+    """A deployed SuperNode: folders from `--node-config data-path=... state-path=...`."""
+    config = context.node_config
+    missing = [key for key in ("data-path", "state-path") if not str(config.get(key, "")).strip()]
+    if missing:
+        raise ConfigError(
+            f"node config lacks {', '.join(missing)}; start the SuperNode with "
+            '--node-config \'data-path="/path/to/images" state-path="/path/to/state"\''
+        )
+    data = Path(str(config["data-path"]))
+    return CenterPaths(
+        str(config.get("center-name", data.name)), data, Path(str(config["state-path"]))
+    )
+
+
+def build_client_app(resolve: Resolver) -> ClientApp:
+    """A ClientApp with one query handler per phase; `resolve` finds the center's folders."""
+    app = ClientApp()
+    for action, (request_type, handler) in PHASES.items():
+        app.query(action)(_wrap(request_type, handler, resolve))
+    return app
+
+
+def _wrap(
+    request_type: type[Payload],
+    handler: Callable[[Payload, CenterPaths], Payload],
+    resolve: Resolver,
+) -> Callable[[Message, Context], Message]:
+    def handle(message: Message, context: Context) -> Message:
+        paths = None
+        try:
+            paths = resolve(context)
+            reply = handler(request_type.from_record(message.content), paths)
+        except FedDELError as exc:
+            name = paths.name if paths else f"node {context.node_id}"
+            reason = f"{name}: {exc}"
+            log.error("%s phase %s failed: %s", name, request_type.ACTION, exc)
+            if paths is not None:
+                CenterState(paths.state).record("error", phase=request_type.ACTION, reason=str(exc))
+            return Message(Error(code=USER_ERROR, reason=reason), reply_to=message)
+        return Message(reply.to_record(), reply_to=message)
+
+    handle.__name__ = f"{request_type.ACTION}_handler"
+    return handle
+
+
+app = build_client_app(paths_from_node_config)

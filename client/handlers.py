@@ -1,0 +1,197 @@
+"""What a center does in each phase: request in, reply out, state on disk in between.
+
+Handlers know nothing of Flower (client/app.py wires them), so each is tested directly. The
+replies are the only things that leave the center: center-level counts, local centroids of
+clusters with at least min-count members, and, for every per-cluster statistic, a vector
+masked for secure summation (common.secagg) that reveals nothing on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from client.report import write_center_report
+from client.state import CenterState
+from common import secagg
+from common.center import CenterPool, prepare_center
+from common.curation import (
+    ETA_GRID,
+    candidate_histograms,
+    meddel_survivors,
+    pvi_edges,
+    score_center,
+    select_feddel,
+    select_meddel,
+)
+from common.embed import EncoderSpec
+from common.errors import FedDELError
+from common.kmeans import assign, cluster_stats, local_kmeans
+from common.manifest import manifest_rows, write_manifest
+from common.protocol import (
+    InventoryReply,
+    InventoryRequest,
+    KeysReply,
+    KeysRequest,
+    LloydReply,
+    LloydRequest,
+    Masked,
+    ScoreReply,
+    ScoreRequest,
+    SeedReply,
+    SeedRequest,
+    SelectReply,
+    SelectRequest,
+    lloyd_layout,
+    pack,
+    score_layout,
+    select_layout,
+)
+from common.selection import ClusterPlan, random_selection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CenterPaths:
+    """Where a center's data (read-only) and state (read-write) live, and its display name."""
+
+    name: str
+    data: Path
+    state: Path
+
+
+def _eligible(pool: CenterPool, method: str) -> np.ndarray:
+    """FedDEL excludes disruptive frames up front; the baselines see every readable sample."""
+    return pool.eligible(use_quality=method == "feddel")
+
+
+def inventory(request: InventoryRequest, paths: CenterPaths) -> InventoryReply:
+    spec = EncoderSpec(
+        model=request.model,
+        image_size=request.image_size,
+        weights=request.weights or None,
+        seed=request.seed,
+    )
+    pool = prepare_center(paths.data, paths.state, spec, name=paths.name)
+    state = CenterState(paths.state)
+    state.save_pool(request.run, pool, spec)
+    state.record("inventory", run=request.run, samples=pool.counts.samples)
+    counts = pool.counts
+    share_mean = counts.samples >= request.min_count
+    return InventoryReply(
+        center=paths.name,
+        files=counts.files,
+        samples=counts.samples,
+        unreadable=counts.unreadable,
+        duplicate_files=counts.duplicate_files,
+        disruptive=counts.disruptive,
+        dim=int(pool.embeddings.shape[1]),
+        fingerprint=pool.fingerprint,
+        image_count=counts.samples if share_mean else 0,
+        image_sum=pool.image_sum if share_mean else np.zeros_like(pool.image_sum),
+    )
+
+
+def seed(request: SeedRequest, paths: CenterPaths) -> SeedReply:
+    """Local centroids of clusters with >= min_count members, padded to k_local rows with
+    zero counts, so neither the reply's size nor its shape tells how many clusters passed."""
+    pool = CenterState(paths.state).load_pool(request.run)
+    X = pool.embeddings[_eligible(pool, request.method)]
+    centroids = np.zeros((request.k_local, pool.embeddings.shape[1]))
+    counts = np.zeros(request.k_local, dtype=np.int64)
+    if len(X) >= request.min_count:
+        local = local_kmeans(X, min(request.k_local, len(X)), request.seed)
+        keep = local.counts >= request.min_count
+        centroids[: keep.sum()] = local.centers[keep]
+        counts[: keep.sum()] = local.counts[keep]
+    return SeedReply(centroids=centroids, counts=counts)
+
+
+def keys(request: KeysRequest, paths: CenterPaths) -> KeysReply:
+    private = CenterState(paths.state).new_secagg_key(request.run)
+    return KeysReply(public_key=secagg.public_key(private))
+
+
+def _masked(request: Masked, paths: CenterPaths, values: np.ndarray) -> np.ndarray:
+    """Encode and mask a vector for the round's secure sum (common.secagg)."""
+    private = CenterState(paths.state).secagg_key(request.run)
+    context = secagg.context(request.run, request.ACTION, request.attempt)
+    return secagg.masked_vector(values, private, request.roster_keys(), context)
+
+
+def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
+    pool = CenterState(paths.state).load_pool(request.run)
+    X = pool.embeddings[_eligible(pool, request.method)]
+    k, d = request.centers.shape
+    stats = cluster_stats(X, assign(X, request.centers), k)
+    values = pack(lloyd_layout(k, d), count=stats.count, sum=stats.sum, sqdist=stats.sqdist)
+    return LloydReply(masked=_masked(request, paths, values))
+
+
+def score(request: ScoreRequest, paths: CenterPaths) -> ScoreReply:
+    state = CenterState(paths.state)
+    pool = state.load_pool(request.run)
+    eligible = _eligible(pool, request.method)
+    scores = score_center(
+        pool.embeddings, eligible, request.centers, request.prior,
+        tau=request.tau, eps=request.eps, eta=request.eta, keep=request.keep,
+    )  # fmt: skip
+    state.save_scores(request.run, scores)
+    k = len(request.centers)
+    survivors = (
+        meddel_survivors(pool.embeddings, scores, eligible, request.keep)
+        if request.method == "meddel"
+        else np.zeros(len(ETA_GRID), dtype=np.int64)
+    )
+    values = pack(
+        score_layout(k, request.bins, len(ETA_GRID)),
+        histograms=candidate_histograms(scores, k, request.bins),
+        eta_survivors=survivors,
+    )
+    return ScoreReply(masked=_masked(request, paths, values))
+
+
+def _center_report(paths: CenterPaths, request: SelectRequest) -> None:
+    """The center's own report (contact sheets); it stays here, and never fails the phase."""
+    try:
+        write_center_report(paths.state, paths.data, request.run, request.round)
+    except FedDELError as exc:
+        log.warning("%s: center report not written: %s", paths.name, exc)
+
+
+def select(request: SelectRequest, paths: CenterPaths) -> SelectReply:
+    state = CenterState(paths.state)
+    pool = state.load_pool(request.run)
+    scores = state.load_scores(request.run)
+    ids = pool.sample_ids
+    if request.method == "feddel":
+        plans = [
+            ClusterPlan(int(q), int(b), float(f))
+            for q, b, f in zip(
+                request.quotas, request.threshold_bins, request.boundary_fractions, strict=True
+            )
+        ]
+        k = len(plans)
+        chosen = select_feddel(scores, ids, plans, pvi_edges(k, request.bins), request.seed)
+    elif request.method == "meddel":
+        chosen = select_meddel(
+            pool.embeddings, scores, _eligible(pool, "meddel"), request.eta, request.keep
+        )
+    elif request.method == "random":
+        chosen = random_selection(ids, request.retention, request.seed)
+    else:
+        chosen = np.ones(len(ids), dtype=bool)
+    k = len(request.quotas)
+    rows = manifest_rows(pool.name, pool.files, ids, scores.labels, scores.pvi, chosen)
+    path = write_manifest(state.manifest_path(request.run, request.round), rows)
+    state.record(
+        "manifest", run=request.run, round=request.round, selected=len(rows), path=path.name
+    )
+    _center_report(paths, request)
+    per_cluster = np.bincount(scores.labels[chosen], minlength=k)
+    values = pack(select_layout(k), per_cluster=per_cluster)
+    return SelectReply(selected=len(rows), masked=_masked(request, paths, values))

@@ -1,0 +1,146 @@
+"""A center's state directory: what survives between phases, runs and restarts.
+
+    <state>/embeddings/<fingerprint>/   resumable embedding cache (common.embedcache)
+    <state>/runs/<run>/pool.json        phase 0: the samples, quality flags and encoder of a run
+    <state>/runs/<run>/pool.npz         phase 0: per-sample flags, mean-image sum
+    <state>/runs/<run>/scores.npz       phase 3: per-sample labels and scores
+    <state>/selection-<run>-<round>.csv phase 4: the manifest (sample id, path, cluster, score)
+    <state>/events.jsonl                runs seen, manifests written, errors (feddel-center status)
+
+Phases are separate messages (and, under Ray or after a restart, separate processes), so each
+phase reloads what it needs from here instead of keeping module-level caches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import secagg
+from common.center import CenterPool, PoolCounts
+from common.curation import CenterScores
+from common.data import Sample
+from common.embed import EncoderSpec
+from common.embedcache import EmbeddingCache
+from common.errors import DataError
+from common.io import atomic_write_bytes, write_json
+from common.manifest import manifest_name
+
+
+class CenterState:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def run_dir(self, run: str) -> Path:
+        return self.path / "runs" / run
+
+    def manifest_path(self, run: str, round_: int) -> Path:
+        return self.path / manifest_name(run, round_)
+
+    # --- phase 0 output --------------------------------------------------------------------
+
+    def save_pool(self, run: str, pool: CenterPool, spec: EncoderSpec) -> None:
+        meta = {
+            "name": pool.name,
+            "root": str(pool.root),
+            "spec": spec.to_dict(),
+            "fingerprint": pool.fingerprint,
+            "counts": dataclasses.asdict(pool.counts),
+            "samples": [dataclasses.asdict(s) for s in pool.samples],
+            "disruption": pool.disruption,
+        }
+        _save_npz(
+            self.run_dir(run) / "pool.npz", disruptive=pool.disruptive, image_sum=pool.image_sum
+        )
+        write_json(self.run_dir(run) / "pool.json", meta)
+
+    def load_pool(self, run: str) -> CenterPool:
+        meta_path = self.run_dir(run) / "pool.json"
+        if not meta_path.is_file():
+            raise DataError(
+                f"run '{run}' has no inventory at this center ({meta_path} missing); "
+                "the coordinator must start the round with the inventory phase"
+            )
+        meta = json.loads(meta_path.read_text())
+        arrays = np.load(self.run_dir(run) / "pool.npz")
+        spec = EncoderSpec.from_dict(meta["spec"])
+        samples = [Sample(**s) for s in meta["samples"]]
+        cached = EmbeddingCache(self.path, spec).read()
+        row = {sample_id: i for i, sample_id in enumerate(cached.ids)}
+        missing = [s.sample_id for s in samples if s.sample_id not in row]
+        if missing:
+            raise DataError(
+                f"embedding cache under {self.path} lacks {len(missing)} sample(s) of run '{run}'; "
+                "re-run the inventory phase to re-embed them"
+            )
+        rows = np.array([row[s.sample_id] for s in samples], dtype=np.int64)
+        return CenterPool(
+            name=meta["name"],
+            root=Path(meta["root"]),
+            samples=samples,
+            embeddings=cached.embeddings
+            if _is_identity(rows, len(cached.ids))
+            else cached.embeddings[rows],
+            disruptive=arrays["disruptive"],
+            disruption=meta["disruption"],
+            fingerprint=meta["fingerprint"],
+            counts=PoolCounts(**meta["counts"]),
+            image_sum=arrays["image_sum"],
+        )
+
+    # --- phase 3 output --------------------------------------------------------------------
+
+    def save_scores(self, run: str, scores: CenterScores) -> None:
+        _save_npz(self.run_dir(run) / "scores.npz", **scores._asdict())
+
+    def load_scores(self, run: str) -> CenterScores:
+        path = self.run_dir(run) / "scores.npz"
+        if not path.is_file():
+            raise DataError(f"run '{run}' was not scored at this center ({path} missing)")
+        arrays = np.load(path)
+        return CenterScores(**{name: arrays[name] for name in CenterScores._fields})
+
+    # --- the run's secure-aggregation key ------------------------------------------------
+
+    def new_secagg_key(self, run: str) -> bytes:
+        """A fresh X25519 private key for this run, kept at the center only (mode 0600)."""
+        private = secagg.generate_private_key()
+        atomic_write_bytes(self.run_dir(run) / "secagg.key", private, mode=0o600)
+        return private
+
+    def secagg_key(self, run: str) -> bytes:
+        path = self.run_dir(run) / "secagg.key"
+        if not path.is_file():
+            raise DataError(f"run '{run}' has no secure-aggregation key at this center ({path})")
+        return path.read_bytes()
+
+    # --- events for `feddel-center status` -------------------------------------------------
+
+    def record(self, event: str, **details: Any) -> None:
+        line = json.dumps({"time": time.time(), "event": event, **details}, sort_keys=True)
+        with open(self.path / "events.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def events(self) -> list[dict[str, Any]]:
+        path = self.path / "events.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _is_identity(rows: np.ndarray, n: int) -> bool:
+    """True when the cache rows are already in the pool's order (keep the memmap, no copy)."""
+    return len(rows) == n and bool(np.array_equal(rows, np.arange(n)))

@@ -1,0 +1,193 @@
+"""Send one phase's request to every live center and collect typed, validated replies.
+
+A center that answers with an error, answers garbage, or does not answer within the timeout is
+dropped from the round and recorded with the phase and the reason; the round goes on while at
+least `min_fraction` of the centers that started it are alive. Bytes are counted per phase in
+both directions as they travel (serialized records).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+from flwr.serverapp import Grid
+
+from common import secagg
+from common.errors import ProtocolError, RunFailed
+from common.protocol import Masked, MaskedReply, Payload, record_bytes
+
+log = logging.getLogger(__name__)
+
+ReplyT = TypeVar("ReplyT", bound=Payload)
+MaskedT = TypeVar("MaskedT", bound=MaskedReply)
+
+
+class RoundFailed(RunFailed):
+    """Too few centers are left to continue the round."""
+
+
+@dataclass(frozen=True)
+class CenterFailure:
+    center: str
+    phase: str
+    reason: str
+
+
+@dataclass
+class Traffic:
+    """Bytes per phase: down = server -> centers, up = centers -> server."""
+
+    down: dict[str, int] = field(default_factory=dict)
+    up: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, phase: str, down: int, up: int, seconds: float) -> None:
+        self.down[phase] = self.down.get(phase, 0) + down
+        self.up[phase] = self.up.get(phase, 0) + up
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+
+class Broadcaster:
+    """The server's view of the federation during one round."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        *,
+        min_fraction: float,
+        timeout: float | None,
+        group: str,
+        min_centers: int = 1,
+        connect_timeout: float = 0.0,
+    ):
+        self.grid = grid
+        self.min_fraction = min_fraction
+        self.timeout = timeout
+        self.group = group
+        self.names: dict[int, str] = {}
+        self.public_keys: dict[int, bytes] = {}  # secure-aggregation keys, from the keys phase
+        self.alive: list[int] = _wait_for_nodes(grid, min_centers, connect_timeout)
+        self.started = len(self.alive)
+        self.failures: list[CenterFailure] = []
+        self.traffic = Traffic()
+
+    def name(self, node_id: int) -> str:
+        return self.names.get(node_id, f"node-{node_id}")
+
+    def drop(self, node_id: int, phase: str, reason: str) -> None:
+        """Remove a center from the round, remember why, and stop if too few remain."""
+        if node_id in self.alive:
+            self.alive.remove(node_id)
+        failure = CenterFailure(self.name(node_id), phase, reason)
+        self.failures.append(failure)
+        log.warning("center %s dropped in phase %s: %s", failure.center, phase, reason)
+        self._require_quorum(phase)
+
+    def ask(
+        self,
+        request: Payload | Callable[[int], Payload],
+        reply_type: type[ReplyT],
+        nodes: Iterable[int] | None = None,
+    ) -> dict[int, ReplyT]:
+        """One request per live center (or a per-center request); validated replies by node,
+        ordered by center name."""
+        phase = reply_type.ACTION
+        targets = list(self.alive if nodes is None else nodes)
+        messages, down = [], 0
+        for node_id in targets:
+            payload = request(node_id) if callable(request) else request
+            content = payload.to_record()
+            down += record_bytes(content)
+            messages.append(
+                self.grid.create_message(content, f"query.{phase}", node_id, self.group)
+            )
+        started = time.perf_counter()
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        results: dict[int, ReplyT] = {}
+        up = 0
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            if node_id not in targets:
+                continue
+            if reply.has_error():
+                self.drop(node_id, phase, reply.error.reason or f"error code {reply.error.code}")
+                continue
+            up += record_bytes(reply.content)
+            try:
+                results[node_id] = reply_type.from_record(reply.content)
+            except ProtocolError as exc:
+                self.drop(node_id, phase, f"malformed reply: {exc}")
+        for node_id in targets:
+            if node_id not in results and node_id in self.alive:
+                self.drop(
+                    node_id,
+                    phase,
+                    f"no reply within {self.timeout:g} s" if self.timeout else "no reply",
+                )
+        self.traffic.add(phase, down, up, time.perf_counter() - started)
+        # Replies arrive in any order (and node ids are random under Ray): order them by
+        # center name so every merge, and so the selection, is the same whatever the engine.
+        return dict(sorted(results.items(), key=lambda item: (self.name(item[0]), item[0])))
+
+    def secure_sum(
+        self,
+        make_request: Callable[[list[bytes], int], Masked],
+        reply_type: type[MaskedT],
+        length: int,
+        max_attempts: int = 3,
+    ) -> tuple[np.ndarray, dict[int, MaskedT]]:
+        """Ask every live center for its masked vector and return the unmasked sum.
+
+        The masks cancel only over the whole roster, so when a member fails mid-phase the
+        phase is asked again of the survivors, with a new roster and attempt (fresh masks).
+        """
+        phase = reply_type.ACTION
+        for attempt in range(max_attempts):
+            roster = list(self.alive)
+            keys = [self.public_keys[node] for node in roster]
+            replies = self.ask(make_request(keys, attempt), reply_type, nodes=roster)
+            for node, reply in list(replies.items()):
+                if reply.masked.shape != (length,):
+                    replies.pop(node)
+                    self.drop(
+                        node, phase, f"masked vector has {reply.masked.size} values, not {length}"
+                    )
+            if set(replies) == set(roster):
+                return secagg.unmasked_sum([replies[node].masked for node in roster]), replies
+            log.warning(
+                "phase %s: %d center(s) dropped; re-asking the survivors",
+                phase,
+                len(roster) - len(replies),
+            )
+        raise RoundFailed(f"phase '{phase}' lost centers in {max_attempts} attempts in a row")
+
+    def _require_quorum(self, phase: str) -> None:
+        if len(self.alive) < max(1, self.min_fraction * self.started):
+            failed = ", ".join(f"{f.center} ({f.phase}: {f.reason})" for f in self.failures)
+            raise RoundFailed(
+                f"only {len(self.alive)} of {self.started} centers remain after phase '{phase}' "
+                f"(min-fraction {self.min_fraction:g}); failed: {failed}"
+            )
+
+
+def _wait_for_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
+    """The connected centers, once at least `wanted` are there (SuperNodes connect at their
+    own pace, and a simulation registers its virtual nodes after the ServerApp starts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= wanted or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    if not nodes:
+        raise RoundFailed(
+            f"no centers connected within {timeout:g} s; start the SuperNodes (feddel-center join)"
+        )
+    if len(nodes) < wanted:
+        log.warning("only %d of %d centers connected within %g s", len(nodes), wanted, timeout)
+    return nodes

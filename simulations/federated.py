@@ -1,0 +1,126 @@
+"""A simulated federation on one machine: the real ServerApp and ClientApp, two engines.
+
+- `ray`: Flower's simulation engine (`run_simulation`), one virtual SuperNode per center, one
+  CPU per virtual client.
+- `inprocess`: the apps driven by simulations.inprocess.InProcessGrid (no Ray): fast, used by
+  tests, and the same protocol byte for byte.
+
+Each virtual center maps its `partition-id` to the i-th center folder of the federation; its
+state directory is `<state_root>/<center>`. After the round the center manifests are gathered
+under `RUN/centers/<center>/` and concatenated into `RUN/selection.csv`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Message, RecordDict
+
+from client.app import build_client_app
+from client.handlers import CenterPaths
+from common.config import CurationConfig
+from common.errors import ConfigError, DataError
+from common.io import write_csv
+from common.manifest import MANIFEST_COLUMNS, manifest_name, read_manifest
+from server.app import build_server_app
+from simulations.inprocess import InProcessGrid
+from simulations.layout import center_dirs
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("ray", "inprocess")
+
+
+def simulation_resolver(centers: list[Path], state_root: Path):
+    """Map a virtual node's partition-id to its center folder and state folder."""
+
+    def resolve(context: Context) -> CenterPaths:
+        partition = int(context.node_config["partition-id"])
+        if not 0 <= partition < len(centers):
+            raise DataError(
+                f"partition-id {partition} has no center folder (federation has {len(centers)})"
+            )
+        folder = centers[partition]
+        return CenterPaths(folder.name, folder, state_root / folder.name)
+
+    return resolve
+
+
+def run_federated(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: CurationConfig,
+    *,
+    engine: str = "ray",
+    state_root: str | Path | None = None,
+    observer: Callable[[int, Message], None] | None = None,
+) -> dict[str, Any]:
+    """Run one federated curation round over the federation in `data_dir`; return the summary."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine={engine!r} must be one of {', '.join(ENGINES)}")
+    centers = center_dirs(data_dir)
+    out = Path(out_dir)
+    state = Path(state_root) if state_root else out / "centers"
+    config = dataclasses.replace(
+        config, out=str(out.parent), run_name=out.name, min_centers=len(centers)
+    )
+    captured: dict[str, Any] = {}
+    server_app = build_server_app(lambda _context: config, on_summary=captured.update)
+    client_app = build_client_app(simulation_resolver(centers, state))
+    if engine == "inprocess":
+        grid = InProcessGrid(client_app, len(centers), observer=observer)
+        try:
+            server_app(
+                grid,
+                Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+            )
+        finally:
+            grid.shutdown()
+    else:
+        _run_ray(server_app, client_app, len(centers))
+    if not captured:
+        raise DataError(f"the simulated round wrote no summary; see the log above (output: {out})")
+    gather_manifests(centers, state, out, config)
+    return captured
+
+
+def gather_manifests(
+    centers: list[Path], state_root: Path, out: Path, config: CurationConfig
+) -> Path:
+    """Copy each center's manifest to RUN/centers/<center>/ and concatenate RUN/selection.csv."""
+    rows: list[list[str]] = []
+    name = manifest_name(config.run_name, 0)
+    for folder in centers:
+        source = state_root / folder.name / name
+        if not source.is_file():
+            continue
+        target = out / "centers" / folder.name / name
+        if source.resolve() != target.resolve():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        rows.extend([row[c] for c in MANIFEST_COLUMNS] for row in read_manifest(source))
+    return write_csv(out / "selection.csv", MANIFEST_COLUMNS, rows)
+
+
+def _run_ray(server_app, client_app, num_centers: int) -> None:
+    from flwr.simulation import run_simulation
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=num_centers,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {
+                "num_cpus": max(1, min(os.cpu_count() or 1, 2)),
+                "include_dashboard": False,
+            },
+        },
+    )

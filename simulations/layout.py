@@ -1,0 +1,49 @@
+"""How a simulated federation lies on disk: one folder per center, optional ground truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common.errors import DataError
+from common.io import read_csv
+
+TRUTH_FILE = "truth.csv"
+FEDERATION_FILE = "federation.json"
+
+
+def center_dirs(data_dir: str | Path) -> list[Path]:
+    """The center folders of a federation, in a stable order (partition-id = index).
+
+    Uses federation.json when present (written by `feddel-sim data`), else every immediate
+    sub-folder that is not hidden.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(
+            f"federation folder {root} does not exist or is not a folder; "
+            "create one with `feddel-sim data --out DIR`"
+        )
+    manifest = root / FEDERATION_FILE
+    if manifest.is_file():
+        names = [center["name"] for center in json.loads(manifest.read_text())["centers"]]
+        dirs = [root / name for name in names]
+    else:
+        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise DataError(f"center folder(s) listed in {manifest} are missing: {', '.join(missing)}")
+    if not dirs:
+        raise DataError(f"no center folders under {root}; each center needs its own sub-folder")
+    return dirs
+
+
+def load_truth(center_dirs_: list[Path]) -> dict[str, list[dict[str, str]]] | None:
+    """Ground truth rows per center name, or None when any center lacks truth.csv."""
+    truth: dict[str, list[dict[str, str]]] = {}
+    for directory in center_dirs_:
+        path = directory / TRUTH_FILE
+        if not path.is_file():
+            return None
+        truth[directory.name] = read_csv(path)
+    return truth
