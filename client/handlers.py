@@ -31,6 +31,7 @@ from common.embed import EncoderSpec
 from common.errors import FedDELError
 from common.kmeans import assign, cluster_stats, local_kmeans
 from common.manifest import manifest_rows, write_manifest
+from common.privacy import merge_small_clusters
 from common.protocol import (
     InventoryReply,
     InventoryRequest,
@@ -97,17 +98,18 @@ def inventory(request: InventoryRequest, paths: CenterPaths) -> InventoryReply:
 
 
 def seed(request: SeedRequest, paths: CenterPaths) -> SeedReply:
-    """Local centroids of clusters with >= min_count members, padded to k_local rows with
-    zero counts, so neither the reply's size nor its shape tells how many clusters passed."""
+    """Local centroids, each the mean of >= min_count samples (small local clusters are merged
+    into their nearest neighbour), padded to k_local rows with zero counts, so neither the
+    reply's size nor its shape tells how many clusters there were."""
     pool = CenterState(paths.state).load_pool(request.run)
     X = pool.embeddings[_eligible(pool, request.method)]
     centroids = np.zeros((request.k_local, pool.embeddings.shape[1]))
     counts = np.zeros(request.k_local, dtype=np.int64)
     if len(X) >= request.min_count:
         local = local_kmeans(X, min(request.k_local, len(X)), request.seed)
-        keep = local.counts >= request.min_count
-        centroids[: keep.sum()] = local.centers[keep]
-        counts[: keep.sum()] = local.counts[keep]
+        merged, sizes = merge_small_clusters(local.centers, local.counts, request.min_count)
+        centroids[: len(sizes)] = merged
+        counts[: len(sizes)] = sizes
     return SeedReply(centroids=centroids, counts=counts)
 
 

@@ -13,8 +13,8 @@ category, decided in this order:
 For the baselines (random, full, meddel) some categories are empty, or the flags were computed
 but did not decide the choice; the counts still say what the center's scores found.
 
-    <state>/report-<run>-<round>.html
-    <state>/report-<run>-<round>/<category>.png   one contact sheet per non-empty category
+    <state>/report.html                          the latest round (run and round in its title)
+    <state>/report/<run>-<round>/<category>.png  one contact sheet per non-empty category
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def categorize(
 
 
 def write_center_report(state_dir: Path, data_root: Path, run: str, round_: int) -> Path:
-    """Write `<state_dir>/report-<run>-<round>.html` and its contact sheets; return its path."""
+    """Write `<state_dir>/report.html` for this round and its contact sheets; return its path."""
     state = CenterState(state_dir)
     pool = state.load_pool(run)
     scores = state.load_scores(run)
@@ -92,7 +92,7 @@ def write_center_report(state_dir: Path, data_root: Path, run: str, round_: int)
     groups = categorize(
         selected, pool.disruptive, pool.disruption, scores.outlier, scores.duplicate, scores.labels
     )
-    stem = f"report-{run}-{round_}"
+    sheets = f"report/{run}-{round_}"
     by_category: dict[str, list[int]] = {name: [] for name in BASE_CATEGORIES}
     for i, name in enumerate(groups.category):
         by_category.setdefault(name, []).append(i)
@@ -110,7 +110,7 @@ def write_center_report(state_dir: Path, data_root: Path, run: str, round_: int)
             why = "No images in this category." if not index else "No image could be read."
             body = f'<p class="muted">{why}</p>'
         else:
-            src = f"{stem}/{_slug(name)}.png"
+            src = f"{sheets}/{_slug(name)}.png"
             hr.save_image(sheet.image, state.path / src)
             shown_text = f"{sheet.count} of {len(index)} shown, evenly spaced in file order; "
             body = (
@@ -120,7 +120,7 @@ def write_center_report(state_dir: Path, data_root: Path, run: str, round_: int)
         sections.append(hr.section(f"{name} ({len(index)})", body))
     title = f"FedDEL center report: {pool.name}"
     subtitle = f"run {run}, round {round_}, {n} samples, {int(selected.sum())} selected"
-    path = hr.write_page(state.path / f"{stem}.html", hr.page(title, sections, subtitle))
+    path = hr.write_page(state.path / "report.html", hr.page(title, sections, subtitle))
     log.info("center report written to %s", path)
     return path
 

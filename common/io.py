@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> Path:
     """Write `data` to a temp file in the same folder, fsync it, then rename over `path`.
@@ -42,6 +44,12 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(
         path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n"
     )
+
+
+def write_npy(path: str | os.PathLike[str], array: Any) -> Path:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_csv(

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
+from sklearn.cluster import KMeans
 
 from common.kmeans import weighted_kmeans_plusplus
 from common.protocol import InventoryReply, SeedReply
@@ -47,8 +48,9 @@ def global_mean_image(inventories: Mapping[int, InventoryReply]) -> np.ndarray |
 
 
 def seed_centers(replies: Mapping[int, SeedReply], k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-FED: count-weighted k-means++ over the union of the centers' local centroids
-    (rows with count 0 are padding)."""
+    """k-FED: count-weighted k-means over the union of the centers' local centroids (rows with
+    count 0 are padding). The union is small (<= centers x k-local points), so ten
+    k-means++ restarts cost nothing and avoid the poor local optima a single seeding gives."""
     points = np.concatenate([reply.centroids[reply.counts > 0] for reply in replies.values()])
     weights = np.concatenate([reply.counts[reply.counts > 0] for reply in replies.values()])
     if len(points) == 0:
@@ -56,4 +58,8 @@ def seed_centers(replies: Mapping[int, SeedReply], k: int, rng: np.random.Genera
             "no center has a local cluster with at least min-count members; "
             "lower k-local or min-count, or add data"
         )
-    return weighted_kmeans_plusplus(points, weights.astype(np.float64), min(k, len(points)), rng)
+    k = min(k, len(points))
+    if k == len(points):
+        return weighted_kmeans_plusplus(points, weights.astype(np.float64), k, rng)
+    model = KMeans(n_clusters=k, n_init=10, random_state=int(rng.integers(2**31)))
+    return model.fit(points, sample_weight=weights.astype(np.float64)).cluster_centers_

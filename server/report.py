@@ -10,11 +10,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from common.io import write_json
+from common.io import write_json, write_npy
 from server.curation import RoundResult
 from server.report_html import write_coordinator_report
 
 SUMMARY_FILE = "summary.json"
+CENTROIDS_FILE = "centroids.npy"  # the round's global centroids (means of >= min-count samples)
 
 
 def _with_total(by_phase: dict[str, int]) -> dict[str, int]:
@@ -87,5 +88,6 @@ def write_round(result: RoundResult, out_dir: str | Path) -> dict[str, Any]:
     """Write summary.json and report.html (plots under plots/) for a finished round."""
     summary = round_summary(result)
     write_json(Path(out_dir) / SUMMARY_FILE, summary)
+    write_npy(Path(out_dir) / CENTROIDS_FILE, result.centers)
     write_coordinator_report(summary, Path(out_dir))
     return summary

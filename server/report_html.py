@@ -135,14 +135,7 @@ def _per_center(summary: Mapping[str, Any], out_dir: Path) -> str:
     selected = [_num(per_center[n].get("selected")) or 0.0 for n in names]
     figure = hr.new_figure(max(6.0, 0.45 * len(names)), 3.4)
     axes = figure.subplots()
-    x = np.arange(len(names))
-    axes.bar(x - 0.2, samples, 0.4, label="samples")
-    axes.bar(x + 0.2, selected, 0.4, label="selected")
-    axes.set_xticks(x, [_plot_label(n) for n in names], rotation=45, ha="right", fontsize=8)
-    if _heavy_tailed(samples + selected):
-        axes.set_yscale("log")
-    axes.set_ylabel("samples")
-    axes.legend(fontsize=8)
+    _paired_bars(axes, names, (samples, "samples"), (selected, "selected"), "samples", 45)
     plot = _plot(out_dir, "centers", figure, "samples and selected per center")
     return hr.section("Centers", hr.table(header, rows) + plot)
 
@@ -202,16 +195,10 @@ def _traffic(summary: Mapping[str, Any], out_dir: Path) -> str:
     ]
     figure = hr.new_figure(max(5.0, 0.8 * len(phases)), 3.0)
     axes = figure.subplots()
-    x = np.arange(len(phases))
     up_values = [_num(up.get(p)) or 0.0 for p in phases]
     down_values = [_num(down.get(p)) or 0.0 for p in phases]
-    axes.bar(x - 0.2, up_values, 0.4, label="up (centers to server)")
-    axes.bar(x + 0.2, down_values, 0.4, label="down (server to centers)")
-    axes.set_xticks(x, [_plot_label(p) for p in phases], rotation=30, ha="right", fontsize=8)
-    if _heavy_tailed(up_values + down_values):
-        axes.set_yscale("log")
-    axes.set_ylabel("bytes")
-    axes.legend(fontsize=8)
+    pair = ((up_values, "up (centers to server)"), (down_values, "down (server to centers)"))
+    _paired_bars(axes, phases, *pair, "bytes", 30)
     plot = _plot(out_dir, "bytes", figure, "bytes per phase, up and down")
     return hr.section("Traffic", hr.table(("phase", "up", "down", "seconds"), rows) + plot)
 
@@ -233,3 +220,22 @@ def _config(summary: Mapping[str, Any]) -> str:
         return ""
     rows = sorted(config.items(), key=lambda item: str(item[0]))
     return hr.section("Configuration", hr.table(("key", "value"), rows))
+
+
+def _paired_bars(
+    axes: Any,
+    names: list[str],
+    left: tuple[list[float], str],
+    right: tuple[list[float], str],
+    ylabel: str,
+    rotation: int,
+) -> None:
+    """Two bars per name (values, legend label), log scale when the values are heavy-tailed."""
+    x = np.arange(len(names))
+    axes.bar(x - 0.2, left[0], 0.4, label=left[1])
+    axes.bar(x + 0.2, right[0], 0.4, label=right[1])
+    axes.set_xticks(x, [_plot_label(n) for n in names], rotation=rotation, ha="right", fontsize=8)
+    if _heavy_tailed(left[0] + right[0]):
+        axes.set_yscale("log")
+    axes.set_ylabel(ylabel)
+    axes.legend(fontsize=8)

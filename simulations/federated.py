@@ -74,7 +74,9 @@ def run_federated(
     server_app = build_server_app(lambda _context: config, on_summary=captured.update)
     client_app = build_client_app(simulation_resolver(centers, state))
     if engine == "inprocess":
-        grid = InProcessGrid(client_app, len(centers), observer=observer)
+        grid = InProcessGrid(
+            client_app, len(centers), workers=min(len(centers), 8), observer=observer
+        )
         try:
             server_app(
                 grid,

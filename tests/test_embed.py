@@ -29,15 +29,6 @@ from common.errors import ConfigError, DataError
 TINY = "vit_tiny_patch16_224"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads can run 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def encoder() -> torch.nn.Module:
     return build_encoder(EncoderSpec(TINY, 32, seed=3))

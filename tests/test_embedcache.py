@@ -24,15 +24,6 @@ SPEC = EncoderSpec("vit_tiny_patch16_224", 32, seed=4)
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads can run 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def center(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Sample]]:
     """A folder of 10 small RGB images and their samples (ids s0..s9)."""

@@ -23,15 +23,6 @@ from common.mae import (
 SPEC = EncoderSpec("vit_tiny_patch16_224", 64, seed=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads can run 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained() -> MAE:
     mae = MAE(SPEC)

@@ -157,7 +157,7 @@ def _center(tmp_path, monkeypatch, with_manifest=True):
 def test_write_center_report_counts_categories_and_writes_sheets(tmp_path, monkeypatch):
     data, state_dir = _center(tmp_path, monkeypatch)
     path = write_center_report(state_dir, data, "r1", 0)
-    assert path == state_dir / "report-r1-0.html"
+    assert path == state_dir / "report.html"
     text = path.read_text()
     counts = dict(re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td>", text))
     assert counts == {
@@ -165,7 +165,7 @@ def test_write_center_report_counts_categories_and_writes_sheets(tmp_path, monke
         "disruptive: blur": "2", "disruptive: dark": "3",
     }  # fmt: skip
     assert PRIVACY_NOTE in text and "never sent to the coordinator" in text
-    sheets = state_dir / "report-r1-0"
+    sheets = state_dir / "report" / "r1-0"
     expected = {  # (shown, of, width, height): 8 thumbnails of 64 px per row, 12 px labels
         "selected": (6, 6, 6 * 64, 76), "not-chosen": (11, 12, 8 * 64, 2 * 76),
         "near-duplicate": (4, 4, 4 * 64, 76), "outlier": (3, 3, 3 * 64, 76),
@@ -173,7 +173,7 @@ def test_write_center_report_counts_categories_and_writes_sheets(tmp_path, monke
     }  # fmt: skip
     assert {p.stem for p in sheets.glob("*.png")} == set(expected)
     for stem, (shown, total, width, height) in expected.items():
-        assert f'src="report-r1-0/{stem}.png"' in text
+        assert f'src="report/r1-0/{stem}.png"' in text
         assert f"{shown} of {total} shown" in text
         with Image.open(sheets / f"{stem}.png") as sheet:
             assert sheet.size == (width, height)
