@@ -10,6 +10,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from client.embed_cmd import add_embed_arguments, run_embed
 from common.cliutil import EXIT_FAILED, EXIT_OK, Command, console, dispatch, run_cli
 from common.cliutil import build_parser as build_parser_for
 from common.data import Inventory, scan_center
@@ -21,6 +22,7 @@ coordinator only ever receives counts, per-cluster sums and score histograms.
 
 Commands:
   check    scan a data folder: what will be in the pool, what cannot be read, and why
+  embed    embed the images into the center's cache ahead of a round (resumable)
 """
 
 MAX_EXAMPLES = 10  # unreadable files listed per reason
@@ -128,6 +130,16 @@ COMMANDS: tuple[Command, ...] = (
         "read and why. Nothing in the folder is written.",
         add_arguments=_add_check_arguments,
         run=_cmd_check,
+    ),
+    Command(
+        name="embed",
+        summary="embed the folder's images into the center's resumable cache",
+        description="Embed every readable image with a timm ViT (random init with --seed, or "
+        "local weights) into <state>/embeddings/<fingerprint>/. Already cached samples are "
+        "never recomputed, and an interrupted run goes on where it stopped. Uses the GPU when "
+        "there is one.",
+        add_arguments=add_embed_arguments,
+        run=run_embed,
     ),
 )
 

@@ -31,7 +31,7 @@ from common.embed import EncoderSpec
 from common.errors import FedDELError
 from common.kmeans import assign, cluster_stats, local_kmeans
 from common.manifest import manifest_rows, write_manifest
-from common.privacy import merge_small_clusters
+from common.privacy import add_gaussian_noise, merge_small_clusters
 from common.protocol import (
     InventoryReply,
     InventoryRequest,
@@ -130,7 +130,10 @@ def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
     X = pool.embeddings[_eligible(pool, request.method)]
     k, d = request.centers.shape
     stats = cluster_stats(X, assign(X, request.centers), k)
-    values = pack(lloyd_layout(k, d), count=stats.count, sum=stats.sum, sqdist=stats.sqdist)
+    sums = stats.sum
+    if request.noise_sigma > 0:  # fresh OS entropy: nobody else can reproduce the noise
+        sums = add_gaussian_noise(sums, request.noise_sigma, np.random.default_rng())
+    values = pack(lloyd_layout(k, d), count=stats.count, sum=sums, sqdist=stats.sqdist)
     return LloydReply(masked=_masked(request, paths, values))
 
 

@@ -28,6 +28,7 @@ class CurationConfig:
     k: int = 32  # global clusters
     k_local: int = 8  # local centroids each center proposes for k-FED seeding
     min_count: int = 10  # privacy: no reported cell has fewer members
+    noise_sigma: float = 0.0  # privacy: std of Gaussian noise a center adds to its sums; 0 = off
     min_fraction: float = 0.5  # the round goes on while at least this share of centers answers
     phase_timeout: float = 0.0  # seconds to wait for a phase's replies; 0 = no limit
     min_centers: int = 1  # wait until this many centers are connected before starting
@@ -51,6 +52,7 @@ class CurationConfig:
         _check(self.k >= 1, "k", self.k, ">= 1")
         _check(self.k_local >= 1, "k-local", self.k_local, ">= 1")
         _check(self.min_count >= 1, "min-count", self.min_count, ">= 1")
+        _check(self.noise_sigma >= 0.0, "noise-sigma", self.noise_sigma, ">= 0 (0 = no noise)")
         _check(0.0 < self.min_fraction <= 1.0, "min-fraction", self.min_fraction, "in (0, 1]")
         _check(
             self.phase_timeout >= 0.0, "phase-timeout", self.phase_timeout, ">= 0 (0 = no limit)"

@@ -262,6 +262,7 @@ class SeedReply(Payload):
 class LloydRequest(Masked):
     ACTION: ClassVar[str] = "lloyd"
     method: str
+    noise_sigma: float  # std of the Gaussian noise each center adds to its per-cluster sums
     centers: np.ndarray = _array("f", 2)  # (k, d)
 
 

@@ -140,7 +140,7 @@ def _lloyd_stats(cast: Broadcaster, config: CurationConfig, centers: np.ndarray)
     def request(roster: list[bytes], attempt: int) -> LloydRequest:
         return LloydRequest(
             run=config.run_name, attempt=attempt, roster=roster_array(roster),
-            method=config.method, centers=centers,
+            method=config.method, noise_sigma=config.noise_sigma, centers=centers,
         )  # fmt: skip
 
     total, _ = cast.secure_sum(request, LloydReply, sum(map(_size, layout.values())))

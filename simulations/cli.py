@@ -11,11 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from common.cliutil import EXIT_OK, Command, console, dispatch, run_cli
 from common.cliutil import build_parser as build_parser_for
-from simulations.curate_cmd import add_curate_arguments, add_demo_arguments, curate_run, demo_run
+from simulations.curate_cmd import (
+    add_curate_arguments,
+    add_demo_arguments,
+    curate_run,
+    demo_run,
+    federation_table,
+)
 from simulations.synth import generate_federation
 from simulations.synth.plan import SCALES
 
@@ -62,29 +67,12 @@ def _data_run(args: argparse.Namespace) -> int:
             preview=args.preview,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    console.print(_summary_table(federation))
+    console.print(federation_table(federation))
     console.print(f"ground truth and counts: {args.out / 'federation.json'}")
     console.print(f"per-image truth: {args.out}/<center>/truth.csv (for evaluation only)")
     if args.preview:
         console.print(f"contact sheet: {args.out / 'preview.png'}")
     return EXIT_OK
-
-
-def _summary_table(federation: dict) -> Table:
-    keys = ("pool", "test", "disruptive", "duplicates", "corrupt")
-    table = Table(
-        title=f"synthetic federation (scale {federation['scale']}, seed {federation['seed']}, "
-        f"{federation['size']} px)"
-    )
-    table.add_column("center")
-    for key in keys:
-        table.add_column(key, justify="right")
-    for center in federation["centers"]:
-        table.add_row(center["name"], *(str(center[key]) for key in keys))
-    totals = [sum(c[key] for c in federation["centers"]) for key in keys]
-    table.add_section()
-    table.add_row("total", *(str(t) for t in totals), style="bold")
-    return table
 
 
 COMMANDS: tuple[Command, ...] = (

@@ -171,6 +171,23 @@ def demo_run(args: argparse.Namespace) -> int:
     return curate_run(curate_args)
 
 
+def federation_table(federation: dict) -> Table:
+    keys = ("pool", "test", "disruptive", "duplicates", "corrupt")
+    table = Table(
+        title=f"synthetic federation (scale {federation['scale']}, seed {federation['seed']}, "
+        f"{federation['size']} px)"
+    )
+    table.add_column("center")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for center in federation["centers"]:
+        table.add_row(center["name"], *(str(center[key]) for key in keys))
+    totals = [sum(c[key] for c in federation["centers"]) for key in keys]
+    table.add_section()
+    table.add_row("total", *(str(t) for t in totals), style="bold")
+    return table
+
+
 def _ensure_demo_data(data: Path, seed: int) -> None:
     """Generate the demo federation unless the same one is already there."""
     manifest = data / FEDERATION_FILE

@@ -132,3 +132,35 @@ def test_check_counts_match_synthetic_federation_truth(
             "masks": len(with_mask),
         }, center.name
         assert set(got["unreadable_reasons"]) <= {"truncated or corrupt image data"}
+
+
+def test_embed_cli_fills_the_cache_then_reuses_it(tmp_path):
+    from simulations.synth import generate_federation
+
+    generate_federation(tmp_path / "fed", centers=2, scale="small", seed=0, size=32)
+    center, state = tmp_path / "fed" / "center-00", tmp_path / "state"
+    args = ["embed", "--data", str(center), "--state", str(state), "--image-size", "32"]
+    assert main([*args, "--json", str(tmp_path / "first.json")]) == 0
+    assert main([*args, "--json", str(tmp_path / "second.json")]) == 0
+    first = json.loads((tmp_path / "first.json").read_text())
+    second = json.loads((tmp_path / "second.json").read_text())
+    assert first["computed"] == first["embedded"] > 0 and first["dim"] == 192
+    assert second["computed"] == 0 and second["reused"] == first["embedded"]
+
+
+def test_embed_cli_rejects_a_bad_image_size_in_one_line(tmp_path, capsys):
+    (tmp_path / "c").mkdir()
+    code = main(
+        [
+            "embed",
+            "--data",
+            str(tmp_path / "c"),
+            "--state",
+            str(tmp_path / "s"),
+            "--image-size",
+            "50",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "image-size=50 must be a multiple of the patch size 16" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

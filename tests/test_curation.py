@@ -111,3 +111,22 @@ def test_federated_kmeans_inertia_within_2_percent_of_centralized_on_the_demo(tm
     federated = float(assign(pooled, np.load(tmp_path / "run" / "centroids.npy")).sqdist.sum())
     centralized = float(assign(pooled, pooled_kmeans(shards, config).centers).sqdist.sum())
     assert federated <= 1.02 * centralized
+
+
+@pytest.mark.parametrize(
+    ("method", "changes", "low", "high"),
+    [
+        ("random", {}, 0.05, 0.15),
+        ("full", {}, 1.0, 1.0),
+        ("meddel", {}, 0.03, 0.3),
+        ("feddel", {"noise_sigma": 0.01}, 0.07, 0.13),
+    ],
+)
+def test_federated_methods_run_through_the_same_rounds(federation, method, changes, low, high):
+    config = _config(method=method, **changes)
+    summary = run_federated(
+        federation / "data", federation / f"fed-{method}", config, engine="inprocess",
+        state_root=federation / "state",
+    )  # fmt: skip
+    assert summary["method"] == method and summary["failed_centers"] == []
+    assert low <= summary["retention"] <= high

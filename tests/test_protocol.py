@@ -121,7 +121,12 @@ def test_protocol_select_request_checks_fractions():
 
 def test_protocol_roster_must_be_32_byte_keys():
     request = LloydRequest(
-        run="r", attempt=0, roster=np.full((2, 32), 300), method="feddel", centers=np.zeros((2, 2))
+        run="r",
+        attempt=0,
+        roster=np.full((2, 32), 300),
+        method="feddel",
+        noise_sigma=0.0,
+        centers=np.zeros((2, 2)),
     )
     with pytest.raises(ProtocolError, match="roster must be"):
         LloydRequest.from_record(request.to_record()).roster_keys()
