@@ -328,6 +328,8 @@ def embed_batch(
         )
     device = module_device(encoder)
     mean, std = (t.to(device) for t in input_stats(encoder))
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = images.copy()  # torch warns on (and must not alias) read-only arrays
     batch = torch.as_tensor(images).to(device, non_blocking=True)
     with torch.inference_mode(), autocast(device, autocast_dtype(device, precision)):
         features = encoder(normalize_images(batch, mean, std))

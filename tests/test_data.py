@@ -272,7 +272,7 @@ def test_decode_file_raw_dicom_without_preamble_decodes_by_force(tmp_path: Path)
 def test_decode_file_dicom_compression_without_plugin_says_what_to_install() -> None:
     path = dicom("JPGLosslessP14SV1_1s_1f_8b.dcm")
     if get_decoder(pydicom.dcmread(path).file_meta.TransferSyntaxUID).is_available:
-        pytest.skip("a JPEG Lossless plugin is installed here; the file decodes")
+        pytest.skip(reason="a JPEG Lossless plugin is installed here; the file decodes")
     with pytest.raises(UnreadableImage, match="install pylibjpeg") as info:
         decode_file(path)
     assert info.value.reason.startswith("unsupported DICOM compression (JPEG Lossless")
