@@ -198,6 +198,8 @@ def _ensure_demo_data(data: Path, seed: int) -> None:
             "demo",
             64,
         ):
+            console.print(federation_table(existing))
             return
     console.print("generating the demo federation (31 centers, scale demo, 64 px) ...")
-    generate_federation(data, centers=31, scale="demo", seed=seed, size=64)
+    federation = generate_federation(data, centers=31, scale="demo", seed=seed, size=64)
+    console.print(federation_table(federation))
