@@ -17,7 +17,7 @@ import numpy as np
 from client.report import write_center_report
 from client.state import CenterState
 from common import secagg
-from common.center import CenterPool, prepare_center
+from common.center import prepare_center
 from common.curation import (
     ETA_GRID,
     candidate_histograms,
@@ -65,11 +65,6 @@ class CenterPaths:
     state: Path
 
 
-def _eligible(pool: CenterPool, method: str) -> np.ndarray:
-    """FedDEL excludes disruptive frames up front; the baselines see every readable sample."""
-    return pool.eligible(use_quality=method == "feddel")
-
-
 def inventory(request: InventoryRequest, paths: CenterPaths) -> InventoryReply:
     spec = EncoderSpec(
         model=request.model,
@@ -102,7 +97,7 @@ def seed(request: SeedRequest, paths: CenterPaths) -> SeedReply:
     into their nearest neighbour), padded to k_local rows with zero counts, so neither the
     reply's size nor its shape tells how many clusters there were."""
     pool = CenterState(paths.state).load_pool(request.run)
-    X = pool.embeddings[_eligible(pool, request.method)]
+    X = pool.embeddings[pool.eligible(request.method)]
     centroids = np.zeros((request.k_local, pool.embeddings.shape[1]))
     counts = np.zeros(request.k_local, dtype=np.int64)
     if len(X) >= request.min_count:
@@ -127,7 +122,7 @@ def _masked(request: Masked, paths: CenterPaths, values: np.ndarray) -> np.ndarr
 
 def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
     pool = CenterState(paths.state).load_pool(request.run)
-    X = pool.embeddings[_eligible(pool, request.method)]
+    X = pool.embeddings[pool.eligible(request.method)]
     k, d = request.centers.shape
     stats = cluster_stats(X, assign(X, request.centers), k)
     sums = stats.sum
@@ -140,7 +135,7 @@ def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
 def score(request: ScoreRequest, paths: CenterPaths) -> ScoreReply:
     state = CenterState(paths.state)
     pool = state.load_pool(request.run)
-    eligible = _eligible(pool, request.method)
+    eligible = pool.eligible(request.method)
     scores = score_center(
         pool.embeddings, eligible, request.centers, request.prior,
         tau=request.tau, eps=request.eps, eta=request.eta, keep=request.keep,
@@ -184,7 +179,7 @@ def select(request: SelectRequest, paths: CenterPaths) -> SelectReply:
         chosen = select_feddel(scores, ids, plans, pvi_edges(k, request.bins), request.seed)
     elif request.method == "meddel":
         chosen = select_meddel(
-            pool.embeddings, scores, _eligible(pool, "meddel"), request.eta, request.keep
+            pool.embeddings, scores, pool.eligible("meddel"), request.eta, request.keep
         )
     elif request.method == "random":
         chosen = random_selection(ids, request.retention, request.seed)

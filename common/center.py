@@ -58,9 +58,10 @@ class CenterPool:
     def files(self) -> list[str]:
         return [sample.file for sample in self.samples]
 
-    def eligible(self, use_quality: bool) -> np.ndarray:
-        """(n,) bool: samples a method may cluster and select (quality flags only for FedDEL)."""
-        if use_quality:
+    def eligible(self, method: str) -> np.ndarray:
+        """(n,) bool: samples `method` may cluster and select. FedDEL drops disruptive frames
+        up front; the baselines (MedDEL, random, full) see every readable sample, as published."""
+        if method == "feddel":
             return ~self.disruptive
         return np.ones(len(self.samples), dtype=bool)
 

@@ -83,9 +83,6 @@ class CurationConfig:
         }
         return cls(**values)
 
-    def with_overrides(self, **changes: Any) -> CurationConfig:
-        return dataclasses.replace(self, **changes)
-
     def to_run_config(self) -> dict[str, bool | int | float | str]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
 

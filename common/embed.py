@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import pickle
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -384,10 +385,15 @@ def _collate(
 def default_num_workers(n_files: int, batch_size: int, device: torch.device) -> int:
     """Decoding worker processes for `iter_embed_files` (measurements: see the module doc).
 
-    None for a single batch (nothing to overlap) or a single core; on a CPU min(2, cores): on 2
+    None for a single batch (nothing to overlap), a single core, or a call from a non-main
+    thread (fork safety); on a CPU min(2, cores): on 2
     cores two workers beat none and one (decoding is the bottleneck at 64 px, and they cost
     nothing measurable at 224 px); up to 8 in front of a GPU, where decoding is the bottleneck.
     """
+    if threading.current_thread() is not threading.main_thread():
+        # DataLoader workers are forked; forking a multi-threaded process (a center handled on
+        # a worker thread, as in the in-process simulation) can deadlock: decode in-process.
+        return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
     if n_files <= batch_size or cores < 2:

@@ -9,22 +9,11 @@ equivalence of k-means.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from common.errors import ConfigError, DataError
 from common.kmeans import ClusterStats
-
-
-@dataclass(frozen=True)
-class PrivacyConfig:
-    min_count: int = 10  # smallest number of samples a reported cell may describe
-    noise_sigma: float = 0.0  # std of Gaussian noise added to reported sums; 0 = off
-
-    def __post_init__(self) -> None:
-        _check_min_count(self.min_count)
-        _check_sigma(self.noise_sigma)
 
 
 def _check_min_count(min_count: int) -> None:

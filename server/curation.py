@@ -39,7 +39,7 @@ from common.protocol import (
     unpack,
 )
 from common.selection import HISTOGRAM_BINS, pick_eta
-from server.aggregate import encoder_outliers, seed_centers
+from server.aggregate import encoder_outliers, global_mean_image, seed_centers
 from server.broadcast import Broadcaster
 
 
@@ -56,6 +56,7 @@ class RoundResult:
     candidates: np.ndarray  # (k,) candidates per cluster (secure sum, small cells dropped)
     quotas: np.ndarray  # (k,)
     selected_per_cluster: np.ndarray  # (k,) secure sum
+    mean_image: np.ndarray | None  # (s, s, 3) federated mean image, the MAE-PVI null predictor
     eta: float | None
     tau: float
     broadcaster: Broadcaster
@@ -112,6 +113,7 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
         candidates=histograms.sum(axis=1),
         quotas=plan.quotas,
         selected_per_cluster=per_cluster,
+        mean_image=global_mean_image(inventories),
         eta=plan.eta,
         tau=tau,
         broadcaster=cast,

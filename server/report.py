@@ -16,6 +16,7 @@ from server.report_html import write_coordinator_report
 
 SUMMARY_FILE = "summary.json"
 CENTROIDS_FILE = "centroids.npy"  # the round's global centroids (means of >= min-count samples)
+MEAN_IMAGE_FILE = "mean_image.npy"  # sum of images / count over centers with >= min-count
 
 
 def _with_total(by_phase: dict[str, int]) -> dict[str, int]:
@@ -50,14 +51,7 @@ def round_summary(result: RoundResult) -> dict[str, Any]:
             for f in result.broadcaster.failures
         ],
         "per_center": {
-            name: {
-                "files": inv.files,
-                "samples": inv.samples,
-                "unreadable": inv.unreadable,
-                "duplicate_files": inv.duplicate_files,
-                "disruptive": inv.disruptive,
-                "selected": result.selected[name].selected,
-            }
+            name: center_row(inv, result.selected[name].selected)
             for name, inv in sorted(result.inventories.items())
         },
         "clusters": {
@@ -68,6 +62,15 @@ def round_summary(result: RoundResult) -> dict[str, Any]:
         "warnings": round_warnings(result),
         "config": config.to_run_config(),
     }
+
+
+CENTER_FIELDS = ("files", "samples", "unreadable", "duplicate_files", "disruptive")
+
+
+def center_row(counts: Any, selected: int) -> dict[str, int]:
+    """One center's line of `per_center`, from anything carrying the CENTER_FIELDS counts (an
+    InventoryReply at the coordinator, a PoolCounts in the centralized reference)."""
+    return {**{field: int(getattr(counts, field)) for field in CENTER_FIELDS}, "selected": selected}
 
 
 def round_warnings(result: RoundResult) -> list[str]:
@@ -89,5 +92,7 @@ def write_round(result: RoundResult, out_dir: str | Path) -> dict[str, Any]:
     summary = round_summary(result)
     write_json(Path(out_dir) / SUMMARY_FILE, summary)
     write_npy(Path(out_dir) / CENTROIDS_FILE, result.centers)
+    if result.mean_image is not None:
+        write_npy(Path(out_dir) / MEAN_IMAGE_FILE, result.mean_image)
     write_coordinator_report(summary, Path(out_dir))
     return summary

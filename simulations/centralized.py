@@ -41,6 +41,7 @@ from common.kmeans import (
 )
 from common.manifest import MANIFEST_COLUMNS, manifest_rows
 from common.selection import apply_plan, pick_eta, random_selection
+from server.report import center_row
 from simulations.evaluate import truth_measures
 from simulations.layout import center_dirs
 
@@ -123,7 +124,7 @@ def run_centralized(
     centers = center_dirs(data_dir)
     spec = encoder_spec(config)
     pools = [prepare_center(folder, state / folder.name, spec) for folder in centers]
-    eligible = [p.eligible(use_quality=config.method == "feddel") for p in pools]
+    eligible = [p.eligible(config.method) for p in pools]
     shards = [np.asarray(p.embeddings)[e] for p, e in zip(pools, eligible, strict=True)]
     kmeans = pooled_kmeans(shards, config)
     k = len(kmeans.centers)
@@ -164,15 +165,7 @@ def run_centralized(
         "inertia": float(stats.inertia),
         "tau": tau,
         "per_center": {
-            p.name: {
-                "files": p.counts.files,
-                "samples": p.counts.samples,
-                "unreadable": p.counts.unreadable,
-                "duplicate_files": p.counts.duplicate_files,
-                "disruptive": p.counts.disruptive,
-                "selected": int(m.sum()),
-            }
-            for p, m in zip(pools, masks, strict=True)
+            p.name: center_row(p.counts, int(m.sum())) for p, m in zip(pools, masks, strict=True)
         },
         "config": config.to_run_config(),
     }

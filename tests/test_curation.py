@@ -94,6 +94,9 @@ def test_federated_inprocess_round_writes_summary_manifests_and_selection(federa
         assert manifest.is_file() and len(read_csv(manifest)) == selected
     assert json.loads((out / "summary.json").read_text())["selected"] == summary["selected"]
     assert (out / "report.html").is_file()
+    mean_image = np.load(out / "mean_image.npy")
+    assert mean_image.shape == (32, 32, 3) and 20 < mean_image.mean() < 235
+    assert np.load(out / "centroids.npy").shape == (summary["k"], 192)
 
 
 @pytest.mark.slow
@@ -106,7 +109,7 @@ def test_federated_kmeans_inertia_within_2_percent_of_centralized_on_the_demo(tm
     shards = []
     for center in sorted((tmp_path / "data").glob("center-*")):
         pool = CenterState(tmp_path / "state" / center.name).load_pool("run")
-        shards.append(np.asarray(pool.embeddings)[pool.eligible(use_quality=True)])
+        shards.append(np.asarray(pool.embeddings)[pool.eligible("feddel")])
     pooled = np.concatenate(shards)
     federated = float(assign(pooled, np.load(tmp_path / "run" / "centroids.npy")).sqdist.sum())
     centralized = float(assign(pooled, pooled_kmeans(shards, config).centers).sqdist.sum())

@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 
-from common.errors import ConfigError, DataError
+from common.errors import DataError
 from common.kmeans import ClusterStats
 from common.privacy import (
-    PrivacyConfig,
     add_gaussian_noise,
     merge_small_clusters,
     suppress_small_cells,
@@ -50,14 +49,6 @@ def test_add_gaussian_noise_off_returns_identical_copy():
     out = add_gaussian_noise(values, 0.0, np.random.default_rng(0))
     np.testing.assert_array_equal(out, values)
     assert out.dtype == values.dtype and out is not values
-
-
-def test_privacy_config_validates():
-    assert PrivacyConfig() == PrivacyConfig(min_count=10, noise_sigma=0.0)
-    with pytest.raises(ConfigError, match="min_count=0 must be"):
-        PrivacyConfig(min_count=0)
-    with pytest.raises(ConfigError, match="noise_sigma=-1"):
-        PrivacyConfig(noise_sigma=-1.0)
 
 
 def test_merge_small_clusters_by_hand():
