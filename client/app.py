@@ -16,7 +16,7 @@ from pathlib import Path
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from client import handlers
+from client import handlers, training
 from client.handlers import CenterPaths
 from client.state import CenterState
 from common.errors import ConfigError, FedDELError
@@ -29,6 +29,7 @@ from common.protocol import (
     SeedRequest,
     SelectRequest,
 )
+from common.trainproto import EvaluateRequest, TrainRequest
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ PHASES: dict[str, tuple[type[Payload], Callable[[Payload, CenterPaths], Payload]
     "lloyd": (LloydRequest, handlers.lloyd),
     "score": (ScoreRequest, handlers.score),
     "select": (SelectRequest, handlers.select),
+    "mae": (TrainRequest, training.train),
+    "segment": (EvaluateRequest, training.evaluate),
 }  # type: ignore[dict-item]
 
 

@@ -67,7 +67,9 @@ def build_parser(prog: str, description: str, commands: Sequence[Command]) -> Ar
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in commands:
-        child = sub.add_parser(command.name, help=command.summary, description=command.description)
+        child = sub.add_parser(
+            command.name, help=command.summary.replace("%", "%%"), description=command.description
+        )
         command.add_arguments(child)
         child.set_defaults(run=command.run)
     return parser

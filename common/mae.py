@@ -201,19 +201,25 @@ def train_mae(
     progress: Progress | None = None,
     mask_ratio: float = 0.75,
     precision: str = "auto",
+    schedule: tuple[int, int] | None = None,
 ) -> list[float]:
     """Train in place for `steps` AdamW steps (cosine LR, linear warmup); returns step losses.
 
     `data` is uint8 (n,h,w,3) images (batches drawn by a seeded permutation per epoch) or an
     iterable of uint8 (b,h,w,3) batches (e.g. a DataLoader; re-iterated when exhausted).
-    Warmup defaults to 5% of `steps` (MAE: 40 of 800 epochs). Leaves `mae` in eval mode.
+    `schedule=(offset, total)` places these steps at offset..offset+steps of a longer cosine
+    schedule of `total` steps (a federated round trains one slice of the global schedule).
+    Warmup defaults to 5% of the schedule (MAE: 40 of 800 epochs). Leaves `mae` in eval mode.
     """
+    offset, total = (0, steps) if schedule is None else schedule
     if steps < 1 or batch_size < 1 or lr <= 0 or weight_decay < 0:
         raise ConfigError(
             f"steps={steps} and batch-size={batch_size} must be >= 1, lr={lr} > 0, "
             f"weight-decay={weight_decay} >= 0"
         )
-    warmup = max(1, round(0.05 * steps)) if warmup_steps is None else warmup_steps
+    if offset < 0 or offset + steps > total:
+        raise ConfigError(f"schedule slice {offset}..{offset + steps} lies outside 0..{total}")
+    warmup = max(1, round(0.05 * total)) if warmup_steps is None else warmup_steps
     run_on = pick_device(device)
     mae.to(run_on).train()
     dtype = autocast_dtype(run_on, precision)
@@ -228,7 +234,9 @@ def train_mae(
         lr=lr,
         betas=(0.9, 0.95),
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, steps, warmup))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _cosine(offset + s, total, warmup)
+    )
     masks = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     for step, batch in zip(range(steps), _batches(data, batch_size, seed), strict=False):

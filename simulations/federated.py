@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import ServerApp
 
 from client.app import build_client_app
 from client.handlers import CenterPaths
@@ -62,8 +63,6 @@ def run_federated(
     observer: Callable[[int, Message], None] | None = None,
 ) -> dict[str, Any]:
     """Run one federated curation round over the federation in `data_dir`; return the summary."""
-    if engine not in ENGINES:
-        raise ConfigError(f"engine={engine!r} must be one of {', '.join(ENGINES)}")
     centers = center_dirs(data_dir)
     out = Path(out_dir)
     state = Path(state_root) if state_root else out / "centers"
@@ -72,24 +71,34 @@ def run_federated(
     )
     captured: dict[str, Any] = {}
     server_app = build_server_app(lambda _context: config, on_summary=captured.update)
-    client_app = build_client_app(simulation_resolver(centers, state))
-    if engine == "inprocess":
-        grid = InProcessGrid(
-            client_app, len(centers), workers=min(len(centers), 8), observer=observer
-        )
-        try:
-            server_app(
-                grid,
-                Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-            )
-        finally:
-            grid.shutdown()
-    else:
-        _run_ray(server_app, client_app, len(centers))
+    run_apps(server_app, centers, state, engine, observer)
     if not captured:
         raise DataError(f"the simulated round wrote no summary; see the log above (output: {out})")
     gather_manifests(centers, state, out, config)
     return captured
+
+
+def run_apps(
+    server_app: ServerApp,
+    centers: list[Path],
+    state_root: Path,
+    engine: str,
+    observer: Callable[[int, Message], None] | None = None,
+) -> None:
+    """Run `server_app` against one simulated center per folder, on the chosen engine."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine={engine!r} must be one of {', '.join(ENGINES)}")
+    client_app = build_client_app(simulation_resolver(centers, state_root))
+    if engine == "ray":
+        _run_ray(server_app, client_app, len(centers))
+        return
+    grid = InProcessGrid(client_app, len(centers), workers=min(len(centers), 8), observer=observer)
+    try:
+        server_app(
+            grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        )
+    finally:
+        grid.shutdown()
 
 
 def gather_manifests(

@@ -1,0 +1,175 @@
+"""What a center does in phases 5-6: train the global MAE locally, score an encoder downstream.
+
+Training images are the center's own selection (its manifest of a curation run) or, for the
+warm-up, a seeded uniform sample of its images; decoded once per run and cached in the state
+folder. The labeled split for evaluation is every pool image with a mask; the test split is the
+`test/` folder. What leaves the center: trained weights and an example count, or mIoU scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from client.handlers import CenterPaths
+from client.state import CenterState
+from common.data import scan_center
+from common.decode import UnreadableImage, load_image, load_mask
+from common.embed import EncoderSpec, build_encoder
+from common.errors import DataError
+from common.fedavg import read_weights, weights_record
+from common.io import atomic_write_bytes
+from common.mae import MAE, train_mae
+from common.manifest import read_manifest
+from common.segmentation import HeadConfig, evaluate_segmentation
+from common.trainproto import EvaluateReply, EvaluateRequest, TrainReply, TrainRequest
+
+log = logging.getLogger(__name__)
+
+
+class Labeled(NamedTuple):
+    images: np.ndarray  # uint8 (n, s, s, 3)
+    masks: np.ndarray  # bool (n, s, s)
+
+
+def train(request: TrainRequest, paths: CenterPaths) -> TrainReply:
+    """Load the global weights, train `steps` local MAE steps, send the weights back."""
+    images = training_images(request, paths)
+    if len(images) == 0:
+        return TrainReply(center=paths.name, examples=0, steps=0, loss=0.0)
+    mae = MAE(EncoderSpec(request.model, request.image_size, seed=request.seed))
+    mae.load_state_dict(read_weights(request.to_record(), mae.state_dict(), "TrainRequest"))
+    losses = train_mae(
+        mae,
+        images,
+        steps=request.steps,
+        lr=request.lr,
+        batch_size=request.batch_size,
+        seed=_local_seed(request, paths.name),
+        mask_ratio=request.mask_ratio,
+        schedule=(request.step_offset, request.total_steps),
+    )
+    CenterState(paths.state).record(
+        "pretrain", run=request.run, round=request.round, examples=len(images)
+    )
+    reply = TrainReply(
+        center=paths.name, examples=len(images), steps=len(losses), loss=float(np.mean(losses))
+    )
+    return reply.with_weights(weights_record(mae.state_dict()))
+
+
+def evaluate(request: EvaluateRequest, paths: CenterPaths) -> EvaluateReply:
+    """Score the attached encoder on this center's labeled data (nothing labeled: zeros)."""
+    train_split, test_split = labeled_splits(paths, request.image_size)
+    if len(train_split.images) == 0 or len(test_split.images) == 0:
+        return EvaluateReply(
+            center=paths.name,
+            train_images=len(train_split.images),
+            test_images=0,
+            miou=0.0,
+            iou_background=0.0,
+            iou_lesion=0.0,
+        )
+    encoder = build_encoder(EncoderSpec(request.model, request.image_size, seed=request.seed))
+    encoder.load_state_dict(read_weights(request.to_record(), encoder.state_dict(), "Evaluate"))
+    head = HeadConfig(
+        steps=request.head_steps,
+        lr=request.head_lr,
+        hidden=request.head_hidden,
+        finetune=request.finetune,
+        seed=request.seed,
+    )
+    score = evaluate_segmentation(encoder, *train_split, *test_split, head)
+    CenterState(paths.state).record("evaluate", run=request.run, miou=round(score.miou, 4))
+    return EvaluateReply(
+        center=paths.name,
+        train_images=len(train_split.images),
+        test_images=score.n_test,
+        miou=score.miou,
+        iou_background=score.iou_background,
+        iou_lesion=score.iou_lesion,
+    )
+
+
+def training_images(request: TrainRequest, paths: CenterPaths) -> np.ndarray:
+    """uint8 (n, s, s, 3): the selection's images (or the warm-up sample), cached per run."""
+    cache = CenterState(paths.state).run_dir(request.run) / f"train-{request.image_size}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    if request.uniform_fraction > 0:
+        files = _uniform_sample(paths.data, request.uniform_fraction, request.seed)
+    else:
+        files = _selected_files(CenterState(paths.state), request.selection)
+    images = _decode_all(paths.data, files, request.image_size)
+    buffer = io.BytesIO()
+    np.save(buffer, images)
+    atomic_write_bytes(cache, buffer.getvalue())
+    return images
+
+
+def labeled_splits(paths: CenterPaths, size: int) -> tuple[Labeled, Labeled]:
+    """(train, test): pool images with masks, and the `test/` folder's images with masks."""
+    test_root = paths.data / "test"
+    train = _labeled(paths.data, size)
+    test = _labeled(test_root, size) if test_root.is_dir() else _empty(size)
+    return train, test
+
+
+def _labeled(root: Path, size: int) -> Labeled:
+    try:
+        samples = [s for s in scan_center(root).samples if s.mask is not None]
+    except DataError:
+        return _empty(size)
+    images, masks = [], []
+    for sample in samples:
+        try:
+            image = load_image(root / sample.file, size)
+            mask = load_mask(root / str(sample.mask), size)
+        except UnreadableImage as exc:
+            log.warning("labeled pair skipped: %s", exc)
+            continue
+        images.append(image)
+        masks.append(mask)
+    if not images:
+        return _empty(size)
+    return Labeled(np.stack(images), np.stack(masks))
+
+
+def _empty(size: int) -> Labeled:
+    return Labeled(np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), bool))
+
+
+def _selected_files(state: CenterState, selection: str) -> list[str]:
+    path = state.manifest_path(selection, 0)
+    if not path.is_file():
+        return []  # this center holds none of the selection
+    return [row["file"] for row in read_manifest(path)]
+
+
+def _uniform_sample(root: Path, fraction: float, seed: int) -> list[str]:
+    samples = scan_center(root).samples
+    count = min(len(samples), max(1, math.ceil(fraction * len(samples))))
+    order = np.random.default_rng(seed).permutation(len(samples))[:count]
+    return [samples[i].file for i in sorted(order)]
+
+
+def _decode_all(root: Path, files: list[str], size: int) -> np.ndarray:
+    images = []
+    for file in files:
+        try:
+            images.append(load_image(root / file, size))
+        except UnreadableImage as exc:  # changed since the scan: skip it, the others train
+            log.warning("training image skipped: %s", exc)
+    return np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+
+
+def _local_seed(request: TrainRequest, center: str) -> int:
+    """Different masks and batch orders per center and round, the same on every rerun."""
+    digest = int.from_bytes(hashlib.sha256(center.encode()).digest()[:8], "little")
+    return (request.seed * 1_000_003 + request.round * 7919 + digest) % (1 << 63)

@@ -1,0 +1,194 @@
+"""Phase 5: federated MAE pre-training (FedAvg) on each center's own selected samples.
+
+Compute-matched as in MedDEL: every retention gets the same `rounds x local_steps` optimizer
+steps per participating center, one cosine schedule across the rounds (round r trains steps
+r*local .. (r+1)*local of it). Only centers that hold training images take part after the first
+round; their weights are averaged by example count. The global model is checkpointed after
+every round (atomically, with a progress file), so a killed run started again with the same
+settings resumes after the last finished round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.embed import EncoderSpec
+from common.errors import ConfigError, DataError, ProtocolError, RunFailed
+from common.fedavg import State, fedavg, read_weights, weights_record
+from common.io import write_json
+from common.mae import MAE, load_mae_checkpoint, save_mae_checkpoint
+from common.trainproto import TrainReply, TrainRequest
+from server.broadcast import Broadcaster
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT, PROGRESS = "checkpoint.pt", "progress.json"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """One federated pre-training run. `selection` names the curation run whose manifests are
+    the training sets; `uniform_fraction` > 0 trains on a uniform sample instead (warm-up)."""
+
+    run: str
+    selection: str = ""
+    uniform_fraction: float = 0.0
+    model: str = "vit_tiny_patch16_224"
+    image_size: int = 64
+    init: str = ""  # MAE checkpoint to start from; "" = random init seeded `seed`
+    rounds: int = 10
+    local_steps: int = 10
+    batch_size: int = 16
+    lr: float = 1.5e-4
+    mask_ratio: float = 0.75
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.local_steps < 1 or self.batch_size < 1:
+            raise ConfigError(
+                f"rounds={self.rounds}, local-steps={self.local_steps} and "
+                f"batch-size={self.batch_size} must be >= 1"
+            )
+        if not 0.0 <= self.uniform_fraction <= 1.0:
+            raise ConfigError(f"uniform-fraction={self.uniform_fraction} must be in [0, 1]")
+        if self.uniform_fraction == 0.0 and not self.selection:
+            raise ConfigError("pre-training needs a selection run or a uniform-fraction > 0")
+        if self.init and not Path(self.init).is_file():
+            raise ConfigError(f"init={self.init} is not a file; give an MAE checkpoint")
+
+    @property
+    def total_steps(self) -> int:
+        return self.rounds * self.local_steps
+
+
+@dataclass
+class PretrainResult:
+    checkpoint: Path
+    rounds_done: int
+    resumed_from: int  # rounds already done when this call started
+    examples: dict[str, int]  # center -> training images (centers with none omitted)
+    losses: list[float]  # example-weighted mean local loss per round
+    wall_s: float
+
+
+def run_pretraining(
+    broadcaster: Broadcaster, config: PretrainConfig, out_dir: str | Path
+) -> PretrainResult:
+    """Run (or resume) the rounds; the global MAE is in `out_dir/checkpoint.pt` afterwards."""
+    out = Path(out_dir)
+    started = time.perf_counter()
+    mae, progress = _resume_or_start(config, out)
+    resumed_from = progress["rounds_done"]
+    participants: list[int] | None = None  # everyone in the first round of this call
+    for round_ in range(resumed_from, config.rounds):
+        states, replies = _train_round(broadcaster, config, mae, round_, participants)
+        weights = [replies[node].examples for node in states]
+        mae.load_state_dict(fedavg(list(states.values()), weights))
+        participants = list(states)
+        progress["rounds_done"] = round_ + 1
+        progress["examples"] = {replies[n].center: replies[n].examples for n in states}
+        progress["losses"].append(
+            sum(replies[n].loss * replies[n].examples for n in states) / sum(weights)
+        )
+        save_mae_checkpoint(mae, out / CHECKPOINT, extra={"round": round_ + 1})
+        write_json(out / PROGRESS, progress)
+        log.info(
+            "pretrain %s: round %d/%d, %d centers, loss %.4f",
+            config.run,
+            round_ + 1,
+            config.rounds,
+            len(states),
+            progress["losses"][-1],
+        )
+    return PretrainResult(
+        out / CHECKPOINT,
+        progress["rounds_done"],
+        resumed_from,
+        dict(progress["examples"]),
+        list(progress["losses"]),
+        time.perf_counter() - started,
+    )
+
+
+def _train_round(
+    broadcaster: Broadcaster,
+    config: PretrainConfig,
+    mae: MAE,
+    round_: int,
+    participants: list[int] | None,
+) -> tuple[dict[int, State], dict[int, TrainReply]]:
+    reference = mae.state_dict()
+    request = TrainRequest(
+        run=config.run,
+        round=round_,
+        selection=config.selection,
+        uniform_fraction=config.uniform_fraction,
+        model=config.model,
+        image_size=config.image_size,
+        steps=config.local_steps,
+        step_offset=round_ * config.local_steps,
+        total_steps=config.total_steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        mask_ratio=config.mask_ratio,
+        seed=config.seed,
+    ).with_weights(weights_record(reference))
+    states: dict[int, State] = {}
+
+    def check(node: int, reply: TrainReply) -> None:
+        if reply.examples > 0:
+            if reply.weights is None:
+                raise ProtocolError("TrainReply: trained but sent no weights")
+            states[node] = read_weights(reply.to_record(), reference, "TrainReply")
+
+    replies = broadcaster.ask(request, TrainReply, participants, check)
+    states = {node: states[node] for node in replies if node in states}
+    if not states:
+        source = (
+            f"a {config.uniform_fraction:g} uniform sample"
+            if config.uniform_fraction
+            else f"selection '{config.selection}'"
+        )
+        raise RunFailed(
+            f"pre-training round {round_}: no center holds training images of {source}; "
+            "run the curation round first (its manifests are the training sets)"
+        )
+    return states, replies
+
+
+def _resume_or_start(config: PretrainConfig, out: Path) -> tuple[MAE, dict[str, Any]]:
+    """The last checkpoint when `out` holds an unfinished run with these settings, else a start."""
+    settings = dataclasses.asdict(config)
+    progress_path = out / PROGRESS
+    if progress_path.is_file() and (out / CHECKPOINT).is_file():
+        progress = json.loads(progress_path.read_text())
+        if progress.get("config") != settings:
+            raise ConfigError(
+                f"{out} holds a pre-training run with other settings; use another output "
+                f"folder or delete {progress_path} to start over"
+            )
+        log.info("pretrain %s: resuming after round %d", config.run, progress["rounds_done"])
+        return load_mae_checkpoint(out / CHECKPOINT), progress
+    if config.init:
+        mae = load_mae_checkpoint(config.init)
+        if mae.spec.model != config.model or mae.spec.image_size != config.image_size:
+            raise DataError(
+                f"init={config.init} holds {mae.spec.model} at {mae.spec.image_size} px; "
+                f"the run trains {config.model} at {config.image_size} px"
+            )
+    else:
+        mae = MAE(EncoderSpec(config.model, config.image_size, seed=config.seed))
+    return mae, {"config": settings, "rounds_done": 0, "examples": {}, "losses": []}
+
+
+def encoder_state(mae: MAE) -> dict[str, torch.Tensor]:
+    """The encoder part of the MAE, what downstream evaluation needs."""
+    return mae.encoder.state_dict()

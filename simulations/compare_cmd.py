@@ -1,0 +1,184 @@
+"""`feddel-sim compare`: curate, pre-train and evaluate every method x budget x seed.
+
+It runs simulations.pipeline on a simulated federation, one Flower run for all cells, and
+write RUN/results.{csv,md,png}. A finished cell is kept on disk, so a killed run started again
+with the same command continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.serverapp import Grid, ServerApp
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from common.cliutil import EXIT_OK, console
+from common.config import METHODS, CurationConfig, parse_overrides
+from common.errors import ConfigError
+from common.segmentation import HeadConfig
+from simulations.federated import ENGINES, run_apps
+from simulations.layout import center_dirs
+from simulations.pipeline import SCRATCH, Cell, Pipeline, PipelineSettings, Row
+from simulations.results import write_results
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """Pre-training and evaluation flags shared by `compare` and `demo`."""
+    defaults = PipelineSettings()
+    parser.add_argument(
+        "--rounds", type=int, default=defaults.rounds,
+        help=f"federated MAE rounds per cell (default {defaults.rounds})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--local-steps", type=int, default=defaults.local_steps,
+        help="optimizer steps per center per round; rounds x local-steps is the same for every "
+        f"budget (compute-matched; default {defaults.local_steps})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--warmup-rounds", type=int, default=defaults.warmup_rounds,
+        help="rounds of the MAE warm-up on a uniform sample that gives curation its encoder "
+        f"(default {defaults.warmup_rounds})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--curation-rounds", type=int, default=defaults.curation_rounds,
+        help="curate + pre-train repeats, each curating with the newest encoder (default 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lr", type=float, default=defaults.lr, help=f"MAE peak learning rate ({defaults.lr:g})"
+    )
+    parser.add_argument(
+        "--head-steps", type=int, default=defaults.head.steps,
+        help=f"segmentation head training steps (default {defaults.head.steps})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--finetune", action=argparse.BooleanOptionalAction, default=defaults.head.finetune,
+        help="fine-tune the encoder with the head (default: frozen encoder)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="inprocess",
+        help="simulation engine: in-process (default; the same messages, no Ray) or Ray",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a curation setting, e.g. --set k=64 (list: feddel-coordinator config)",
+    )  # fmt: skip
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="federation (feddel-sim data)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder for results.*")
+    parser.add_argument(
+        "--budgets", type=_floats, default=[0.05, 0.2, 1.0],
+        help="comma-separated budgets (default 0.05,0.2,1.0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--methods", type=_methods, default=["random", "meddel", "feddel"],
+        help=f"comma-separated, from {', '.join(METHODS)} (default random,meddel,feddel); "
+        "`full` runs once, at R = 1",
+    )  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    add_pipeline_arguments(parser)
+
+
+def compare_run(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds} must be >= 1")
+    cells = [
+        Cell(method, 1.0 if method == "full" else budget, seed)
+        for seed in range(args.seeds)
+        for method in args.methods
+        for budget in (args.budgets if method != "full" else [1.0])
+    ]
+    cells = list(dict.fromkeys(cells))
+    rows = run_pipeline(args, args.data, args.out, cells)
+    console.print(results_table(rows, "comparison"))
+    console.print(f"results: {args.out}/results.csv, results.md, results.png")
+    return EXIT_OK
+
+
+def run_pipeline(args: argparse.Namespace, data: Path, out: Path, cells: list[Cell]) -> list[Row]:
+    """Run every cell in one simulated Flower run; write and return the rows."""
+    settings = PipelineSettings(
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        warmup_rounds=args.warmup_rounds,
+        curation_rounds=args.curation_rounds,
+        lr=args.lr,
+        head=HeadConfig(steps=args.head_steps, finetune=args.finetune),
+    )
+    base = CurationConfig.from_run_config(parse_overrides(args.set))
+    centers = center_dirs(data)
+    state_root = out / "state"
+    rows: list[Row] = []
+    total = len(cells) + len({cell.seed for cell in cells})  # + one scratch row per seed
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("cells (curate, pre-train, evaluate)", total=total)
+
+        def on_row(row: Row) -> None:
+            rows.append(row)
+            bar.update(task, advance=1)
+            bar.console.print(
+                f"{row['method']} {row['budget']:g} seed {row['seed']}: R {row['R']:.3f}, "
+                f"mIoU {row['mIoU']:.4f}, NormDEL {row['NormDEL']:.4f}"
+            )
+
+        app = ServerApp()
+
+        @app.main()
+        def main(grid: Grid, _context: Any) -> None:
+            Pipeline(grid, base, settings, out, centers, state_root, on_row).run(cells)
+
+        if args.engine == "inprocess":
+            torch.set_num_threads(1)  # the simulated centers run side by side on threads
+        run_apps(app, centers, state_root, args.engine)
+    if len(rows) != total:
+        raise ConfigError(f"the simulated run stopped after {len(rows)} of {total} cells")
+    write_results(rows, out, f"FedDEL comparison on {data.name}")
+    return rows
+
+
+def results_table(rows: list[Row], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("method", "budget", "seed", "R", "mIoU", "DEL", "NormDEL"):
+        table.add_column(column, justify="right")
+    table.add_column("disruptive", justify="right")
+    table.add_column("distinct videos / sel.", justify="right")
+    table.add_column("modes", justify="right")
+    for row in rows:
+        quality = (
+            ("-", "-", "-")
+            if row["method"] == SCRATCH
+            else (
+                f"{row.get('quality_disruptive_rate', 0):.2%}",
+                f"{row.get('quality_distinct_videos_per_selected', 0):.3f}",
+                f"{row.get('quality_mode_coverage', 0):.0%}",
+            )
+        )
+        table.add_row(
+            row["method"], f"{row['budget']:g}", str(row["seed"]), f"{row['R']:.3f}",
+            f"{row['mIoU']:.4f}", f"{row['DEL']:.4f}", f"{row['NormDEL']:.4f}", *quality,
+        )  # fmt: skip
+    return table
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers like 0.05,0.2,1.0") from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: budgets must lie in (0, 1]")
+    return values
+
+
+def _methods(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [v for v in values if v not in METHODS]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: methods must come from {', '.join(METHODS)}")
+    return values

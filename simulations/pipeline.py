@@ -1,0 +1,214 @@
+"""The whole FedDEL pipeline on a simulated federation: warm-up, curate, pre-train, evaluate.
+
+For each seed: a short federated MAE warm-up on a small uniform sample gives curation its
+encoder (DESIGN.md); the random-init encoder is scored once as the floor. Then for each
+(method, budget) cell: a curation round with the warm-up encoder, federated MAE pre-training on
+the selection starting from the warm-up weights (the same number of steps for every budget:
+compute-matched), and downstream evaluation. `curation_rounds` > 1 repeats curate + pre-train
+with the newly pre-trained encoder, splitting the same step budget across the repeats.
+
+Everything a cell produces lives under RUN/cells/<cell>/ and a finished cell is not run again,
+so a killed `compare` started again picks up where it stopped (pre-training also resumes
+inside a cell, from its last finished round).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr.serverapp import Grid
+
+from common.config import CurationConfig
+from common.embed import EncoderSpec
+from common.errors import ConfigError
+from common.io import write_json
+from common.metrics import del_score, norm_del
+from common.segmentation import HeadConfig
+from server.broadcast import Broadcaster
+from server.curation import run_round
+from server.downstream import run_evaluation
+from server.pretrain import PretrainConfig, run_pretraining
+from server.report import write_round
+from simulations.evaluate import selected_files, truth_measures
+from simulations.federated import gather_manifests
+
+log = logging.getLogger(__name__)
+
+SCRATCH = "scratch"  # the row of the random-init encoder: no pre-training at all
+RESULT_COLUMNS = ("method", "budget", "R", "seed", "mIoU", "DEL", "NormDEL", "wall_s")
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    budget: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.budget:g}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Pre-training and evaluation settings shared by every cell (compute-matched)."""
+
+    rounds: int = 10
+    local_steps: int = 10
+    warmup_rounds: int = 3
+    warmup_fraction: float = 0.05
+    curation_rounds: int = 1
+    batch_size: int = 16
+    lr: float = 1.5e-4
+    head: HeadConfig = field(default_factory=HeadConfig)
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.curation_rounds < 1 or self.rounds % self.curation_rounds:
+            raise ConfigError(
+                f"curation-rounds={self.curation_rounds} must be >= 1 and divide "
+                f"rounds={self.rounds} (each repeat gets the same share of the steps)"
+            )
+
+
+Row = dict[str, Any]
+
+
+@dataclass
+class Pipeline:
+    """Runs cells on one Grid; `base` carries the curation settings (k, eta, model, size...)."""
+
+    grid: Grid
+    base: CurationConfig
+    settings: PipelineSettings
+    out: Path
+    centers: list[Path]
+    state_root: Path
+    on_row: Callable[[Row], None] = lambda row: None
+    _warm: dict[int, Path] = field(default_factory=dict)
+
+    def run(self, cells: list[Cell]) -> list[Row]:
+        """Every cell's row, preceded per seed by the random-init (scratch) row."""
+        rows: list[Row] = []
+        for seed in sorted({cell.seed for cell in cells}):
+            rows.append(self._cached(Cell(SCRATCH, 0.0, seed), self._scratch))
+            for cell in (c for c in cells if c.seed == seed):
+                rows.append(self._cached(cell, self._cell))
+        return rows
+
+    def _cached(self, cell: Cell, compute: Callable[[Cell], Row]) -> Row:
+        path = self.out / "cells" / cell.name / "row.json"
+        if path.is_file():
+            row = json.loads(path.read_text())
+        else:
+            started = time.perf_counter()
+            row = compute(cell)
+            row["wall_s"] = round(time.perf_counter() - started, 1)
+            write_json(path, row)
+        self.on_row(row)
+        return row
+
+    def _scratch(self, cell: Cell) -> Row:
+        spec = EncoderSpec(self.base.model, self.base.image_size, seed=cell.seed)
+        result = run_evaluation(self._cast(cell.name), spec, cell.name, self._head(cell.seed))
+        return self._row(cell, 0.0, result.miou, {})
+
+    def _cell(self, cell: Cell) -> Row:
+        encoder = self.warm_up(cell.seed)
+        cell_dir = self.out / "cells" / cell.name
+        steps_each = self.settings.rounds // self.settings.curation_rounds
+        for repeat in range(self.settings.curation_rounds):
+            run_name = f"{cell.name}-c{repeat}"
+            summary, quality = self._curate(cell, run_name, encoder, cell_dir)
+            pretrain = PretrainConfig(
+                run=f"{run_name}-mae",
+                selection=run_name,
+                model=self.base.model,
+                image_size=self.base.image_size,
+                init=str(encoder),
+                rounds=steps_each,
+                local_steps=self.settings.local_steps,
+                batch_size=self.settings.batch_size,
+                lr=self.settings.lr,
+                seed=cell.seed,
+            )
+            done = run_pretraining(self._cast(run_name), pretrain, cell_dir / f"mae-c{repeat}")
+            encoder = done.checkpoint
+        spec = EncoderSpec(self.base.model, self.base.image_size, str(encoder), cell.seed)
+        result = run_evaluation(self._cast(cell.name), spec, cell.name, self._head(cell.seed))
+        retention = summary["selected"] / max(1, summary["total_samples"])
+        return self._row(cell, retention, result.miou, quality)
+
+    def warm_up(self, seed: int) -> Path:
+        """The seed's warm-up MAE checkpoint (trained once, then reused by every cell)."""
+        if seed not in self._warm:
+            config = PretrainConfig(
+                run=f"warmup-s{seed}",
+                uniform_fraction=self.settings.warmup_fraction,
+                model=self.base.model,
+                image_size=self.base.image_size,
+                rounds=self.settings.warmup_rounds,
+                local_steps=self.settings.local_steps,
+                batch_size=self.settings.batch_size,
+                lr=self.settings.lr,
+                seed=seed,
+            )
+            out = self.out / "warmup" / f"s{seed}"
+            self._warm[seed] = run_pretraining(self._cast(config.run), config, out).checkpoint
+        return self._warm[seed]
+
+    def _curate(
+        self, cell: Cell, run_name: str, encoder: Path, cell_dir: Path
+    ) -> tuple[Row, dict[str, Any]]:
+        config = dataclasses.replace(
+            self.base,
+            method=cell.method,
+            budget=cell.budget,
+            seed=cell.seed,
+            weights=str(encoder),
+            run_name=run_name,
+            out=str(cell_dir),
+        )
+        result = run_round(self._cast(run_name), config)
+        run_dir = cell_dir / run_name
+        summary = write_round(result, run_dir)
+        selection = gather_manifests(self.centers, self.state_root, run_dir, config)
+        measures = truth_measures(
+            self.centers, selected_files(selection), None, summary["retention"], cell.seed
+        )
+        quality = measures["selection"] if measures else {}
+        return summary, quality
+
+    def _cast(self, run: str) -> Broadcaster:
+        return Broadcaster(
+            self.grid,
+            min_fraction=self.base.min_fraction,
+            timeout=self.base.phase_timeout or None,
+            group=run,
+            min_centers=len(self.centers),
+            connect_timeout=self.base.connect_timeout,
+        )
+
+    def _head(self, seed: int) -> HeadConfig:
+        return dataclasses.replace(self.settings.head, seed=seed)
+
+    def _row(self, cell: Cell, retention: float, miou: float, quality: dict[str, Any]) -> Row:
+        alpha = self.settings.alpha
+        row: Row = {
+            "method": cell.method,
+            "budget": cell.budget,
+            "R": round(retention, 4),
+            "seed": cell.seed,
+            "mIoU": round(miou, 4),
+            "DEL": round(del_score(miou, retention, alpha), 4),
+            "NormDEL": round(norm_del(miou, retention, alpha), 4),
+        }
+        row.update({f"quality_{key}": value for key, value in quality.items()})
+        return row

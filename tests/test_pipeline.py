@@ -1,0 +1,112 @@
+"""Phases 5-6 over the in-process engine: FedAvg pre-training that resumes exactly, what the
+centers send, and `feddel-sim compare` end to end on a tiny federation."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from client.app import build_client_app
+from common.mae import load_mae_checkpoint
+from server import pretrain as pretrain_module
+from server.broadcast import Broadcaster
+from server.pretrain import PretrainConfig, run_pretraining
+from simulations.cli import main as sim_main
+from simulations.federated import simulation_resolver
+from simulations.inprocess import InProcessGrid
+from simulations.layout import center_dirs
+from simulations.synth import generate_federation
+
+SETTINGS = dict(uniform_fraction=0.5, image_size=32, rounds=2, local_steps=2, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline") / "data"
+    generate_federation(root, centers=3, scale="small", seed=0, size=32)
+    return root
+
+
+def _pretrain(data: Path, state: Path, out: Path, observer=None):
+    centers = center_dirs(data)
+    app = build_client_app(simulation_resolver(centers, state))
+    grid = InProcessGrid(app, len(centers), workers=3, observer=observer)
+    try:
+        cast = Broadcaster(grid, min_fraction=1.0, timeout=None, group="t", min_centers=3)
+        return run_pretraining(cast, PretrainConfig(run="warm", **SETTINGS), out)
+    finally:
+        grid.shutdown()
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_mae_checkpoint(path).state_dict()
+
+
+def test_pretraining_killed_after_a_round_resumes_to_the_same_model(
+    federation, tmp_path, monkeypatch
+):
+    whole = _pretrain(federation, tmp_path / "s1", tmp_path / "whole")
+    assert (whole.rounds_done, whole.resumed_from) == (2, 0)
+    assert len(whole.losses) == 2 and sum(whole.examples.values()) > 0
+
+    real_round, calls = pretrain_module._train_round, []
+
+    def dies_in_round_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the coordinator is killed during round 2
+        return real_round(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "_train_round", dies_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        _pretrain(federation, tmp_path / "s2", tmp_path / "split")
+    monkeypatch.setattr(pretrain_module, "_train_round", real_round)
+    resumed = _pretrain(federation, tmp_path / "s2", tmp_path / "split")
+    assert (resumed.rounds_done, resumed.resumed_from) == (2, 1)
+    a, b = _weights(whole.checkpoint), _weights(resumed.checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_centers_send_weights_and_counts_only(federation, tmp_path):
+    sent = []
+    _pretrain(federation, tmp_path / "s", tmp_path / "run", observer=lambda n, m: sent.append(m))
+    replies = [m.content for m in sent if m.metadata.message_type == "query.mae"]
+    assert len(replies) == 6  # 3 centers x 2 rounds, compute-matched: same steps each
+    for content in replies:
+        assert set(content.config_records["fields"].keys()) == {
+            "center", "examples", "steps", "loss"
+        }  # fmt: skip
+        assert int(content.config_records["fields"]["steps"]) == SETTINGS["local_steps"]
+        assert set(content.array_records) == {"arrays", "weights"}
+        assert not content.array_records["arrays"]  # no per-sample array of any kind
+
+
+def test_pretraining_refuses_to_resume_with_other_settings(federation, tmp_path):
+    _pretrain(federation, tmp_path / "s", tmp_path / "run")
+    with pytest.raises(Exception, match="other settings"):
+        pretrain_module._resume_or_start(
+            PretrainConfig(run="warm", **{**SETTINGS, "rounds": 3}), tmp_path / "run"
+        )
+
+
+@pytest.mark.slow
+def test_compare_writes_results_and_resumes(federation, tmp_path, capsys):
+    """~1-2 min: two methods, one budget, one seed, the whole pipeline in-process."""
+    out = tmp_path / "cmp"
+    argv = [
+        "compare", "--data", str(federation), "--out", str(out), "--budgets", "0.3",
+        "--methods", "random,feddel", "--seeds", "1", "--rounds", "1", "--local-steps", "2",
+        "--warmup-rounds", "1", "--head-steps", "20", "--set", "image-size=32",
+        "--set", "k=4", "--set", "k-local=2", "--set", "min-count=3",
+    ]  # fmt: skip
+    assert sim_main(argv) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["method"] for r in rows] == ["scratch", "random", "feddel"]
+    assert {"method", "budget", "R", "seed", "mIoU", "DEL", "NormDEL", "wall_s"} <= set(rows[0])
+    assert float(rows[1]["R"]) == pytest.approx(0.3, abs=0.05)
+    assert (out / "results.png").stat().st_size > 1000
+    assert "| feddel | 0.3 | 1 |" in (out / "results.md").read_text()
+    assert sim_main(argv) == 0  # finished cells are read back, not recomputed
+    again = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["wall_s"] for r in again] == [r["wall_s"] for r in rows]
