@@ -11,6 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from client.embed_cmd import add_embed_arguments, run_embed
+from client.join_cmd import add_join_arguments, run_join
+from client.status_cmd import add_status_arguments, run_status
 from common.cliutil import EXIT_FAILED, EXIT_OK, Command, console, dispatch, run_cli
 from common.cliutil import build_parser as build_parser_for
 from common.data import Inventory, scan_center
@@ -23,6 +25,10 @@ coordinator only ever receives counts, per-cluster sums and score histograms.
 Commands:
   check    scan a data folder: what will be in the pool, what cannot be read, and why
   embed    embed the images into the center's cache ahead of a round (resumable)
+  join     connect this center to the federation's SuperLink (runs until stopped)
+  status   runs seen, manifests written and the last error, from the state folder
+
+Deployment step by step: deploy/README.md.
 """
 
 MAX_EXAMPLES = 10  # unreadable files listed per reason
@@ -140,6 +146,23 @@ COMMANDS: tuple[Command, ...] = (
         "there is one.",
         add_arguments=add_embed_arguments,
         run=run_embed,
+    ),
+    Command(
+        name="join",
+        summary="connect this center to the federation (a Flower SuperNode)",
+        description="Check center.toml (data folder, state folder, CA certificate, key), "
+        "then run Flower's SuperNode with TLS and this center's key until stopped (SIGTERM "
+        "or Ctrl-C). If the SuperLink refuses the center, one line says what to fix.",
+        add_arguments=add_join_arguments,
+        run=run_join,
+    ),
+    Command(
+        name="status",
+        summary="runs seen, manifests written, last error",
+        description="Read the center's state folder: the curation runs it took part in, the "
+        "manifests it wrote, its last join or leave, and the last error with its phase.",
+        add_arguments=add_status_arguments,
+        run=run_status,
     ),
 )
 

@@ -20,6 +20,7 @@ from common import secagg
 from common.center import prepare_center
 from common.curation import (
     ETA_GRID,
+    CenterScores,
     candidate_histograms,
     meddel_survivors,
     pvi_edges,
@@ -28,8 +29,8 @@ from common.curation import (
     select_meddel,
 )
 from common.embed import EncoderSpec
-from common.errors import FedDELError
-from common.kmeans import assign, cluster_stats, local_kmeans
+from common.errors import FedDELError, ProtocolError
+from common.kmeans import ClusterStats, assign, cluster_stats, local_kmeans
 from common.manifest import manifest_rows, write_manifest
 from common.privacy import add_gaussian_noise, merge_small_clusters
 from common.protocol import (
@@ -124,7 +125,11 @@ def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
     pool = CenterState(paths.state).load_pool(request.run)
     X = pool.embeddings[pool.eligible(request.method)]
     k, d = request.centers.shape
-    stats = cluster_stats(X, assign(X, request.centers), k)
+    _check_dim(request.centers, pool.embeddings)
+    if len(X):
+        stats = cluster_stats(X, assign(X, request.centers), k)
+    else:  # nothing eligible (no readable or only disruptive images): it adds zeros
+        stats = ClusterStats(np.zeros(k, dtype=np.int64), np.zeros((k, d)), np.zeros(k))
     sums = stats.sum
     if request.noise_sigma > 0:  # fresh OS entropy: nobody else can reproduce the noise
         sums = add_gaussian_noise(sums, request.noise_sigma, np.random.default_rng())
@@ -136,10 +141,14 @@ def score(request: ScoreRequest, paths: CenterPaths) -> ScoreReply:
     state = CenterState(paths.state)
     pool = state.load_pool(request.run)
     eligible = pool.eligible(request.method)
-    scores = score_center(
-        pool.embeddings, eligible, request.centers, request.prior,
-        tau=request.tau, eps=request.eps, eta=request.eta, keep=request.keep,
-    )  # fmt: skip
+    _check_dim(request.centers, pool.embeddings)
+    if len(pool.samples):
+        scores = score_center(
+            pool.embeddings, eligible, request.centers, request.prior,
+            tau=request.tau, eps=request.eps, eta=request.eta, keep=request.keep,
+        )  # fmt: skip
+    else:
+        scores = _no_scores()
     state.save_scores(request.run, scores)
     k = len(request.centers)
     survivors = (
@@ -153,6 +162,24 @@ def score(request: ScoreRequest, paths: CenterPaths) -> ScoreReply:
         eta_survivors=survivors,
     )
     return ScoreReply(masked=_masked(request, paths, values))
+
+
+def _check_dim(centers: np.ndarray, embeddings: np.ndarray) -> None:
+    if centers.shape[1] != embeddings.shape[1]:
+        raise ProtocolError(
+            f"centroids have dimension {centers.shape[1]}, this center's embeddings "
+            f"{embeddings.shape[1]}; the coordinator mixed encoders"
+        )
+
+
+def _no_scores() -> CenterScores:
+    """The scores of an empty pool: every per-sample array of length 0."""
+    empty = np.zeros(0)
+    return CenterScores(
+        labels=np.zeros(0, dtype=np.int32), sqdist=empty.astype(np.float32),
+        outlier=empty.astype(bool), duplicate=empty.astype(bool), pvi=empty, log_gx=empty,
+        candidate=empty.astype(bool),
+    )  # fmt: skip
 
 
 def _center_report(paths: CenterPaths, request: SelectRequest) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from common.embedcache import EmbeddingCache
 from common.errors import DataError
 from common.io import atomic_write_bytes, write_json
 from common.manifest import manifest_name
+
+log = logging.getLogger(__name__)
 
 
 class CenterState:
@@ -124,15 +128,30 @@ class CenterState:
     # --- events for `feddel-center status` -------------------------------------------------
 
     def record(self, event: str, **details: Any) -> None:
+        """Append one JSON line. A line cut short by a crash (power loss, full disk) is closed
+        first, so it costs that line only, never the next."""
         line = json.dumps({"time": time.time(), "event": event, **details}, sort_keys=True)
-        with open(self.path / "events.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        with open(self.path / "events.jsonl", "a+b") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            if end:
+                handle.seek(end - 1)
+                if handle.read(1) != b"\n":
+                    line = "\n" + line
+            handle.write((line + "\n").encode("utf-8"))
 
     def events(self) -> list[dict[str, Any]]:
+        """Every readable event, oldest first; a damaged line is skipped with a warning."""
         path = self.path / "events.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        events = []
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                if line.strip():
+                    log.warning("%s line %d is damaged; skipped", path, number)
+        return events
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:

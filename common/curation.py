@@ -99,7 +99,7 @@ def score_center(
     if kept.any():
         index = np.flatnonzero(kept)
         survivors = near_duplicate_mask(
-            X[index], dedup_cells(labels[index]), eta, hardness=-pvi[index], keep=keep
+            X, dedup_cells(labels[index]), eta, hardness=-pvi[index], keep=keep, rows=index
         )
         duplicate[index[~survivors]] = True
     candidate = kept & ~duplicate
@@ -136,7 +136,7 @@ def meddel_survivors(
     if index.size == 0:
         return np.zeros(len(ETA_GRID), dtype=np.int64)
     return meddel_survivors_by_eta(
-        X[index], scores.labels[index], ETA_GRID, keep=keep, hardness=-scores.pvi[index]
+        X, scores.labels[index], ETA_GRID, keep=keep, hardness=-scores.pvi[index], rows=index
     )
 
 
@@ -172,7 +172,7 @@ def select_meddel(
     index = np.flatnonzero(kept)
     if index.size:
         survivors = near_duplicate_mask(
-            X[index], scores.labels[index], eta, hardness=-scores.pvi[index], keep=keep
+            X, scores.labels[index], eta, hardness=-scores.pvi[index], keep=keep, rows=index
         )
         selected[index[survivors]] = True
     return selected

@@ -201,9 +201,11 @@ def _walk(root: Path) -> tuple[list[str], int, dict[str, dict[str, str]]]:
         dirs[:] = [d for d in dirs if d.lower() not in RESERVED_DIRS]
         for name in files:
             path = here / name
-            if name.startswith(".") or not path.is_file():
+            if name.startswith("."):
                 continue
-            if _is_candidate(path):
+            if not path.is_file():  # a pipe, socket or dangling link: never opened
+                ignored += 1
+            elif _is_candidate(path):
                 candidates.append(path.relative_to(root).as_posix())
             else:
                 ignored += 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -40,6 +41,11 @@ from common.io import atomic_write_bytes, atomic_write_text, write_json
 logger = logging.getLogger(__name__)
 
 _COPY_CHUNK = 65536  # rows copied at a time when the sample list changes
+# torch's RNG is process-wide: a seeded random init (build_encoder) on one thread and a draw on
+# another (a second init, or a DataLoader's base seed) interleave, and the "same" encoder gets
+# other weights on every center that embeds at the same time (the in-process engine handles
+# centers on threads). Threads take turns to build and embed.
+_TORCH_RNG = threading.Lock()
 
 
 class FailedSample(NamedTuple):
@@ -172,15 +178,17 @@ def embed_center(
     ids = [sample.sample_id for sample in samples]
     _check_ids(ids)
     cache = EmbeddingCache(state_dir, spec)
-    existing = cache.layout()
-    if encoder is None and (existing is None or not set(ids) <= _done_ids(existing)):
-        encoder = build_encoder(spec).to(pick_device(device))
-    dim = encoder.num_features if encoder is not None else cache.dim()
-    layout = cache.prepare(ids, dim)
-    reused = int(layout.done.sum())
-    todo = np.flatnonzero(~layout.done)
+    if (cached := _all_cached(cache, ids)) is not None:  # no torch at all
+        return cached
     failed: list[FailedSample] = []
-    if len(todo):
+    with _TORCH_RNG:
+        if (cached := _all_cached(cache, ids)) is not None:  # another thread just made them
+            return cached
+        if encoder is None:
+            encoder = build_encoder(spec).to(pick_device(device))
+        layout = cache.prepare(ids, encoder.num_features)
+        reused = int(layout.done.sum())
+        todo = np.flatnonzero(~layout.done)
         rows, done = cache.open_rows(writable=True), layout.done.copy()
         paths = [Path(root) / samples[i].file for i in todo]
         for batch in iter_embed_files(
@@ -211,6 +219,15 @@ def _check_ids(ids: list[str]) -> None:
         if sample_id in seen:
             raise DataError(f"sample id {sample_id} appears twice; ids must be unique per center")
         seen.add(sample_id)
+
+
+def _all_cached(cache: EmbeddingCache, ids: list[str]) -> CachedEmbeddings | None:
+    """The rows for `ids` when every one is cached (re-laid out if the list changed)."""
+    existing = cache.layout()
+    if existing is None or not set(ids) <= _done_ids(existing):
+        return None
+    layout = cache.prepare(ids, cache.dim())
+    return _result(layout, cache.open_rows(), 0, int(layout.done.sum()), [])
 
 
 def _done_ids(layout: _Layout) -> set[str]:

@@ -36,7 +36,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8; a file name that was not valid UTF-8 on disk (Python holds its bytes as
+    surrogates) is written back as those bytes, and read_csv restores it, so a manifest names
+    the file that exists instead of failing on it."""
+    return atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
@@ -63,7 +66,7 @@ def write_csv(
 
 
 def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         return list(csv.DictReader(handle))
 
 

@@ -33,6 +33,7 @@ SPLIT_SCALE = 0.1  # a re-seeded center sits 0.1 RMS radii away from the split c
 _GRID = 2.0**30  # cluster_stats rounds to multiples of 1/_GRID (see the module docstring)
 _ROW_BLOCK = 8192  # rows per float64 sub-block: temporaries stay ~ _ROW_BLOCK * max(d, k) * 8 B
 _UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
+LOCAL_INITS = 3  # k-means++ restarts of a center's local k-means (the best inertia wins)
 
 
 class Assignment(NamedTuple):
@@ -149,15 +150,27 @@ def _nearest(chunk: np.ndarray, C: np.ndarray, C32: np.ndarray, cc: np.ndarray) 
     xnorm = 1.01 * np.sqrt(np.einsum("ij,ij->i", x32, x32))
     bound = 2.0 * (C.shape[1] + 8) * _UNIT_ROUNDOFF * (2.0 * xnorm * cmax + cmax**2)
     unsure = np.flatnonzero(gap <= 2.0 * bound)
-    for lo in range(0, unsure.size, _ROW_BLOCK):
-        rows = unsure[lo : lo + _ROW_BLOCK]
-        x64 = chunk[rows].astype(np.float64)
-        dist = np.empty((rows.size, C.shape[0]))
-        for j in range(C.shape[0]):
-            diff = x64 - C[j]
-            dist[:, j] = (diff * diff).sum(axis=1)
-        labels[rows] = dist.argmin(axis=1)
+    if unsure.size:
+        limit = top2[unsure, 0].astype(np.float64) + 2.0 * bound[unsure].astype(np.float64)
+        labels[unsure] = _nearest_float64(chunk[unsure], C, scores[unsure], limit)
     return labels
+
+
+def _nearest_float64(
+    x: np.ndarray, C: np.ndarray, scores: np.ndarray, limit: np.ndarray
+) -> np.ndarray:
+    """Labels (m,) of rows x (m, d) from float64 distances (ties -> lowest index), computed only
+    to the centers whose float32 score is <= limit (m,): any other center's score exceeds the
+    winner's by more than the float32 error bound, so it cannot win in float64 either."""
+    rows, cols = np.nonzero(scores.astype(np.float64) <= limit[:, None])
+    dist = np.empty(rows.size)
+    for lo in range(0, rows.size, _ROW_BLOCK):
+        r, c = rows[lo : lo + _ROW_BLOCK], cols[lo : lo + _ROW_BLOCK]
+        diff = x[r].astype(np.float64) - C[c]
+        dist[lo : lo + r.size] = (diff * diff).sum(axis=1)
+    order = np.lexsort((cols, dist, rows))
+    first = np.flatnonzero(np.diff(rows[order], prepend=-1))
+    return cols[order[first]]
 
 
 def _row_sqdist(chunk: np.ndarray, C: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -188,11 +201,14 @@ def cluster_stats(
     step = min(chunk_size, _ROW_BLOCK)
     for lo in range(0, n, step):
         hi = min(lo + step, n)
-        grid_values = np.asarray(X[lo:hi], dtype=np.float64) * _GRID
+        order = np.argsort(labels[lo:hi], kind="stable")
+        grid_values = np.asarray(X[lo:hi], dtype=np.float64)[order]
+        grid_values *= _GRID
         np.rint(grid_values, out=grid_values)
-        onehot = np.zeros((hi - lo, k))
-        onehot[np.arange(hi - lo), labels[lo:hi]] = 1.0
-        sums += onehot.T @ grid_values  # integer-valued float64: exact in any order
+        sorted_labels = labels[lo:hi][order]
+        starts = np.flatnonzero(np.diff(sorted_labels, prepend=-1))
+        # per-cluster segment sums, O(rows * d) whatever k; integer-valued: exact in any order
+        sums[sorted_labels[starts]] += np.add.reduceat(grid_values, starts, axis=0)
     sqsum = np.bincount(labels, weights=np.rint(sq * _GRID), minlength=k)
     count = np.bincount(labels, minlength=k).astype(np.int64)
     return ClusterStats(count, sums / _GRID, sqsum / _GRID)
@@ -316,10 +332,13 @@ def _draw(potential: np.ndarray, size: int, rng: np.random.Generator) -> np.ndar
 def local_kmeans(
     X: np.ndarray, k: int, seed: int, fit_size: int = 65536, chunk_size: int = 65536
 ) -> LocalClusters:
-    """A center's local centroids for k-FED seeding: scikit-learn KMeans (n_init=3, seeded).
+    """A center's local centroids for k-FED seeding: the best of LOCAL_INITS scikit-learn
+    KMeans fits, each started from our k-means++ (`weighted_kmeans_plusplus`, seeded).
 
     Fits on at most `fit_size` rows drawn with `seed`, then assigns all of X to count members
     and reports their means; k' = min(k, n) before clusters left without members are dropped.
+    The seeding is ours because scikit-learn's k-means++ re-converts float32 rows to float64
+    at every step: on a 65k-row center it took 90% of the fit.
     """
     X = check_embeddings(X)
     if not isinstance(k, int) or k < 1:
@@ -331,8 +350,13 @@ def local_kmeans(
     if n > fit_size:
         rows = np.sort(np.random.default_rng(seed).choice(n, fit_size, replace=False))
     fit = np.asarray(X[rows], dtype=np.float32)
-    model = KMeans(n_clusters=min(k, n), n_init=3, random_state=seed).fit(fit)
-    centers = model.cluster_centers_.astype(np.float64)
+    rng, weights, best = np.random.default_rng(seed), np.ones(len(fit)), None
+    for _ in range(LOCAL_INITS):
+        init = weighted_kmeans_plusplus(fit, weights, min(k, n), rng)
+        model = KMeans(n_clusters=len(init), init=init, n_init=1, random_state=seed).fit(fit)
+        if best is None or model.inertia_ < best.inertia_:
+            best = model
+    centers = best.cluster_centers_.astype(np.float64)
     stats = cluster_stats(X, assign(X, centers, chunk_size), centers.shape[0], chunk_size)
     used = stats.count > 0
     return LocalClusters(stats.sum[used] / stats.count[used, None], stats.count[used])

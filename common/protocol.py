@@ -12,6 +12,7 @@ This is the only module of `common` that imports Flower.
 from __future__ import annotations
 
 import dataclasses
+import io
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
@@ -20,11 +21,20 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.common import serde
 
+from common.config import KEEP_CHOICES, METHODS
 from common.errors import ProtocolError
 from common.secagg import KEY_BYTES
 
 MAX_ARRAY_ELEMENTS = 1 << 26  # 64 Mi elements: far above any legitimate (k, d) or histogram
+MAX_COUNT = 1 << 53  # counts and other integers on the wire: exact in float64, no int64 overflow
+MAX_NAME = 200  # characters of a run or center name
+MAX_IMAGE_SIZE = 4096  # pixels per side a center is asked to embed at (memory: s x s x 3 floats)
+MAX_CLUSTERS = 1 << 16  # k and k-local
+MAX_BINS = 1 << 16  # histogram bins
 FIELDS, ARRAYS = "fields", "arrays"
+# Error.code of a center's error reply whose reason reads "<center name>: <what to fix>"
+# (client/app.py); the coordinator learns the name of a center that fails before it replied once.
+CENTER_ERROR = 1
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,8 @@ def _decode_scalar(message: str, key: str, value: Any, kind: type) -> Any:
         raise ProtocolError(f"{message}: field '{key}' must be finite, got {value}")
     if kind is int and key in _COUNT_FIELDS and value < 0:
         raise ProtocolError(f"{message}: field '{key}' is a count and must be >= 0, got {value}")
+    if kind is int and key in _COUNT_FIELDS and value > MAX_COUNT:
+        raise ProtocolError(f"{message}: field '{key}' is a count and must be <= 2^53")
     return value
 
 
@@ -118,6 +130,7 @@ def _decode_array(message: str, key: str, value: Array, spec: ArraySpec) -> np.n
         raise ProtocolError(
             f"{message}: array '{key}' of shape {shape} exceeds {MAX_ARRAY_ELEMENTS} elements"
         )
+    _check_npy_header(message, key, value, shape)
     try:
         array = value.numpy()
     except Exception as exc:  # any decode failure of peer bytes is a protocol error
@@ -134,7 +147,60 @@ def _decode_array(message: str, key: str, value: Array, spec: ArraySpec) -> np.n
         raise ProtocolError(f"{message}: array '{key}' contains NaN or inf")
     if spec.nonnegative and array.size and array.min() < 0:
         raise ProtocolError(f"{message}: array '{key}' holds counts and must be >= 0")
+    if spec.kind == "i" and array.size and np.abs(array).max() > MAX_COUNT:
+        # uint64 above 2^63 would wrap negative in the int64 cast below
+        raise ProtocolError(f"{message}: array '{key}' holds integers beyond 2^53")
     return array.astype(np.float64 if spec.kind == "f" else np.int64, copy=False)
+
+
+def _check_npy_header(message: str, key: str, value: Array, shape: tuple[int, ...]) -> None:
+    """The bytes carry their own .npy header, independent of the record's `shape`: read it
+    (without the data) and refuse a disagreement before anything is allocated."""
+    buffer = io.BytesIO(value.data)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy version {version}")
+        stored, _, dtype = read_header(buffer)
+    except Exception as exc:
+        raise ProtocolError(f"{message}: array '{key}' does not decode ({exc})") from None
+    if tuple(stored) != shape:
+        raise ProtocolError(
+            f"{message}: array '{key}' declares shape {shape} but its data holds {tuple(stored)}"
+        )
+    if dtype.hasobject:
+        raise ProtocolError(f"{message}: array '{key}' holds Python objects")
+
+
+def _check_run(message: str, run: str) -> None:
+    """`run` names folders at the center (state/runs/<run>): one plain path component."""
+    bad = (
+        not run
+        or len(run) > MAX_NAME
+        or run.startswith(".")
+        or any(c in run for c in "/\\")
+        or not run.isprintable()
+    )
+    if bad:
+        raise ProtocolError(
+            f"{message}: run name {run[:MAX_NAME]!r} must be 1-{MAX_NAME} printable characters, "
+            "without '/', '\\' or a leading '.'"
+        )
+
+
+def _check_choice(message: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ProtocolError(f"{message}: field '{key}' must be one of {', '.join(choices)}")
+
+
+def _check_range(message: str, key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ProtocolError(f"{message}: field '{key}'={value!r} must be in [{low:g}, {high:g}]")
 
 
 _KIND = {"f": "floating point", "i": "integer", "u": "uint64"}
@@ -142,6 +208,15 @@ _COUNT_FIELDS = {
     "files", "samples", "unreadable", "duplicate_files", "disruptive", "dim", "image_count",
     "candidates", "selected", "k_local", "min_count", "bins", "round", "attempt",
 }  # fmt: skip
+
+
+def _check_centers(message: str, centers: np.ndarray) -> None:
+    k, d = centers.shape
+    if not 1 <= k <= MAX_CLUSTERS or d < 1:
+        raise ProtocolError(
+            f"{message}: centers must be (k, d) with 1 <= k <= {MAX_CLUSTERS}, d >= 1; "
+            f"got {centers.shape}"
+        )
 
 
 def _same_rows(message: str, **arrays: np.ndarray) -> None:
@@ -164,6 +239,11 @@ class InventoryRequest(Payload):
     seed: int
     min_count: int
 
+    def check(self) -> None:
+        _check_run("InventoryRequest", self.run)
+        _check_range("InventoryRequest", "image_size", self.image_size, 16, MAX_IMAGE_SIZE)
+        _check_range("InventoryRequest", "min_count", self.min_count, 1, MAX_COUNT)
+
 
 @dataclass(frozen=True, kw_only=True)
 class InventoryReply(Payload):
@@ -177,11 +257,26 @@ class InventoryReply(Payload):
     dim: int
     fingerprint: str
     image_count: int  # 0 when the center holds fewer than min_count samples
-    image_sum: np.ndarray = _array("f", 3)  # (s, s, 3) sum of images for the global mean image
+    # (s, s, 3) sum of the center's images, for the global mean image
+    image_sum: np.ndarray = _array("f", 3, nonnegative=True)
 
     def check(self) -> None:
+        name = "InventoryReply"
+        if not self.center or len(self.center) > MAX_NAME or not self.center.isprintable():
+            raise ProtocolError(f"{name}: center name must be 1-{MAX_NAME} printable characters")
+        if self.files != self.samples + self.unreadable + self.duplicate_files:
+            raise ProtocolError(
+                f"{name}: files={self.files} must equal samples + unreadable + duplicate_files "
+                f"({self.samples} + {self.unreadable} + {self.duplicate_files})"
+            )
+        if self.disruptive > self.samples:
+            raise ProtocolError(f"{name}: disruptive={self.disruptive} exceeds samples")
         if self.image_count > self.samples:
-            raise ProtocolError("InventoryReply: image_count exceeds samples")
+            raise ProtocolError(f"{name}: image_count exceeds samples")
+        if self.image_sum.shape[2:] != (3,) or self.image_sum.shape[0] != self.image_sum.shape[1]:
+            raise ProtocolError(f"{name}: image_sum must be (s, s, 3), got {self.image_sum.shape}")
+        if self.image_sum.size and self.image_sum.max() > 255.0 * self.image_count:
+            raise ProtocolError(f"{name}: image_sum exceeds 255 x image_count (8-bit images)")
 
 
 # --- keys: one X25519 public key per center and run (common.secagg) ------------------------
@@ -191,6 +286,9 @@ class InventoryReply(Payload):
 class KeysRequest(Payload):
     ACTION: ClassVar[str] = "keys"
     run: str
+
+    def check(self) -> None:
+        _check_run("KeysRequest", self.run)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,6 +308,9 @@ class Masked(Payload):
     run: str
     attempt: int
     roster: np.ndarray = _array("i", 2, nonnegative=True)  # (m, 32) public keys, as bytes
+
+    def check(self) -> None:
+        _check_run(type(self).__name__, self.run)
 
     def roster_keys(self) -> list[bytes]:
         if (
@@ -244,6 +345,12 @@ class SeedRequest(Payload):
     min_count: int
     seed: int
 
+    def check(self) -> None:
+        _check_run("SeedRequest", self.run)
+        _check_choice("SeedRequest", "method", self.method, METHODS)
+        _check_range("SeedRequest", "k_local", self.k_local, 1, MAX_CLUSTERS)
+        _check_range("SeedRequest", "min_count", self.min_count, 1, MAX_COUNT)
+
 
 @dataclass(frozen=True, kw_only=True)
 class SeedReply(Payload):
@@ -264,6 +371,12 @@ class LloydRequest(Masked):
     method: str
     noise_sigma: float  # std of the Gaussian noise each center adds to its per-cluster sums
     centers: np.ndarray = _array("f", 2)  # (k, d)
+
+    def check(self) -> None:
+        super().check()
+        _check_choice("LloydRequest", "method", self.method, METHODS)
+        _check_range("LloydRequest", "noise_sigma", self.noise_sigma, 0.0, np.inf)
+        _check_centers("LloydRequest", self.centers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -293,7 +406,18 @@ class ScoreRequest(Masked):
     prior: np.ndarray = _array("f", 1, nonnegative=True)  # (k,)
 
     def check(self) -> None:
-        _same_rows("ScoreRequest", centers=self.centers, prior=self.prior)
+        super().check()
+        name = "ScoreRequest"
+        _check_choice(name, "method", self.method, METHODS)
+        _check_choice(name, "keep", self.keep, KEEP_CHOICES)
+        _check_range(name, "tau", self.tau, np.finfo(np.float64).tiny, np.inf)
+        _check_range(name, "eps", self.eps, 0.0, 2.0)
+        _check_range(name, "eta", self.eta, -1.0, 1.0)
+        _check_range(name, "bins", self.bins, 1, MAX_BINS)
+        _check_centers(name, self.centers)
+        _same_rows(name, centers=self.centers, prior=self.prior)
+        if not self.prior.all():
+            raise ProtocolError(f"{name}: prior must be > 0 for every cluster")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -325,14 +449,25 @@ class SelectRequest(Masked):
     quotas: np.ndarray = _array("i", 1, nonnegative=True)  # (k,) feddel
 
     def check(self) -> None:
+        super().check()
+        name = "SelectRequest"
+        _check_choice(name, "method", self.method, METHODS)
+        _check_choice(name, "keep", self.keep, KEEP_CHOICES)
+        _check_range(name, "retention", self.retention, 0.0, 1.0)
+        _check_range(name, "eta", self.eta, -1.0, 1.0)
+        _check_range(name, "bins", self.bins, 1, MAX_BINS)
         _same_rows(
-            "SelectRequest",
+            name,
             threshold_bins=self.threshold_bins,
             boundary_fractions=self.boundary_fractions,
             quotas=self.quotas,
         )
+        if len(self.quotas) > MAX_CLUSTERS:
+            raise ProtocolError(f"{name}: more than {MAX_CLUSTERS} clusters")
         if self.boundary_fractions.size and self.boundary_fractions.max() > 1:
-            raise ProtocolError("SelectRequest: boundary_fractions must be in [0, 1]")
+            raise ProtocolError(f"{name}: boundary_fractions must be in [0, 1]")
+        if self.threshold_bins.size and self.threshold_bins.max() >= self.bins:
+            raise ProtocolError(f"{name}: threshold_bins must be < bins={self.bins}")
 
 
 @dataclass(frozen=True, kw_only=True)

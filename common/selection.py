@@ -60,19 +60,24 @@ def near_duplicate_mask(
     hardness: np.ndarray,
     keep: str = "hard",
     groups: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Greedy within-cluster dedup: keep (n,) bool.
+    """Greedy within-cluster dedup: keep (m,) bool.
 
-    Within each cluster (and each group x cluster when `groups` (n,) is given: a center dedups
+    Within each cluster (and each group x cluster when `groups` (m,) is given: a center dedups
     only its own samples), samples are visited by hardness (descending for keep="hard", so the
     harder of a near-duplicate pair survives; ascending for "easy"; ties by index) and one is
     kept iff its max cosine to the samples already kept in its cell is <= eta. Unlike SemDeDup,
     which drops a sample similar to any earlier one, a sample is only measured against survivors.
-    Cost O(n_j * kept_j * d) per cell, in blocked float32 matmuls.
+    `rows` (m,) picks the rows of X (n, d) that take part (default all, m = n); labels, hardness
+    and groups have one entry per taking-part row. A center passes its memory-mapped matrix and
+    the rows, so the subset is read cell by cell and never copied whole.
+    Cost O(m_j * kept_j * d) per cell, in blocked float32 matmuls.
     """
-    keep_mask = np.zeros(np.shape(X)[0], dtype=bool)
     _check_eta(eta)
-    for idx, E in _ordered_cells(X, labels, hardness, keep, groups):
+    cells = _ordered_cells(X, labels, hardness, keep, groups, rows)
+    keep_mask = np.zeros(len(cells.rows), dtype=bool)
+    for idx, E in cells:
         keep_mask[idx] = _greedy_keep(E, eta)
     return keep_mask
 
@@ -84,11 +89,13 @@ def meddel_survivors_by_eta(
     hardness: np.ndarray,
     keep: str = "hard",
     groups: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """Survivors of `near_duplicate_mask` for each eta: (len(eta_grid),) int64.
 
-    Pass the eps-survivors (`outlier_mask`) only. Cells are ordered and normalized once, then
-    deduplicated at every eta; a server sums the centers' counts and calls `pick_eta`.
+    Pass the eps-survivors (`outlier_mask`) only, as `rows` or as X itself. Cells are ordered
+    and normalized once, then deduplicated at every eta; a server sums the centers' counts and
+    calls `pick_eta`.
     """
     grid = [float(e) for e in eta_grid]
     if not grid:
@@ -96,7 +103,7 @@ def meddel_survivors_by_eta(
     for eta in grid:
         _check_eta(eta)
     counts = np.zeros(len(grid), dtype=np.int64)
-    for _, E in _ordered_cells(X, labels, hardness, keep, groups):
+    for _, E in _ordered_cells(X, labels, hardness, keep, groups, rows):
         counts += [int(_greedy_keep(E, eta).sum()) for eta in grid]
     return counts
 
@@ -117,17 +124,40 @@ def _check_eta(eta: float) -> None:
         raise ConfigError(f"eta={eta!r} must be in [-1, 1] (a cosine similarity)")
 
 
+class _Cells:
+    """The cells of a dedup, iterable as (positions in visiting order, their unit rows)."""
+
+    def __init__(self, X: np.ndarray, rows: np.ndarray, cell: np.ndarray, order: np.ndarray):
+        self.X, self.rows, self.cell, self.order = X, rows, cell, order
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        bounds = np.flatnonzero(np.diff(self.cell[self.order])) + 1
+        for idx in np.split(self.order, bounds):
+            E = np.asarray(self.X[self.rows[idx]], dtype=np.float32)
+            norms = np.linalg.norm(E, axis=1, keepdims=True)
+            yield idx, E / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
 def _ordered_cells(
     X: np.ndarray,
     labels: np.ndarray,
     hardness: np.ndarray,
     keep: str,
     groups: np.ndarray | None,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (indices in visiting order, their unit-norm float32 rows) for each cell."""
+    rows: np.ndarray | None,
+) -> _Cells:
+    """Validate, then order the taking-part rows by cell and hardness (see near_duplicate_mask)."""
     X = check_embeddings(X)
-    n = X.shape[0]
-    y = check_labels(labels, n, int(np.max(labels)) + 1)
+    if rows is None:
+        taking_part = np.arange(X.shape[0])
+    else:
+        taking_part = np.asarray(rows)
+        if taking_part.ndim != 1 or not np.issubdtype(taking_part.dtype, np.integer):
+            raise DataError(f"rows has shape {taking_part.shape}; expected (m,) row indices")
+        if taking_part.size and (taking_part.min() < 0 or taking_part.max() >= X.shape[0]):
+            raise DataError(f"rows must lie in [0, {X.shape[0] - 1}] (rows of X)")
+    n = taking_part.size
+    y = check_labels(labels, n, int(np.max(labels)) + 1 if n else 1)
     h = np.asarray(hardness, dtype=np.float64)
     if h.shape != (n,) or not np.isfinite(h).all():
         raise DataError(f"hardness has shape {h.shape}; expected ({n},) finite values")
@@ -140,15 +170,15 @@ def _ordered_cells(
             raise DataError(f"groups has shape {g.shape}; expected ({n},)")
         cell = np.unique(g, return_inverse=True)[1].reshape(n) * (int(y.max()) + 1) + y
     order = np.lexsort((np.arange(n), -h if keep == "hard" else h, cell))
-    bounds = np.flatnonzero(np.diff(cell[order])) + 1
-    for idx in np.split(order, bounds):
-        E = np.asarray(X[idx], dtype=np.float32)
-        norms = np.linalg.norm(E, axis=1, keepdims=True)
-        yield idx, E / np.maximum(norms, np.finfo(np.float32).tiny)
+    return _Cells(X, taking_part, cell, order)
 
 
 def _greedy_keep(E: np.ndarray, eta: float) -> np.ndarray:
-    """Greedy pass over unit rows E (m, d) in order: keep iff max cos to kept rows <= eta."""
+    """Greedy pass over unit rows E (m, d) in order: keep iff max cos to kept rows <= eta.
+
+    Block by block: rows covered by the bank of kept rows drop out first, so only the block's
+    remaining rows are compared with each other (cheap when most rows are duplicates).
+    """
     kept = np.zeros(E.shape[0], dtype=bool)
     bank = np.empty_like(E)
     n_bank = 0
@@ -157,14 +187,26 @@ def _greedy_keep(E: np.ndarray, eta: float) -> np.ndarray:
         ok = np.ones(block.shape[0], dtype=bool)
         for start in range(0, n_bank, _KEPT_BLOCK):
             ok &= (block @ bank[start : min(start + _KEPT_BLOCK, n_bank)].T).max(axis=1) <= eta
-        sims = block @ block.T
-        for i in range(block.shape[0]):
-            if ok[i]:
-                ok[i + 1 :] &= sims[i, i + 1 :] <= eta
+        alive = np.flatnonzero(ok)
+        ok[alive] = _greedy_within(block[alive], eta)
         bank[n_bank : n_bank + ok.sum()] = block[ok]
         n_bank += int(ok.sum())
         kept[lo : lo + block.shape[0]] = ok
     return kept
+
+
+def _greedy_within(B: np.ndarray, eta: float) -> np.ndarray:
+    """The greedy pass among rows B (m, d) that no earlier kept row covers: (m,) keep.
+
+    Only rows with a later near-duplicate can remove anything, so only they are visited.
+    """
+    sims = B @ B.T
+    later = np.triu(sims > eta, 1)
+    keep = np.ones(B.shape[0], dtype=bool)
+    for i in np.flatnonzero(later.any(axis=1)):
+        if keep[i]:
+            keep[later[i]] = False
+    return keep
 
 
 def water_fill(eligible: np.ndarray, budget: int) -> np.ndarray:

@@ -5,8 +5,7 @@ No Flower and no I/O here, so each step is tested on hand-made replies.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -16,25 +15,57 @@ from common.protocol import InventoryReply, SeedReply
 from server.broadcast import RoundFailed
 
 
-def encoder_outliers(inventories: Mapping[int, InventoryReply]) -> dict[int, str]:
+def encoder_outliers(
+    inventories: Mapping[int, InventoryReply], name: Callable[[int], str] = str
+) -> dict[int, str]:
     """Centers whose encoder (fingerprint, dim) differs from the majority, with the reason.
 
     Mixing embeddings of different encoders would make every distance meaningless, so the
-    minority is refused by name; ties go to the encoder of the lowest node id.
+    minority is refused by name. Without a strict majority nobody can tell which encoder is
+    the intended one, and the round stops (RoundFailed) naming every group.
     """
-    if not inventories:
+    groups: dict[tuple[str, int], list[int]] = {}
+    for node in sorted(inventories, key=lambda n: (name(n), n)):
+        reply = inventories[node]
+        groups.setdefault((reply.fingerprint, reply.dim), []).append(node)
+    if len(groups) <= 1:
         return {}
-    keys = {node: (reply.fingerprint, reply.dim) for node, reply in inventories.items()}
-    votes = Counter(keys[node] for node in sorted(keys))
-    majority = max(votes, key=lambda key: (votes[key], -min(n for n in keys if keys[n] == key)))
+    ranked = sorted(groups.items(), key=lambda item: -len(item[1]))
+    if len(ranked[0][1]) == len(ranked[1][1]):
+        listing = "; ".join(
+            f"{fp} (dim {dim}): {_names(nodes, name)}" for (fp, dim), nodes in ranked
+        )
+        raise RoundFailed(
+            f"centers disagree on the encoder and no encoder has a majority ({listing}); "
+            "every center must embed with the same model, weights and image size"
+        )
+    (fingerprint, dim), majority = ranked[0]
     return {
         node: (
-            f"encoder {key[0]} (dim {key[1]}) differs from the majority's {majority[0]} "
-            f"(dim {majority[1]}); every center must embed with the same model, weights and size"
+            f"encoder {key[0]} (dim {key[1]}) differs from the majority's {fingerprint} "
+            f"(dim {dim}) of {_names(majority, name)}; every center must embed with the same "
+            "model, weights and image size"
         )
-        for node, key in keys.items()
-        if key != majority
+        for key, nodes in ranked[1:]
+        for node in nodes
     }
+
+
+def _names(nodes: list[int], name: Callable[[int], str], shown: int = 5) -> str:
+    listed = ", ".join(name(node) for node in nodes[:shown])
+    return listed + (f" and {len(nodes) - shown} more" if len(nodes) > shown else "")
+
+
+def unique_names(names: Mapping[int, str]) -> dict[int, str]:
+    """Center names by node, made unique: two SuperNodes with the same data-path folder name
+    would otherwise merge into one line of the summary. Later nodes get "#2", "#3", ..."""
+    seen: dict[str, int] = {}
+    unique = {}
+    for node in sorted(names):
+        base = names[node]
+        seen[base] = seen.get(base, 0) + 1
+        unique[node] = base if seen[base] == 1 else f"{base}#{seen[base]}"
+    return unique
 
 
 def global_mean_image(inventories: Mapping[int, InventoryReply]) -> np.ndarray | None:

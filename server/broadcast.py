@@ -12,19 +12,20 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.serverapp import Grid
 
 from common import secagg
 from common.errors import ProtocolError, RunFailed
-from common.protocol import Masked, MaskedReply, Payload, record_bytes
+from common.protocol import CENTER_ERROR, Masked, MaskedReply, Payload, record_bytes
 
 log = logging.getLogger(__name__)
 
 ReplyT = TypeVar("ReplyT", bound=Payload)
 MaskedT = TypeVar("MaskedT", bound=MaskedReply)
+Check = Callable[[int, Any], None]  # (node, decoded reply) -> None, or raise ProtocolError
 
 
 class RoundFailed(RunFailed):
@@ -93,9 +94,11 @@ class Broadcaster:
         request: Payload | Callable[[int], Payload],
         reply_type: type[ReplyT],
         nodes: Iterable[int] | None = None,
+        check: Check | None = None,
     ) -> dict[int, ReplyT]:
         """One request per live center (or a per-center request); validated replies by node,
-        ordered by center name."""
+        ordered by center name. `check(node, reply)` adds what only the round knows (shapes
+        agreed in earlier phases); a ProtocolError from it drops the center like a bad record."""
         phase = reply_type.ACTION
         targets = list(self.alive if nodes is None else nodes)
         messages, down = [], 0
@@ -115,11 +118,17 @@ class Broadcaster:
             if node_id not in targets:
                 continue
             if reply.has_error():
-                self.drop(node_id, phase, reply.error.reason or f"error code {reply.error.code}")
+                reason = reply.error.reason or f"error code {reply.error.code}"
+                if reply.error.code == CENTER_ERROR and node_id not in self.names:
+                    self.names[node_id] = reason.split(": ", 1)[0]
+                self.drop(node_id, phase, reason)
                 continue
             up += record_bytes(reply.content)
             try:
-                results[node_id] = reply_type.from_record(reply.content)
+                decoded = reply_type.from_record(reply.content)
+                if check is not None:
+                    check(node_id, decoded)
+                results[node_id] = decoded
             except ProtocolError as exc:
                 self.drop(node_id, phase, f"malformed reply: {exc}")
         for node_id in targets:
@@ -140,6 +149,7 @@ class Broadcaster:
         reply_type: type[MaskedT],
         length: int,
         max_attempts: int = 3,
+        check: Check | None = None,
     ) -> tuple[np.ndarray, dict[int, MaskedT]]:
         """Ask every live center for its masked vector and return the unmasked sum.
 
@@ -150,7 +160,7 @@ class Broadcaster:
         for attempt in range(max_attempts):
             roster = list(self.alive)
             keys = [self.public_keys[node] for node in roster]
-            replies = self.ask(make_request(keys, attempt), reply_type, nodes=roster)
+            replies = self.ask(make_request(keys, attempt), reply_type, roster, check)
             for node, reply in list(replies.items()):
                 if reply.masked.shape != (length,):
                     replies.pop(node)

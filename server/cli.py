@@ -9,6 +9,9 @@ from common.cliutil import EXIT_OK, Command, console, dispatch, run_cli
 from common.cliutil import build_parser as build_parser_for
 from common.config import CurationConfig, parse_overrides
 from common.io import write_json
+from server.certs_cmd import add_certs_arguments, run_certs
+from server.submit import add_curate_arguments, run_curate
+from server.superlink import add_start_arguments, run_start
 
 DESCRIPTION = """\
 Coordinate FedDEL curation rounds. The coordinator never sees images, embeddings or sample
@@ -16,6 +19,11 @@ ids: centers send it per-cluster counts, sums and score histograms only.
 
 Commands:
   config   resolve and validate a curation configuration (defaults + --set overrides)
+  certs    create the CA, the SuperLink certificate and the centers' keys (init, add-center)
+  start    run the SuperLink (TLS, center authentication) and keep center keys registered
+  curate   submit a curation round to the SuperLink, stream it, and show its summary
+
+Deployment step by step: deploy/README.md.
 """
 
 
@@ -49,6 +57,33 @@ COMMANDS: tuple[Command, ...] = (
         "(pyproject [tool.flwr.app.config]) with your overrides applied and checked.",
         add_arguments=_add_config_arguments,
         run=_cmd_config,
+    ),
+    Command(
+        name="certs",
+        summary="create the CA, the SuperLink certificate and the centers' keys",
+        description="`certs init` creates the federation's CA and the SuperLink's TLS "
+        "certificate; `certs add-center NAME` makes a center's node-authentication key pair. "
+        "Private keys are written with mode 0600 and never replaced without --force.",
+        add_arguments=add_certs_arguments,
+        run=run_certs,
+    ),
+    Command(
+        name="start",
+        summary="run the SuperLink with TLS and center authentication",
+        description="Run Flower's SuperLink with TLS, SuperNode authentication, runtime "
+        "dependency installation disabled and its state in <state>/superlink.db, and keep "
+        "the public keys in <certs>/centers/ registered. Stops cleanly on SIGTERM or Ctrl-C.",
+        add_arguments=add_start_arguments,
+        run=run_start,
+    ),
+    Command(
+        name="curate",
+        summary="submit a curation round to the SuperLink and show its summary",
+        description="Submit one curation round with `flwr run`, stream its progress, and "
+        "print the summary the ServerApp wrote to <out>/<run-name>/ (summary.json, "
+        "report.html). Run it on the coordinator, as the user the SuperLink runs as.",
+        add_arguments=add_curate_arguments,
+        run=run_curate,
     ),
 )
 

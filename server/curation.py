@@ -17,6 +17,7 @@ import numpy as np
 
 from common.config import CurationConfig
 from common.curation import ETA_GRID, auto_tau, plan_feddel, smoothed_prior
+from common.errors import ProtocolError
 from common.kmeans import ClusterStats, lloyd_rounds
 from common.privacy import suppress_small_cells, suppress_small_counts
 from common.protocol import (
@@ -39,8 +40,8 @@ from common.protocol import (
     unpack,
 )
 from common.selection import HISTOGRAM_BINS, pick_eta
-from server.aggregate import encoder_outliers, global_mean_image, seed_centers
-from server.broadcast import Broadcaster
+from server.aggregate import encoder_outliers, global_mean_image, seed_centers, unique_names
+from server.broadcast import Broadcaster, RoundFailed
 
 
 @dataclass
@@ -71,6 +72,13 @@ class RoundResult:
         return sum(reply.selected for reply in self.selected.values())
 
 
+# FedDEL's near-duplicate threshold is encoder-dependent (a trained encoder packs samples
+# closer): when deduplication at `eta` leaves fewer than CANDIDATE_HEADROOM x budget candidates,
+# the score phase is asked again with the next, looser threshold (1.0 = exact duplicates only).
+ETA_LADDER = (0.99, 0.995, 0.999, 1.0)
+CANDIDATE_HEADROOM = 2
+
+
 class Plan(NamedTuple):
     quotas: np.ndarray
     threshold_bins: np.ndarray
@@ -83,26 +91,36 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     inventories = _inventory(cast, config, round_)
-    keys = cast.ask(KeysRequest(run=config.run_name), KeysReply)
-    cast.public_keys.update({node: reply.public_key for node, reply in keys.items()})
+    _keys(cast, config)
+    dim = next(iter(inventories.values())).dim
     seeds = cast.ask(
         SeedRequest(
             run=config.run_name, method=config.method, k_local=config.k_local,
             min_count=config.min_count, seed=config.seed,
         ),
         SeedReply,
+        check=lambda _node, reply: _expect_shape(reply.centroids, (config.k_local, dim)),
     )  # fmt: skip
     init = seed_centers(seeds, config.k, rng)
+    eligible = {node: _eligible(reply, config.method) for node, reply in inventories.items()}
     lloyd = lloyd_rounds(
-        lambda centers: _lloyd_stats(cast, config, centers),
+        lambda centers: _lloyd_stats(cast, config, centers, eligible),
         init, config.kmeans_max_rounds, config.kmeans_tol, rng,
     )  # fmt: skip
     centers, stats = lloyd.result.centers, lloyd.stats
     tau = config.tau or auto_tau(stats.inertia, int(stats.count.sum()))
-    histograms, survivors = _score(cast, config, centers, smoothed_prior(stats.count), tau)
+    prior = smoothed_prior(stats.count)
     total = sum(inventories[n].samples for n in cast.alive if n in inventories)
-    plan = _plan(config, histograms, survivors, math.ceil(config.budget * total))
-    per_cluster, selected = _select(cast, config, round_, plan, len(centers))
+    budget = math.ceil(config.budget * total)
+    eta = config.eta
+    histograms, survivors = _score(cast, config, centers, prior, tau, eligible, eta)
+    for higher in (e for e in ETA_LADDER if e > config.eta and config.method == "feddel"):
+        if histograms.sum() >= CANDIDATE_HEADROOM * budget:
+            break
+        eta = higher  # too few candidates: the encoder packs samples closer, dedup less
+        histograms, survivors = _score(cast, config, centers, prior, tau, eligible, eta)
+    plan = _plan(config, histograms, survivors, budget, eta)
+    per_cluster, selected = _select(cast, config, round_, plan, inventories)
     return RoundResult(
         config=config,
         inventories={cast.name(n): r for n, r in inventories.items() if n in selected},
@@ -126,15 +144,63 @@ def _inventory(cast: Broadcaster, config: CurationConfig, round_: int) -> dict[i
         run=config.run_name, round=round_, model=config.model, image_size=config.image_size,
         weights=config.weights, seed=config.seed, min_count=config.min_count,
     )  # fmt: skip
-    inventories = cast.ask(request, InventoryReply)
-    cast.names.update({node: reply.center for node, reply in inventories.items()})
-    for node, reason in encoder_outliers(inventories).items():
+    size = (config.image_size, config.image_size, 3)
+
+    def check(node: int, reply: InventoryReply) -> None:
+        cast.names[node] = reply.center  # so that a refused reply is refused by name
+        _expect_shape(reply.image_sum, size)
+
+    inventories = cast.ask(request, InventoryReply, check=check)
+    cast.names.update(unique_names({node: reply.center for node, reply in inventories.items()}))
+    for node, reason in encoder_outliers(inventories, cast.name).items():
         inventories.pop(node)
         cast.drop(node, "inventory", reason)
     return inventories
 
 
-def _lloyd_stats(cast: Broadcaster, config: CurationConfig, centers: np.ndarray) -> ClusterStats:
+def _keys(cast: Broadcaster, config: CurationConfig) -> None:
+    """Every center's public key. Two centers sending the same key are both refused: their
+    pairwise masks would not cancel, and nobody can tell which of them owns the key."""
+    keys = cast.ask(KeysRequest(run=config.run_name), KeysReply)
+    holders: dict[bytes, list[int]] = {}
+    for node, reply in keys.items():
+        holders.setdefault(reply.public_key, []).append(node)
+    for key, nodes in holders.items():
+        for node in nodes:
+            if len(nodes) == 1:
+                cast.public_keys[node] = key
+                continue
+            others = ", ".join(cast.name(other) for other in nodes if other != node)
+            cast.drop(node, "keys", f"public key also sent by {others}; a key must be unique")
+
+
+def _eligible(reply: InventoryReply, method: str) -> int:
+    """Samples a center clusters: FedDEL leaves its disruptive frames out (CenterPool.eligible)."""
+    return reply.samples - reply.disruptive if method == "feddel" else reply.samples
+
+
+def _expect_shape(array: np.ndarray, shape: tuple[int, ...]) -> None:
+    if array.shape != shape:
+        raise ProtocolError(f"array of shape {array.shape}, the round expects {shape}")
+
+
+def _check_sum(phase: str, counts: np.ndarray, expected: int, exact: bool) -> None:
+    """A securely summed count vector must be made of counts the centers can hold. A corrupt
+    masked vector from any center turns the whole sum into noise; no one center can be named,
+    so the round stops instead of curating on garbage."""
+    total = float(counts.sum())
+    integral = bool(np.all(counts >= 0) and np.allclose(counts, np.rint(counts), atol=1e-3))
+    if not integral or (total != expected if exact else total > expected):
+        rule = "equal" if exact else "be at most"
+        raise RoundFailed(
+            f"phase '{phase}': the secure sum is corrupt (counts total {total:g}, must {rule} "
+            f"{expected}, non-negative integers); a center sent a malformed masked vector"
+        )
+
+
+def _lloyd_stats(
+    cast: Broadcaster, config: CurationConfig, centers: np.ndarray, eligible: dict[int, int]
+) -> ClusterStats:
     """One Lloyd round's merged statistics; aggregate cells under min-count are discarded."""
     k, d = centers.shape
     layout = lloyd_layout(k, d)
@@ -145,14 +211,21 @@ def _lloyd_stats(cast: Broadcaster, config: CurationConfig, centers: np.ndarray)
             method=config.method, noise_sigma=config.noise_sigma, centers=centers,
         )  # fmt: skip
 
-    total, _ = cast.secure_sum(request, LloydReply, sum(map(_size, layout.values())))
+    total, replies = cast.secure_sum(request, LloydReply, sum(map(_size, layout.values())))
     parts = unpack(layout, total)
+    _check_sum("lloyd", parts["count"], sum(eligible[n] for n in replies), exact=True)
     stats = ClusterStats(np.rint(parts["count"]).astype(np.int64), parts["sum"], parts["sqdist"])
     return suppress_small_cells(stats, config.min_count)
 
 
 def _score(
-    cast: Broadcaster, config: CurationConfig, centers: np.ndarray, prior: np.ndarray, tau: float
+    cast: Broadcaster,
+    config: CurationConfig,
+    centers: np.ndarray,
+    prior: np.ndarray,
+    tau: float,
+    eligible: dict[int, int],
+    eta: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Merged candidate histograms (k, bins) and MedDEL survivor counts per eta."""
     k = len(centers)
@@ -161,18 +234,19 @@ def _score(
     def request(roster: list[bytes], attempt: int) -> ScoreRequest:
         return ScoreRequest(
             run=config.run_name, attempt=attempt, roster=roster_array(roster),
-            method=config.method, tau=tau, eps=config.eps, eta=config.eta, keep=config.keep,
+            method=config.method, tau=tau, eps=config.eps, eta=eta, keep=config.keep,
             bins=HISTOGRAM_BINS, centers=centers, prior=prior,
         )  # fmt: skip
 
-    total, _ = cast.secure_sum(request, ScoreReply, sum(map(_size, layout.values())))
+    total, replies = cast.secure_sum(request, ScoreReply, sum(map(_size, layout.values())))
     parts = unpack(layout, total)
+    _check_sum("score", parts["histograms"], sum(eligible[n] for n in replies), exact=False)
     histograms = np.rint(parts["histograms"]).astype(np.int64)
     return suppress_small_counts(histograms, config.min_count), np.rint(parts["eta_survivors"])
 
 
 def _plan(
-    config: CurationConfig, histograms: np.ndarray, survivors: np.ndarray, budget: int
+    config: CurationConfig, histograms: np.ndarray, survivors: np.ndarray, budget: int, eta: float
 ) -> Plan:
     k = len(histograms)
     if config.method == "feddel":
@@ -181,15 +255,28 @@ def _plan(
             quotas,
             np.array([p.threshold_bin for p in plans], dtype=np.int64),
             np.array([p.boundary_fraction for p in plans]),
-            None,
+            eta,
         )
     eta = pick_eta(ETA_GRID, survivors, budget) if config.method == "meddel" else None
     return Plan(np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64), np.zeros(k), eta)
 
 
 def _select(
-    cast: Broadcaster, config: CurationConfig, round_: int, plan: Plan, k: int
+    cast: Broadcaster,
+    config: CurationConfig,
+    round_: int,
+    plan: Plan,
+    inventories: dict[int, InventoryReply],
 ) -> tuple[np.ndarray, dict[int, SelectReply]]:
+    k = len(plan.quotas)
+
+    def check(node: int, reply: SelectReply) -> None:
+        if reply.selected > inventories[node].samples:
+            raise ProtocolError(
+                f"selected={reply.selected} exceeds the center's {inventories[node].samples} "
+                "samples"
+            )
+
     def request(roster: list[bytes], attempt: int) -> SelectRequest:
         return SelectRequest(
             run=config.run_name, attempt=attempt, roster=roster_array(roster), round=round_,
@@ -200,9 +287,10 @@ def _select(
             boundary_fractions=plan.fractions, quotas=plan.quotas,
         )  # fmt: skip
 
-    total, replies = cast.secure_sum(request, SelectReply, k)
-    per_cluster = np.rint(unpack(select_layout(k), total)["per_cluster"]).astype(np.int64)
-    return per_cluster, replies
+    total, replies = cast.secure_sum(request, SelectReply, k, check=check)
+    per_cluster = unpack(select_layout(k), total)["per_cluster"]
+    _check_sum("select", per_cluster, sum(r.selected for r in replies.values()), exact=True)
+    return np.rint(per_cluster).astype(np.int64), replies
 
 
 def _size(shape: tuple[int, ...]) -> int:

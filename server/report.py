@@ -51,7 +51,10 @@ def round_summary(result: RoundResult) -> dict[str, Any]:
             for f in result.broadcaster.failures
         ],
         "per_center": {
-            name: center_row(inv, result.selected[name].selected)
+            name: {
+                **center_row(inv, result.selected[name].selected),
+                "status": center_status(inv.samples, config.min_count),
+            }
             for name, inv in sorted(result.inventories.items())
         },
         "clusters": {
@@ -73,18 +76,52 @@ def center_row(counts: Any, selected: int) -> dict[str, int]:
     return {**{field: int(getattr(counts, field)) for field in CENTER_FIELDS}, "selected": selected}
 
 
+def center_status(samples: int, min_count: int) -> str:
+    """A center's line in `per_center`: "empty" without a usable image (it takes part with
+    zeros); "small" under min-count samples (it proposes no local centroid and no image sum,
+    and reaches the coordinator only inside the secure sums); else "ok"."""
+    if samples == 0:
+        return "empty"
+    return "small" if samples < min_count else "ok"
+
+
 def round_warnings(result: RoundResult) -> list[str]:
-    """What a user must know to trust the numbers: a budget the round could not fill."""
+    """What a user must know to trust the numbers: centers with too little data to weigh in,
+    and a budget the round could not fill."""
     config = result.config
+    warnings = []
+    by_status: dict[str, list[str]] = {"empty": [], "small": []}
+    for name, inventory in sorted(result.inventories.items()):
+        status = center_status(inventory.samples, config.min_count)
+        if status in by_status:
+            by_status[status].append(f"{name} ({inventory.samples} of {inventory.files} files)")
+    if by_status["empty"]:
+        warnings.append(
+            f"{len(by_status['empty'])} center(s) have no usable image and took part with "
+            f"zeros: {', '.join(by_status['empty'])}; run `feddel-center check` there"
+        )
+    if by_status["small"]:
+        warnings.append(
+            f"{len(by_status['small'])} center(s) hold fewer than min-count={config.min_count} "
+            f"samples and add to the secure sums only (no local centroids, no mean image): "
+            f"{', '.join(by_status['small'])}"
+        )
     budget = math.ceil(config.budget * result.total_samples)
-    if config.method != "feddel" or result.total_selected >= budget:
-        return []
-    return [
-        f"selected {result.total_selected} of a budget of {budget}: only "
-        f"{int(result.candidates.sum())} candidates are in clusters with at least "
-        f"min-count={config.min_count} of them across the federation; lower k or min-count, "
-        "or add data"
-    ]
+    candidates = int(result.candidates.sum())
+    if config.method == "feddel" and candidates < budget:
+        warnings.append(
+            f"selected {result.total_selected} of a budget of {budget}: only {candidates} "
+            f"candidates are in clusters with at least min-count={config.min_count} of them "
+            "across the federation; lower k or min-count, or add data"
+        )
+    if config.method == "feddel" and result.total_selected < min(budget, candidates):
+        warnings.append(
+            f"selected {result.total_selected} of the {min(budget, candidates)} the plan asked "
+            "for: each center rounds its share of a cluster's boundary bin to whole samples "
+            "(this loses many when centers hold only a few samples per cluster), and a center "
+            "that failed after scoring took its share with it"
+        )
+    return warnings
 
 
 def write_round(result: RoundResult, out_dir: str | Path) -> dict[str, Any]:

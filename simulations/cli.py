@@ -14,6 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from common.cliutil import EXIT_OK, Command, console, dispatch, run_cli
 from common.cliutil import build_parser as build_parser_for
+from simulations.bench_cmd import add_bench_arguments, bench_run
+from simulations.compare_cmd import add_compare_arguments, compare_run
 from simulations.curate_cmd import (
     add_curate_arguments,
     add_demo_arguments,
@@ -98,6 +100,19 @@ COMMANDS: tuple[Command, ...] = (
         run=curate_run,
     ),
     Command(
+        name="compare",
+        summary="curate, pre-train (federated MAE) and evaluate every method x budget x seed",
+        description="For each seed: a federated MAE warm-up on a uniform sample gives curation "
+        "its encoder, and the random-init encoder is scored as the floor. For each cell: a "
+        "curation round, federated MAE pre-training on the selection (the same steps for every "
+        "budget), and downstream segmentation at every center with labeled data. Writes "
+        "RUN/results.csv (method, budget, R, seed, mIoU, DEL, NormDEL, wall_s, curation "
+        "quality), RUN/results.md (mean +- std) and RUN/results.png. Rerun the same command to "
+        "resume after an interruption.",
+        add_arguments=add_compare_arguments,
+        run=compare_run,
+    ),
+    Command(
         name="demo",
         summary="the main job: generate the demo federation and curate it over Flower at 5%",
         description="Generate (once) the 31-center demo federation under OUT/data and run a "
@@ -105,6 +120,15 @@ COMMANDS: tuple[Command, ...] = (
         "the pooled reference); print the summary and the ground-truth comparison with random.",
         add_arguments=add_demo_arguments,
         run=demo_run,
+    ),
+    Command(
+        name="bench",
+        summary="benchmarks: embedding, federated k-means, local scoring, end-to-end, scale",
+        description="Run the five FedDEL benchmarks on this machine and write DIR/bench.json "
+        "(records with name, value, unit, target, met) and DIR/bench.md. Each figure is a "
+        "ratio against a reference measured in the same run.",
+        add_arguments=add_bench_arguments,
+        run=bench_run,
     ),
 )
 

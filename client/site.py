@@ -1,0 +1,98 @@
+"""A center's site settings: center.toml.
+
+    [center]
+    name = "hospital-a"                   # the name the coordinator gave (certs add-center NAME)
+    data = "/srv/feddel/images"           # image folder, opened read-only
+    state = "/var/lib/feddel-center"      # caches, manifests, events.jsonl
+
+    [superlink]
+    address = "link.example.org:9093"     # as the coordinator's certificate names it
+    ca = "/etc/feddel/center/ca.crt"      # from centers/<name>/ of the coordinator
+    key = "/etc/feddel/center/center.key" # idem; mode 0600
+
+    [supernode]
+    runtime-port = 9094                   # Flower's local ClientApp API, on 127.0.0.1 only
+
+Relative paths are taken relative to the file's folder, so the folder the coordinator hands
+over (centers/<name>/) can hold center.toml beside its keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.deploy import read_site_config
+from common.errors import ConfigError
+from common.security import check_center_name
+
+DEFAULT_RUNTIME_PORT = 9094
+
+_SCHEMA: dict[str, dict[str, type]] = {
+    "center": {"name": str, "data": str, "state": str},
+    "superlink": {"address": str, "ca": str, "key": str},
+    "supernode": {"runtime-port": int},
+}
+_REQUIRED = {"center": ("name", "data", "state"), "superlink": ("address", "ca", "key")}
+
+
+@dataclass(frozen=True)
+class CenterSite:
+    name: str
+    data: Path
+    state: Path
+    address: str  # host:port of the SuperLink
+    ca_cert: Path
+    key: Path
+    runtime_port: int
+
+    @property
+    def flwr_home(self) -> Path:
+        """FLWR_HOME of this center's SuperNode (Flower installs each run's app here)."""
+        return self.state / "flwr"
+
+
+def load_center_site(path: str | Path) -> CenterSite:
+    """Read and check center.toml: required keys present, name and address well formed."""
+    file = Path(path)
+    sections = read_site_config(file, _SCHEMA)
+    missing = [
+        f"[{section}] {key}"
+        for section, keys in _REQUIRED.items()
+        for key in keys
+        if key not in sections[section]
+    ]
+    if missing:
+        raise ConfigError(f"{file} lacks {', '.join(missing)}; see deploy/center.example.toml")
+    center, link = sections["center"], sections["superlink"]
+    check_center_name(center["name"])
+    base = file.resolve().parent
+    port = sections["supernode"].get("runtime-port", DEFAULT_RUNTIME_PORT)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{file}: [supernode] runtime-port = {port} must be in 1..65535")
+    return CenterSite(
+        name=center["name"],
+        data=_path(center["data"], base),
+        state=_path(center["state"], base),
+        address=_check_address(file, link["address"]),
+        ca_cert=_path(link["ca"], base),
+        key=_path(link["key"], base),
+        runtime_port=port,
+    )
+
+
+def _check_address(file: Path, address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(
+            f"{file}: [superlink] address = {address!r} must be HOST:PORT, "
+            "e.g. link.example.org:9093"
+        )
+    if "://" in address:
+        raise ConfigError(f"{file}: [superlink] address = {address!r} must not carry a scheme")
+    return address
+
+
+def _path(value: str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()

@@ -1,0 +1,93 @@
+"""Benchmark 4, end to end: the demo federation curated over Flower's simulation engine against
+the centralized reference doing the same computation.
+
+Both read the same embedding caches, warmed by one untimed centralized run first, so both
+measure curation (scan, hash, decode for the quality flags, cached embeddings, k-means, scoring,
+selection, outputs), not the first embedding. The federated time is the whole `run_federated`
+call: Ray's start and stop, one virtual SuperNode per center, every phase's messages. The
+in-process engine (same apps, no Ray) is reported beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.config import CurationConfig
+from simulations.benchmarks.records import Record, Say, Stopwatch, Target, ratio, record
+from simulations.centralized import run_centralized
+from simulations.federated import run_federated
+from simulations.layout import FEDERATION_FILE
+from simulations.synth import generate_federation
+
+TARGET = Target("<=", 1.5)
+
+
+@dataclass(frozen=True)
+class EndToEndParams:
+    centers: int = 31
+    scale: str = "demo"
+    size: int = 64
+    seed: int = 0
+    engines: tuple[str, ...] = ("ray", "inprocess")
+
+
+QUICK = EndToEndParams(centers=3, engines=("inprocess",))
+
+
+def demo_data(folder: Path, params: EndToEndParams, say: Say) -> Path:
+    """The federation to curate: generated once under `folder`, reused when it matches."""
+    manifest = folder / FEDERATION_FILE
+    wanted = {"seed": params.seed, "scale": params.scale, "size": params.size}
+    if manifest.is_file():
+        found = json.loads(manifest.read_text())
+        if {key: found.get(key) for key in wanted} == wanted and len(found["centers"]) == (
+            params.centers
+        ):
+            return folder
+    say(f"generating the {params.scale} federation ({params.centers} centers) under {folder}")
+    generate_federation(
+        folder, centers=params.centers, scale=params.scale, seed=params.seed, size=params.size
+    )
+    return folder
+
+
+def run(params: EndToEndParams, folder: Path, say: Say, data: Path | None = None) -> list[Record]:
+    """`folder` keeps the generated federation and the centers' caches between suite runs."""
+    data = data or demo_data(folder / "data", params, say)
+    state = folder / "state"
+    config = CurationConfig(seed=params.seed)
+    say("end-to-end: warming the embedding caches (one centralized run, untimed)")
+    run_centralized(data, folder / "warmup", config, state_root=state)
+    say("end-to-end: centralized reference")
+    with Stopwatch() as central:
+        reference = run_centralized(data, folder / "centralized", config, state_root=state)
+    records = [record(4, "e2e_centralized_s", central.seconds, "s", params=_params(reference))]
+    for engine in params.engines:
+        say(f"end-to-end: federated round, {engine} engine")
+        with Stopwatch() as watch:
+            summary = run_federated(
+                data, folder / f"federated-{engine}", config, engine=engine, state_root=state
+            )
+        info = _params(summary)
+        records += [
+            record(4, f"e2e_federated_{engine}_s", watch.seconds, "s", params=info),
+            ratio(4, f"e2e_overhead_{engine}", watch.seconds, central.seconds,
+                  TARGET if engine == "ray" else None, params=info,
+                  note=f"the whole run_federated call ({engine} engine) over the whole "
+                  "run_centralized call, same caches; the coordinator's round alone took "
+                  f"{summary['wall_s']:.1f} s"),
+        ]  # fmt: skip
+    return records
+
+
+def _params(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("centers", "total_samples", "selected", "k", "kmeans_rounds", "wall_s")
+    info = {key: summary[key] for key in keys if key in summary}
+    if "bytes_up" in summary:
+        info["bytes_up"] = summary["bytes_up"]["total"]
+        info["bytes_down"] = summary["bytes_down"]["total"]
+        info["phase_seconds"] = {k: round(v, 2) for k, v in summary["phase_seconds"].items()}
+    return info
