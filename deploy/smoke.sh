@@ -61,7 +61,7 @@ echo "== 2. certificates: CA, SuperLink certificate, one key per center"
 feddel-coordinator certs init --out "$work/certs" --host 127.0.0.1
 centers=(center-00 center-01 center-02)
 for name in "${centers[@]}"; do
-  feddel-coordinator certs add-center "$name" --out "$work/certs" | head -2
+  feddel-coordinator certs add-center "$name" --out "$work/certs" | grep "public key\|fingerprint"
 done
 
 echo "== 3. the SuperLink on 127.0.0.1:$port"
