@@ -164,3 +164,19 @@ def test_markdown_marks_missed_targets():
     text = markdown(rows, info, 60.0)
     assert "| 4 | e2e_overhead_ray | 3 | ratio | <= 1.5 | **no** |" in text
     assert "- `e2e_overhead_ray`: why" in text
+
+
+@pytest.mark.slow
+def test_bench_quick_embedding_and_end_to_end_record_their_ratios(tmp_path):
+    """Slow (~1-2 min): builds a ViT, writes 512 px PNGs, generates a 3-center federation and
+    embeds it once before timing the centralized and the in-process federated rounds."""
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--only", "1,4", "--out", str(out)]) == 0
+    rows = {row["name"]: row for row in json.loads((out / "bench.json").read_text())}
+    _check_schema(rows.values())
+    over_bare = rows["embed_pipeline_over_bare_vit_tiny16_32px"]
+    assert over_bare["value"] == pytest.approx(over_bare["measured"] / over_bare["reference"])
+    assert over_bare["measured"] == rows["embed_pipeline_vit_tiny16_32px"]["value"]
+    overhead = rows["e2e_overhead_inprocess"]
+    assert overhead["reference"] == pytest.approx(rows["e2e_centralized_s"]["value"])
+    assert overhead["params"]["selected"] > 0

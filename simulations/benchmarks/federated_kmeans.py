@@ -8,8 +8,9 @@ local clusters merged, `merge_small_clusters`), the coordinator's k-FED `seed_ce
 one after another here; the critical path (slowest center per phase, plus the coordinator) is
 what a federation whose centers compute in parallel would wait.
 
-Centralized: scikit-learn `KMeans` (k-means++, n_init=1) on the pooled rows in RAM (faiss is
-not installed). Both final center sets are scored by the same function on the pooled rows.
+Centralized: scikit-learn `KMeans` (k-means++, n_init=1, at most as many Lloyd iterations as
+the federated rounds may take) on the pooled rows in RAM (faiss is not installed). Both final
+center sets are scored by the same function on the pooled rows.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class KMeansParams:
     min_count: int = 10
     max_rounds: int = 20  # the round's defaults: kmeans-max-rounds, kmeans-tol
     tol: float = 1e-4
-    central_max_iter: int = 100
+    central_max_iter: int = 20  # the same Lloyd budget as the federated rounds
     seed: int = 0
 
 

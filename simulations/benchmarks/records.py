@@ -161,8 +161,13 @@ def machine_line(info: dict[str, Any]) -> str:
     return (
         f"{info['cpus']} CPUs ({info['cpu_model']}), {info['memory_gb']} GB RAM, {gpu}; "
         f"Python {info['python']}, numpy {info['numpy']}, torch {info['torch']} "
-        f"({info['torch_threads']} threads); load average at start "
+        f"({info['torch_threads']} threads); load average (1/5/15 min) at start "
         f"{'/'.join(str(v) for v in info['load_average'])}"
+        + (
+            f", at end {'/'.join(str(v) for v in info['load_average_end'])}"
+            if "load_average_end" in info
+            else ""
+        )
     )
 
 

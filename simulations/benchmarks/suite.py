@@ -9,6 +9,7 @@ of benchmark 4 and its caches stay under OUT/endtoend, so a re-run skips generat
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,6 +110,7 @@ def run_suite(
     finally:
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
+    info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     complete = tuple(only) == tuple(NAMES)
     records.append(
         make_record(
