@@ -116,8 +116,10 @@ def keys(request: KeysRequest, paths: CenterPaths) -> KeysReply:
 
 def _masked(request: Masked, paths: CenterPaths, values: np.ndarray) -> np.ndarray:
     """Encode and mask a vector for the round's secure sum (common.secagg)."""
-    private = CenterState(paths.state).secagg_key(request.run)
+    state = CenterState(paths.state)
+    private = state.secagg_key(request.run)
     context = secagg.context(request.run, request.ACTION, request.attempt)
+    state.claim_mask(request.run, context, values)
     return secagg.masked_vector(values, private, request.roster_keys(), context)
 
 

@@ -4,6 +4,7 @@
     <state>/runs/<run>/pool.json        phase 0: the samples, quality flags and encoder of a run
     <state>/runs/<run>/pool.npz         phase 0: per-sample flags, mean-image sum
     <state>/runs/<run>/scores.npz       phase 3: per-sample labels and scores
+    <state>/runs/<run>/masks.json       secure-sum contexts used, so none masks two vectors
     <state>/selection-<run>-<round>.csv phase 4: the manifest (sample id, path, cluster, score)
     <state>/events.jsonl                runs seen, manifests written, errors (feddel-center status)
 
@@ -14,6 +15,7 @@ phase reloads what it needs from here instead of keeping module-level caches.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -30,7 +32,7 @@ from common.curation import CenterScores
 from common.data import Sample
 from common.embed import EncoderSpec
 from common.embedcache import EmbeddingCache
-from common.errors import DataError
+from common.errors import DataError, ProtocolError
 from common.io import atomic_write_bytes, write_json
 from common.manifest import manifest_name
 
@@ -124,6 +126,23 @@ class CenterState:
         if not path.is_file():
             raise DataError(f"run '{run}' has no secure-aggregation key at this center ({path})")
         return path.read_bytes()
+
+    def claim_mask(self, run: str, context: bytes, values: np.ndarray) -> None:
+        """Refuse to mask different values under a context already used: the same masks on
+        two vectors would let the coordinator subtract them. The same values again (a
+        coordinator replaying a phase after a restart) reveal nothing new and are allowed."""
+        path = self.run_dir(run) / "masks.json"
+        used = json.loads(path.read_text()) if path.is_file() else {}
+        key = context.decode()
+        digest = hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+        if used.get(key, digest) != digest:
+            raise ProtocolError(
+                f"the coordinator reused secure-sum context {key!r} for different values; "
+                "refused, since it would reveal their difference; rerun under a new run name, "
+                "or update a coordinator that numbers its secure sums"
+            )
+        if key not in used:
+            write_json(path, {**used, key: digest})
 
     # --- events for `feddel-center status` -------------------------------------------------
 

@@ -76,6 +76,7 @@ class Broadcaster:
         self.started = len(self.alive)
         self.failures: list[CenterFailure] = []
         self.traffic = Traffic()
+        self._mask_uses = 0  # secure sums asked so far in this run: each gets fresh masks
 
     def name(self, node_id: int) -> str:
         return self.names.get(node_id, f"node-{node_id}")
@@ -154,13 +155,16 @@ class Broadcaster:
         """Ask every live center for its masked vector and return the unmasked sum.
 
         The masks cancel only over the whole roster, so when a member fails mid-phase the
-        phase is asked again of the survivors, with a new roster and attempt (fresh masks).
+        phase is asked again of the survivors, with a new roster. Every request of the run
+        carries a new sequence number (the wire's `attempt`), which the centers fold into their
+        masks: masks reused on different values (two Lloyd rounds) would reveal their difference.
         """
         phase = reply_type.ACTION
-        for attempt in range(max_attempts):
+        for _ in range(max_attempts):
             roster = list(self.alive)
             keys = [self.public_keys[node] for node in roster]
-            replies = self.ask(make_request(keys, attempt), reply_type, roster, check)
+            use, self._mask_uses = self._mask_uses, self._mask_uses + 1
+            replies = self.ask(make_request(keys, use), reply_type, roster, check)
             for node, reply in list(replies.items()):
                 if reply.masked.shape != (length,):
                     replies.pop(node)

@@ -4,8 +4,10 @@ Runs one federated round in-process on a federation with one small and one 10x l
 and inspects every reply as serialized bytes and as decoded arrays.
 """
 
+import json
 import shutil
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from flwr.common import serde
 
 from client.state import CenterState
 from common.config import CurationConfig
+from common.errors import ProtocolError
 from common.protocol import SeedReply, record_bytes
 from simulations.federated import run_federated
 from simulations.synth import generate_federation
@@ -45,6 +48,7 @@ def captured(tmp_path_factory):
     )  # fmt: skip
     names = {1001: "small", 1002: "large"}  # partition order = sorted folder names
     pools = {n: CenterState(root / "state" / n).load_pool("run") for n in ("large", "small")}
+    summary["state_root"] = str(root / "state")  # for the mask test; not part of a summary
     return {names[node]: msgs for node, msgs in replies.items()}, pools, summary
 
 
@@ -122,3 +126,23 @@ def test_wire_coordinator_sees_no_aggregate_cell_under_min_count(captured):
     _, _, summary = captured
     for cell in summary["clusters"]["candidates"]:
         assert cell == 0 or cell >= MIN_COUNT
+
+
+def test_wire_every_masked_vector_of_a_run_has_its_own_masks(captured):
+    """Two Lloyd rounds under one mask would let the coordinator subtract them."""
+    _, _, summary = captured
+    for center in ("small", "large"):
+        masks = Path(summary["state_root"]) / center / "runs" / "run" / "masks.json"
+        contexts = json.loads(masks.read_text())
+        lloyd = [key for key in contexts if "/lloyd/" in key]
+        assert len(lloyd) == summary["kmeans_rounds"] > 1
+        assert len({key.rsplit("/", 1)[1] for key in contexts}) == len(contexts)
+
+
+def test_center_refuses_a_mask_context_reused_for_other_values(tmp_path):
+    state = CenterState(tmp_path)
+    context = b"feddel/run/lloyd/0"
+    state.claim_mask("run", context, np.arange(3.0))
+    state.claim_mask("run", context, np.arange(3.0))  # a replay of the same values is fine
+    with pytest.raises(ProtocolError, match="reused secure-sum context"):
+        state.claim_mask("run", context, np.arange(3.0) + 1)
