@@ -177,7 +177,12 @@ def _check_npy_header(message: str, key: str, value: Array, shape: tuple[int, ..
         raise ProtocolError(f"{message}: array '{key}' holds Python objects")
 
 
-def _check_run(message: str, run: str) -> None:
+def check_center_name(message: str, center: str) -> None:
+    if not center or len(center) > MAX_NAME or not center.isprintable():
+        raise ProtocolError(f"{message}: center name must be 1-{MAX_NAME} printable characters")
+
+
+def check_run(message: str, run: str) -> None:
     """`run` names folders at the center (state/runs/<run>): one plain path component."""
     bad = (
         not run
@@ -198,7 +203,7 @@ def _check_choice(message: str, key: str, value: str, choices: tuple[str, ...]) 
         raise ProtocolError(f"{message}: field '{key}' must be one of {', '.join(choices)}")
 
 
-def _check_range(message: str, key: str, value: float, low: float, high: float) -> None:
+def check_range(message: str, key: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise ProtocolError(f"{message}: field '{key}'={value!r} must be in [{low:g}, {high:g}]")
 
@@ -240,9 +245,9 @@ class InventoryRequest(Payload):
     min_count: int
 
     def check(self) -> None:
-        _check_run("InventoryRequest", self.run)
-        _check_range("InventoryRequest", "image_size", self.image_size, 16, MAX_IMAGE_SIZE)
-        _check_range("InventoryRequest", "min_count", self.min_count, 1, MAX_COUNT)
+        check_run("InventoryRequest", self.run)
+        check_range("InventoryRequest", "image_size", self.image_size, 16, MAX_IMAGE_SIZE)
+        check_range("InventoryRequest", "min_count", self.min_count, 1, MAX_COUNT)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -262,8 +267,7 @@ class InventoryReply(Payload):
 
     def check(self) -> None:
         name = "InventoryReply"
-        if not self.center or len(self.center) > MAX_NAME or not self.center.isprintable():
-            raise ProtocolError(f"{name}: center name must be 1-{MAX_NAME} printable characters")
+        check_center_name(name, self.center)
         if self.files != self.samples + self.unreadable + self.duplicate_files:
             raise ProtocolError(
                 f"{name}: files={self.files} must equal samples + unreadable + duplicate_files "
@@ -288,7 +292,7 @@ class KeysRequest(Payload):
     run: str
 
     def check(self) -> None:
-        _check_run("KeysRequest", self.run)
+        check_run("KeysRequest", self.run)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -310,7 +314,7 @@ class Masked(Payload):
     roster: np.ndarray = _array("i", 2, nonnegative=True)  # (m, 32) public keys, as bytes
 
     def check(self) -> None:
-        _check_run(type(self).__name__, self.run)
+        check_run(type(self).__name__, self.run)
 
     def roster_keys(self) -> list[bytes]:
         if (
@@ -346,10 +350,10 @@ class SeedRequest(Payload):
     seed: int
 
     def check(self) -> None:
-        _check_run("SeedRequest", self.run)
+        check_run("SeedRequest", self.run)
         _check_choice("SeedRequest", "method", self.method, METHODS)
-        _check_range("SeedRequest", "k_local", self.k_local, 1, MAX_CLUSTERS)
-        _check_range("SeedRequest", "min_count", self.min_count, 1, MAX_COUNT)
+        check_range("SeedRequest", "k_local", self.k_local, 1, MAX_CLUSTERS)
+        check_range("SeedRequest", "min_count", self.min_count, 1, MAX_COUNT)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -375,7 +379,7 @@ class LloydRequest(Masked):
     def check(self) -> None:
         super().check()
         _check_choice("LloydRequest", "method", self.method, METHODS)
-        _check_range("LloydRequest", "noise_sigma", self.noise_sigma, 0.0, np.inf)
+        check_range("LloydRequest", "noise_sigma", self.noise_sigma, 0.0, np.inf)
         _check_centers("LloydRequest", self.centers)
 
 
@@ -410,10 +414,10 @@ class ScoreRequest(Masked):
         name = "ScoreRequest"
         _check_choice(name, "method", self.method, METHODS)
         _check_choice(name, "keep", self.keep, KEEP_CHOICES)
-        _check_range(name, "tau", self.tau, np.finfo(np.float64).tiny, np.inf)
-        _check_range(name, "eps", self.eps, 0.0, 2.0)
-        _check_range(name, "eta", self.eta, -1.0, 1.0)
-        _check_range(name, "bins", self.bins, 1, MAX_BINS)
+        check_range(name, "tau", self.tau, np.finfo(np.float64).tiny, np.inf)
+        check_range(name, "eps", self.eps, 0.0, 2.0)
+        check_range(name, "eta", self.eta, -1.0, 1.0)
+        check_range(name, "bins", self.bins, 1, MAX_BINS)
         _check_centers(name, self.centers)
         _same_rows(name, centers=self.centers, prior=self.prior)
         if not self.prior.all():
@@ -453,9 +457,9 @@ class SelectRequest(Masked):
         name = "SelectRequest"
         _check_choice(name, "method", self.method, METHODS)
         _check_choice(name, "keep", self.keep, KEEP_CHOICES)
-        _check_range(name, "retention", self.retention, 0.0, 1.0)
-        _check_range(name, "eta", self.eta, -1.0, 1.0)
-        _check_range(name, "bins", self.bins, 1, MAX_BINS)
+        check_range(name, "retention", self.retention, 0.0, 1.0)
+        check_range(name, "eta", self.eta, -1.0, 1.0)
+        check_range(name, "bins", self.bins, 1, MAX_BINS)
         _same_rows(
             name,
             threshold_bins=self.threshold_bins,

@@ -12,7 +12,6 @@ a center-level score (mIoU over its test split): no image, id or per-sample valu
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
@@ -20,7 +19,14 @@ from flwr.app import ArrayRecord, RecordDict
 
 from common.errors import ProtocolError
 from common.fedavg import WEIGHTS
-from common.protocol import MAX_COUNT, MAX_IMAGE_SIZE, MAX_NAME, Payload
+from common.protocol import (
+    MAX_COUNT,
+    MAX_IMAGE_SIZE,
+    Payload,
+    check_center_name,
+    check_range,
+    check_run,
+)
 
 MAX_STEPS = 1 << 24
 
@@ -44,20 +50,6 @@ class WithWeights(Payload):
     def from_record(cls, record: RecordDict) -> Self:
         message = super().from_record(record)
         return message.with_weights(record.array_records.get(WEIGHTS))
-
-
-def _check_name(message: str, key: str, value: str) -> None:
-    plain = value.isprintable() and not any(c in value for c in "/\\")
-    if not value or len(value) > MAX_NAME or not plain:
-        raise ProtocolError(
-            f"{message}: {key} {value[:MAX_NAME]!r} must be 1-{MAX_NAME} printable characters "
-            "without '/' or '\\'"
-        )
-
-
-def _check_between(message: str, key: str, value: float, low: float, high: float) -> None:
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ProtocolError(f"{message}: {key}={value!r} must be in [{low:g}, {high:g}]")
 
 
 # --- phase 5: one federated MAE round ------------------------------------------------------
@@ -88,16 +80,16 @@ class TrainRequest(WithWeights):
 
     def check(self) -> None:
         name = "TrainRequest"
-        _check_name(name, "run", self.run)
+        check_run(name, self.run)
         if self.uniform_fraction == 0:
-            _check_name(name, "selection", self.selection)
-        _check_between(name, "uniform_fraction", self.uniform_fraction, 0.0, 1.0)
-        _check_between(name, "image_size", self.image_size, 16, MAX_IMAGE_SIZE)
-        _check_between(name, "steps", self.steps, 1, MAX_STEPS)
-        _check_between(name, "batch_size", self.batch_size, 1, 4096)
-        _check_between(name, "lr", self.lr, 1e-12, 1.0)
-        _check_between(name, "mask_ratio", self.mask_ratio, 0.01, 0.99)
-        _check_between(name, "round", self.round, 0, MAX_STEPS)
+            check_run(f"{name} selection", self.selection)
+        check_range(name, "uniform_fraction", self.uniform_fraction, 0.0, 1.0)
+        check_range(name, "image_size", self.image_size, 16, MAX_IMAGE_SIZE)
+        check_range(name, "steps", self.steps, 1, MAX_STEPS)
+        check_range(name, "batch_size", self.batch_size, 1, 4096)
+        check_range(name, "lr", self.lr, 1e-12, 1.0)
+        check_range(name, "mask_ratio", self.mask_ratio, 0.01, 0.99)
+        check_range(name, "round", self.round, 0, MAX_STEPS)
         if not 0 <= self.step_offset <= self.total_steps - self.steps:
             raise ProtocolError(
                 f"{name}: steps {self.step_offset}..{self.step_offset + self.steps} lie outside "
@@ -119,10 +111,10 @@ class TrainReply(WithWeights):
 
     def check(self) -> None:
         name = "TrainReply"
-        _check_name(name, "center", self.center)
-        _check_between(name, "examples", self.examples, 0, MAX_COUNT)
-        _check_between(name, "steps", self.steps, 0, MAX_STEPS)
-        _check_between(name, "loss", self.loss, 0.0, 1e12)
+        check_center_name(name, self.center)
+        check_range(name, "examples", self.examples, 0, MAX_COUNT)
+        check_range(name, "steps", self.steps, 0, MAX_STEPS)
+        check_range(name, "loss", self.loss, 0.0, 1e12)
 
 
 # --- phase 6: downstream evaluation --------------------------------------------------------
@@ -144,11 +136,11 @@ class EvaluateRequest(WithWeights):
 
     def check(self) -> None:
         name = "EvaluateRequest"
-        _check_name(name, "run", self.run)
-        _check_between(name, "image_size", self.image_size, 16, MAX_IMAGE_SIZE)
-        _check_between(name, "head_steps", self.head_steps, 1, MAX_STEPS)
-        _check_between(name, "head_lr", self.head_lr, 1e-12, 1.0)
-        _check_between(name, "head_hidden", self.head_hidden, 1, 1 << 16)
+        check_run(name, self.run)
+        check_range(name, "image_size", self.image_size, 16, MAX_IMAGE_SIZE)
+        check_range(name, "head_steps", self.head_steps, 1, MAX_STEPS)
+        check_range(name, "head_lr", self.head_lr, 1e-12, 1.0)
+        check_range(name, "head_hidden", self.head_hidden, 1, 1 << 16)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,8 +157,8 @@ class EvaluateReply(Payload):
 
     def check(self) -> None:
         name = "EvaluateReply"
-        _check_name(name, "center", self.center)
+        check_center_name(name, self.center)
         for key in ("train_images", "test_images"):
-            _check_between(name, key, getattr(self, key), 0, MAX_COUNT)
+            check_range(name, key, getattr(self, key), 0, MAX_COUNT)
         for key in ("miou", "iou_background", "iou_lesion"):
-            _check_between(name, key, getattr(self, key), 0.0, 1.0)
+            check_range(name, key, getattr(self, key), 0.0, 1.0)

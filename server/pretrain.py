@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from common.embed import EncoderSpec
 from common.errors import ConfigError, DataError, ProtocolError, RunFailed
 from common.fedavg import State, fedavg, read_weights, weights_record
@@ -187,8 +185,3 @@ def _resume_or_start(config: PretrainConfig, out: Path) -> tuple[MAE, dict[str, 
     else:
         mae = MAE(EncoderSpec(config.model, config.image_size, seed=config.seed))
     return mae, {"config": settings, "rounds_done": 0, "examples": {}, "losses": []}
-
-
-def encoder_state(mae: MAE) -> dict[str, torch.Tensor]:
-    """The encoder part of the MAE, what downstream evaluation needs."""
-    return mae.encoder.state_dict()

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from common.cliutil import EXIT_OK, console
 from common.config import METHODS, CurationConfig, parse_overrides
-from common.errors import ConfigError
+from common.errors import ConfigError, RunFailed
 from common.segmentation import HeadConfig
 from simulations.federated import ENGINES, run_apps
 from simulations.layout import center_dirs
@@ -137,7 +137,10 @@ def run_pipeline(args: argparse.Namespace, data: Path, out: Path, cells: list[Ce
             torch.set_num_threads(1)  # the simulated centers run side by side on threads
         run_apps(app, centers, state_root, args.engine)
     if len(rows) != total:
-        raise ConfigError(f"the simulated run stopped after {len(rows)} of {total} cells")
+        raise RunFailed(
+            f"the simulated run stopped after {len(rows)} of {total} cells (see the log above); "
+            "run the same command again to resume from the finished cells"
+        )
     write_results(rows, out, f"FedDEL comparison on {data.name}")
     return rows
 

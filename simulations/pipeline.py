@@ -42,7 +42,6 @@ from simulations.federated import gather_manifests
 log = logging.getLogger(__name__)
 
 SCRATCH = "scratch"  # the row of the random-init encoder: no pre-training at all
-RESULT_COLUMNS = ("method", "budget", "R", "seed", "mIoU", "DEL", "NormDEL", "wall_s")
 
 
 @dataclass(frozen=True)

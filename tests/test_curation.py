@@ -28,7 +28,7 @@ def federation(tmp_path_factory):
 
 
 def _config(**changes):
-    return CurationConfig(image_size=32, k=4, budget=0.1, **changes)
+    return CurationConfig(**{"image_size": 32, "k": 4, "budget": 0.1, **changes})
 
 
 def _centralized(federation, name, **changes):
@@ -133,3 +133,15 @@ def test_federated_methods_run_through_the_same_rounds(federation, method, chang
     )  # fmt: skip
     assert summary["method"] == method and summary["failed_centers"] == []
     assert low <= summary["retention"] <= high
+
+
+def test_federated_feddel_loosens_eta_when_dedup_leaves_too_few_candidates(federation):
+    """eta 0.3 calls almost every pair a near-duplicate; the round must still fill the budget
+    by asking the score phase again at looser thresholds, and say which eta it used."""
+    summary = run_federated(
+        federation / "data", federation / "eta-ladder", _config(eta=0.3, budget=0.2),
+        engine="inprocess", state_root=federation / "state",
+    )  # fmt: skip
+    budget = math.ceil(0.2 * summary["total_samples"])
+    assert summary["eta"] > 0.3
+    assert abs(summary["selected"] - budget) <= summary["k"]

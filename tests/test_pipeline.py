@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from client.app import build_client_app
+from common.errors import ConfigError
 from common.mae import load_mae_checkpoint
 from server import pretrain as pretrain_module
 from server.broadcast import Broadcaster
@@ -84,7 +85,7 @@ def test_centers_send_weights_and_counts_only(federation, tmp_path):
 
 def test_pretraining_refuses_to_resume_with_other_settings(federation, tmp_path):
     _pretrain(federation, tmp_path / "s", tmp_path / "run")
-    with pytest.raises(Exception, match="other settings"):
+    with pytest.raises(ConfigError, match="other settings"):
         pretrain_module._resume_or_start(
             PretrainConfig(run="warm", **{**SETTINGS, "rounds": 3}), tmp_path / "run"
         )
