@@ -22,19 +22,19 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from common import secagg
-from common.center import CenterPool, PoolCounts
-from common.curation import CenterScores
-from common.data import Sample
-from common.embed import EncoderSpec
-from common.embedcache import EmbeddingCache
 from common.errors import DataError, ProtocolError
 from common.io import atomic_write_bytes, write_json
 from common.manifest import manifest_name
+
+if TYPE_CHECKING:  # the pool's modules load torch: `feddel-center status` must start fast
+    from common.center import CenterPool
+    from common.curation import CenterScores
+    from common.embed import EncoderSpec
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,11 @@ class CenterState:
         write_json(self.run_dir(run) / "pool.json", meta)
 
     def load_pool(self, run: str) -> CenterPool:
+        from common.center import CenterPool, PoolCounts
+        from common.data import Sample
+        from common.embed import EncoderSpec
+        from common.embedcache import EmbeddingCache
+
         meta_path = self.run_dir(run) / "pool.json"
         if not meta_path.is_file():
             raise DataError(
@@ -107,6 +112,8 @@ class CenterState:
         _save_npz(self.run_dir(run) / "scores.npz", **scores._asdict())
 
     def load_scores(self, run: str) -> CenterScores:
+        from common.curation import CenterScores
+
         path = self.run_dir(run) / "scores.npz"
         if not path.is_file():
             raise DataError(f"run '{run}' was not scored at this center ({path} missing)")
