@@ -95,12 +95,31 @@ class Pipeline:
 
     def run(self, cells: list[Cell]) -> list[Row]:
         """Every cell's row, preceded per seed by the random-init (scratch) row."""
+        self._check_settings()
         rows: list[Row] = []
         for seed in sorted({cell.seed for cell in cells}):
             rows.append(self._cached(Cell(SCRATCH, 0.0, seed), self._scratch))
             for cell in (c for c in cells if c.seed == seed):
                 rows.append(self._cached(cell, self._cell))
         return rows
+
+    def _check_settings(self) -> None:
+        """Finished cells are reused, so they must come from the same settings."""
+        settings = json.loads(
+            json.dumps(
+                {
+                    "pipeline": dataclasses.asdict(self.settings),
+                    "curation": self.base.to_run_config(),
+                }
+            )
+        )
+        path = self.out / "settings.json"
+        if path.is_file() and json.loads(path.read_text()) != settings:
+            raise ConfigError(
+                f"{self.out} holds results made with other settings ({path}); use another "
+                "--out, or delete its cells/ folder and settings.json to start over"
+            )
+        write_json(path, settings)
 
     def _cached(self, cell: Cell, compute: Callable[[Cell], Row]) -> Row:
         path = self.out / "cells" / cell.name / "row.json"

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from client.app import build_client_app
+from common.config import CurationConfig
 from common.errors import ConfigError
 from common.mae import load_mae_checkpoint
 from server import pretrain as pretrain_module
@@ -17,6 +18,7 @@ from simulations.cli import main as sim_main
 from simulations.federated import simulation_resolver
 from simulations.inprocess import InProcessGrid
 from simulations.layout import center_dirs
+from simulations.pipeline import Pipeline, PipelineSettings
 from simulations.synth import generate_federation
 
 SETTINGS = dict(uniform_fraction=0.5, image_size=32, rounds=2, local_steps=2, batch_size=4)
@@ -111,3 +113,11 @@ def test_compare_writes_results_and_resumes(federation, tmp_path, capsys):
     assert sim_main(argv) == 0  # finished cells are read back, not recomputed
     again = list(csv.DictReader((out / "results.csv").open()))
     assert [r["wall_s"] for r in again] == [r["wall_s"] for r in rows]
+
+
+def test_compare_refuses_to_mix_cells_of_other_settings(tmp_path):
+    base = CurationConfig(image_size=32)
+    Pipeline(None, base, PipelineSettings(rounds=2), tmp_path, [], tmp_path)._check_settings()
+    Pipeline(None, base, PipelineSettings(rounds=2), tmp_path, [], tmp_path)._check_settings()
+    with pytest.raises(ConfigError, match="other settings"):
+        Pipeline(None, base, PipelineSettings(rounds=4), tmp_path, [], tmp_path)._check_settings()
