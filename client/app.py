@@ -29,7 +29,7 @@ from common.protocol import (
     SeedRequest,
     SelectRequest,
 )
-from common.trainproto import EvaluateRequest, TrainRequest
+from common.trainproto import EvaluateRequest, SynthesizeRequest, TrainRequest
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ PHASES: dict[str, tuple[type[Payload], Callable[[Payload, CenterPaths], Payload]
     "select": (SelectRequest, handlers.select),
     "mae": (TrainRequest, training.train),
     "segment": (EvaluateRequest, training.evaluate),
+    "synthesize": (SynthesizeRequest, training.synthesize),
 }  # type: ignore[dict-item]
 
 

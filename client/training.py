@@ -27,8 +27,17 @@ from common.fedavg import read_weights, weights_record
 from common.io import atomic_write_bytes
 from common.mae import MAE, train_mae
 from common.manifest import read_manifest
+from common.mosaic import MOSAIC_MANIFEST, list_mosaics, mosaic_dir, synthesize_mosaics
+from common.patches import ErrorMapProposer, FirstNonEmpty, MaskProposer
 from common.segmentation import HeadConfig, evaluate_segmentation
-from common.trainproto import EvaluateReply, EvaluateRequest, TrainReply, TrainRequest
+from common.trainproto import (
+    EvaluateReply,
+    EvaluateRequest,
+    SynthesizeReply,
+    SynthesizeRequest,
+    TrainReply,
+    TrainRequest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +48,12 @@ class Labeled(NamedTuple):
 
 
 def train(request: TrainRequest, paths: CenterPaths) -> TrainReply:
-    """Load the global weights, train `steps` local MAE steps, send the weights back."""
+    """Load the global weights, train `steps` local MAE steps, send the weights back.
+
+    A probe (`steps` = 0) or an empty training set answers with the image count alone."""
     images = training_images(request, paths)
-    if len(images) == 0:
-        return TrainReply(center=paths.name, examples=0, steps=0, loss=0.0)
+    if len(images) == 0 or request.steps == 0:
+        return TrainReply(center=paths.name, examples=len(images), steps=0, loss=0.0)
     mae = MAE(EncoderSpec(request.model, request.image_size, seed=request.seed))
     mae.load_state_dict(read_weights(request.to_record(), mae.state_dict(), "TrainRequest"))
     losses = train_mae(
@@ -97,16 +108,46 @@ def evaluate(request: EvaluateRequest, paths: CenterPaths) -> EvaluateReply:
     )
 
 
+def synthesize(request: SynthesizeRequest, paths: CenterPaths) -> SynthesizeReply:
+    """OptiDEL at this center: the hardest lesion-like patches of its selection, stitched four
+    to a mosaic (as many patches as it selected samples). Mosaics stay in the state folder."""
+    state = CenterState(paths.state)
+    by_file = {sample.file: sample for sample in scan_center(paths.data).samples}
+    sources = [by_file[f] for f in _selected_files(state, request.run) if f in by_file]
+    mae = MAE(EncoderSpec(request.model, request.image_size, seed=request.seed))
+    mae.load_state_dict(read_weights(request.to_record(), mae.state_dict(), "SynthesizeRequest"))
+    # the lesion mask where the center has one, else the MAE's worst-reconstructed regions
+    proposer = FirstNonEmpty(MaskProposer(), ErrorMapProposer(mae, seed=request.seed))
+    summary = synthesize_mosaics(
+        paths.data, sources, paths.state, request.run, center=paths.name, mae=mae,
+        mean_image=request.mean_image, proposer=proposer, n_mosaics=len(sources) // 4,
+        seed=request.seed,
+    )  # fmt: skip
+    state.record("synthesize", run=request.run, mosaics=summary.mosaics)
+    return SynthesizeReply(
+        center=paths.name,
+        mosaics=summary.mosaics,
+        patches_proposed=summary.patches_proposed,
+        patches_used=summary.patches_used,
+        sources_used=summary.sources_used,
+        unreadable=summary.unreadable,
+    )
+
+
 def training_images(request: TrainRequest, paths: CenterPaths) -> np.ndarray:
-    """uint8 (n, s, s, 3): the selection's images (or the warm-up sample), cached per run."""
+    """uint8 (n, s, s, 3): the selection's images and its mosaics (optidel), or the warm-up
+    sample; cached per run."""
     cache = CenterState(paths.state).run_dir(request.run) / f"train-{request.image_size}.npy"
     if cache.is_file():
         return np.load(cache)
+    mosaics: list[Path] = []
     if request.uniform_fraction > 0:
         files = _uniform_sample(paths.data, request.uniform_fraction, request.seed)
     else:
         files = _selected_files(CenterState(paths.state), request.selection)
-    images = _decode_all(paths.data, files, request.image_size)
+        mosaics = _mosaic_files(paths.state, request.selection)
+    # mosaic paths are absolute, and `paths.data / absolute` is the absolute path itself
+    images = _decode_all(paths.data, files + [str(m) for m in mosaics], request.image_size)
     buffer = io.BytesIO()
     np.save(buffer, images)
     atomic_write_bytes(cache, buffer.getvalue())
@@ -150,6 +191,14 @@ def _selected_files(state: CenterState, selection: str) -> list[str]:
     if not path.is_file():
         return []  # this center holds none of the selection
     return [row["file"] for row in read_manifest(path)]
+
+
+def _mosaic_files(state: Path, selection: str) -> list[Path]:
+    """The selection's mosaics at this center (absolute paths), none unless it ran optidel."""
+    manifest = mosaic_dir(state, selection) / MOSAIC_MANIFEST
+    if not manifest.is_file():
+        return []
+    return list_mosaics(state, selection)
 
 
 def _uniform_sample(root: Path, fraction: float, seed: int) -> list[str]:

@@ -15,7 +15,13 @@ from typing import Any
 
 from common.errors import ConfigError
 
-METHODS = ("feddel", "meddel", "random", "full")
+# FedDEL's own ViT, registered with timm by common.models (why this size: see there).
+DEFAULT_MODEL = "vit_feddel_patch8_64"
+
+# What centers are asked to do in the selection phases (the wire's method values) ...
+SELECTION_METHODS = ("feddel", "meddel", "random", "full")
+# ... and what users pick: optidel selects as feddel does, then synthesizes mosaics at centers.
+METHODS = (*SELECTION_METHODS, "optidel")
 KEEP_CHOICES = ("hard", "easy")
 
 
@@ -40,11 +46,16 @@ class CurationConfig:
     eta: float = 0.98  # near-duplicate threshold (cosine) within a center; encoder-dependent
     keep: str = "hard"  # which of a near-duplicate pair survives
     seed: int = 0
-    model: str = "vit_tiny_patch16_224"
+    model: str = DEFAULT_MODEL
     image_size: int = 64
     weights: str = ""  # local weights file; empty = random init with `seed`
     run_name: str = "run"
     out: str = "runs/coordinator"
+
+    @property
+    def selection(self) -> str:
+        """The selection method centers run: optidel's selection is feddel's."""
+        return "feddel" if self.method == "optidel" else self.method
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "method", self.method, f"one of {', '.join(METHODS)}")

@@ -47,6 +47,8 @@ from safetensors.torch import load_file
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
+import common.models  # noqa: F401  (registers DEFAULT_MODEL with timm)
+from common.config import DEFAULT_MODEL
 from common.data import load_image
 from common.errors import ConfigError, DataError
 
@@ -70,7 +72,7 @@ class EncoderSpec:
     means random initialization seeded with `seed` (`seed` is ignored when weights are given).
     """
 
-    model: str = "vit_tiny_patch16_224"
+    model: str = DEFAULT_MODEL
     image_size: int = 64
     weights: str | None = None
     seed: int = 0

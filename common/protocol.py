@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.common import serde
 
-from common.config import KEEP_CHOICES, METHODS
+from common.config import KEEP_CHOICES, SELECTION_METHODS
 from common.errors import ProtocolError
 from common.secagg import KEY_BYTES
 
@@ -47,7 +47,7 @@ class ArraySpec:
     nonnegative: bool = False
 
 
-def _array(kind: str, ndim: int, nonnegative: bool = False) -> Any:
+def array_field(kind: str, ndim: int, nonnegative: bool = False) -> Any:
     return field(metadata={"array": ArraySpec(kind, ndim, nonnegative)})
 
 
@@ -263,7 +263,7 @@ class InventoryReply(Payload):
     fingerprint: str
     image_count: int  # 0 when the center holds fewer than min_count samples
     # (s, s, 3) sum of the center's images, for the global mean image
-    image_sum: np.ndarray = _array("f", 3, nonnegative=True)
+    image_sum: np.ndarray = array_field("f", 3, nonnegative=True)
 
     def check(self) -> None:
         name = "InventoryReply"
@@ -311,7 +311,7 @@ class Masked(Payload):
 
     run: str
     attempt: int
-    roster: np.ndarray = _array("i", 2, nonnegative=True)  # (m, 32) public keys, as bytes
+    roster: np.ndarray = array_field("i", 2, nonnegative=True)  # (m, 32) public keys, as bytes
 
     def check(self) -> None:
         check_run(type(self).__name__, self.run)
@@ -334,7 +334,7 @@ def roster_array(keys: list[bytes]) -> np.ndarray:
 class MaskedReply(Payload):
     """A center's contribution to a secure sum: uniformly random on its own."""
 
-    masked: np.ndarray = _array("u", 1)
+    masked: np.ndarray = array_field("u", 1)
 
 
 # --- phase 1: seeding (k-FED) --------------------------------------------------------------
@@ -351,7 +351,7 @@ class SeedRequest(Payload):
 
     def check(self) -> None:
         check_run("SeedRequest", self.run)
-        _check_choice("SeedRequest", "method", self.method, METHODS)
+        _check_choice("SeedRequest", "method", self.method, SELECTION_METHODS)
         check_range("SeedRequest", "k_local", self.k_local, 1, MAX_CLUSTERS)
         check_range("SeedRequest", "min_count", self.min_count, 1, MAX_COUNT)
 
@@ -359,8 +359,8 @@ class SeedRequest(Payload):
 @dataclass(frozen=True, kw_only=True)
 class SeedReply(Payload):
     ACTION: ClassVar[str] = "seed"
-    centroids: np.ndarray = _array("f", 2)  # (m, d) local centroids with >= min_count members
-    counts: np.ndarray = _array("i", 1, nonnegative=True)  # (m,)
+    centroids: np.ndarray = array_field("f", 2)  # (m, d) local centroids with >= min_count members
+    counts: np.ndarray = array_field("i", 1, nonnegative=True)  # (m,)
 
     def check(self) -> None:
         _same_rows("SeedReply", centroids=self.centroids, counts=self.counts)
@@ -374,11 +374,11 @@ class LloydRequest(Masked):
     ACTION: ClassVar[str] = "lloyd"
     method: str
     noise_sigma: float  # std of the Gaussian noise each center adds to its per-cluster sums
-    centers: np.ndarray = _array("f", 2)  # (k, d)
+    centers: np.ndarray = array_field("f", 2)  # (k, d)
 
     def check(self) -> None:
         super().check()
-        _check_choice("LloydRequest", "method", self.method, METHODS)
+        _check_choice("LloydRequest", "method", self.method, SELECTION_METHODS)
         check_range("LloydRequest", "noise_sigma", self.noise_sigma, 0.0, np.inf)
         _check_centers("LloydRequest", self.centers)
 
@@ -406,13 +406,13 @@ class ScoreRequest(Masked):
     eta: float
     keep: str
     bins: int
-    centers: np.ndarray = _array("f", 2)  # (k, d)
-    prior: np.ndarray = _array("f", 1, nonnegative=True)  # (k,)
+    centers: np.ndarray = array_field("f", 2)  # (k, d)
+    prior: np.ndarray = array_field("f", 1, nonnegative=True)  # (k,)
 
     def check(self) -> None:
         super().check()
         name = "ScoreRequest"
-        _check_choice(name, "method", self.method, METHODS)
+        _check_choice(name, "method", self.method, SELECTION_METHODS)
         _check_choice(name, "keep", self.keep, KEEP_CHOICES)
         check_range(name, "tau", self.tau, np.finfo(np.float64).tiny, np.inf)
         check_range(name, "eps", self.eps, 0.0, 2.0)
@@ -448,14 +448,14 @@ class SelectRequest(Masked):
     eta: float  # meddel: the eta picked from the survivor counts
     keep: str  # meddel: which of a near-duplicate pair survives
     bins: int  # feddel: histogram bins the thresholds refer to
-    threshold_bins: np.ndarray = _array("i", 1, nonnegative=True)  # (k,) feddel
-    boundary_fractions: np.ndarray = _array("f", 1, nonnegative=True)  # (k,) feddel
-    quotas: np.ndarray = _array("i", 1, nonnegative=True)  # (k,) feddel
+    threshold_bins: np.ndarray = array_field("i", 1, nonnegative=True)  # (k,) feddel
+    boundary_fractions: np.ndarray = array_field("f", 1, nonnegative=True)  # (k,) feddel
+    quotas: np.ndarray = array_field("i", 1, nonnegative=True)  # (k,) feddel
 
     def check(self) -> None:
         super().check()
         name = "SelectRequest"
-        _check_choice(name, "method", self.method, METHODS)
+        _check_choice(name, "method", self.method, SELECTION_METHODS)
         _check_choice(name, "keep", self.keep, KEEP_CHOICES)
         check_range(name, "retention", self.retention, 0.0, 1.0)
         check_range(name, "eta", self.eta, -1.0, 1.0)

@@ -29,7 +29,7 @@ from common.errors import ConfigError, DataError
 class HeadConfig:
     """How the head is trained: AdamW, `steps` of `batch_size` images, cosine-free constant LR."""
 
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 16
     lr: float = 1e-3
     hidden: int = 256
@@ -38,10 +38,10 @@ class HeadConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.hidden < 1:
+        if self.steps < 1 or self.batch_size < 1 or self.hidden < 0:
             raise ConfigError(
-                f"head steps={self.steps}, batch-size={self.batch_size} and "
-                f"hidden={self.hidden} must be >= 1"
+                f"head steps={self.steps} and batch-size={self.batch_size} must be >= 1, "
+                f"hidden={self.hidden} >= 0 (0 = a linear head)"
             )
         if not (self.lr > 0 and self.encoder_lr > 0):
             raise ConfigError(f"head lr={self.lr} and encoder lr={self.encoder_lr} must be > 0")
@@ -66,8 +66,10 @@ class SegHead(nn.Module):
         super().__init__()
         self.patch, self.grid = patch, grid
         self.norm = nn.BatchNorm1d(dim, affine=False)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, patch * patch)
+        self.mlp = (
+            nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, patch * patch))
+            if hidden
+            else nn.Linear(dim, patch * patch)  # a linear probe
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -89,15 +91,18 @@ def feature_blocks(encoder: nn.Module) -> list[int]:
 
 
 def patch_tokens(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Normalized images (b,3,H,W) -> patch tokens of several blocks, concatenated (b, L, k*D).
+    """Normalized images (b,3,H,W) -> patch embedding + tokens of several blocks (b, L, (k+1)*D).
 
-    Dense heads read intermediate layers (SETR-MLA, ViTDet, UNETR): the last layer of an MAE
-    encoder is tuned to complete masked images and keeps little of each patch's own content.
+    Dense heads read several levels (SETR-MLA, ViTDet, UNETR's skip from the input): blocks
+    spread over the depth carry context, and the patch embedding carries what each patch shows,
+    which MAE's later blocks (tuned to complete masked images) partly drop. With it, a
+    pre-trained encoder's head sees at least what a random-init one sees.
     """
     layers = encoder.forward_intermediates(
         images, indices=feature_blocks(encoder), intermediates_only=True, output_fmt="NLC"
     )
-    return torch.cat(layers, dim=-1)
+    embedded = encoder.norm_pre(encoder._pos_embed(encoder.patch_embed(images)))
+    return torch.cat([embedded[:, encoder.num_prefix_tokens :], *layers], dim=-1)
 
 
 def frozen_tokens(encoder: nn.Module, images: np.ndarray, batch_size: int = 64) -> torch.Tensor:
@@ -162,7 +167,7 @@ def _new_head(encoder: nn.Module, config: HeadConfig) -> SegHead:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         grid = tuple(encoder.patch_embed.grid_size)
-        dim = encoder.embed_dim * len(feature_blocks(encoder))
+        dim = encoder.embed_dim * (len(feature_blocks(encoder)) + 1)  # + the patch embedding
         return SegHead(dim, encoder.patch_embed.patch_size[0], grid, config.hidden)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
+import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
 from common.errors import ProtocolError
@@ -23,6 +24,7 @@ from common.protocol import (
     MAX_COUNT,
     MAX_IMAGE_SIZE,
     Payload,
+    array_field,
     check_center_name,
     check_range,
     check_run,
@@ -52,6 +54,56 @@ class WithWeights(Payload):
         return message.with_weights(record.array_records.get(WEIGHTS))
 
 
+# --- phase 4b (optidel): synthesize mosaics from the selection, at each center -------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthesizeRequest(WithWeights):
+    """Make OptiDEL mosaics from this center's selection of run `run`, with the attached MAE.
+
+    The center keeps its `selected` hardest lesion-like patches (the plan's quota) and stitches
+    every 4 into a 2x2 mosaic; `mean_image` (s, s, 3), the federated mean image in pixel
+    units, is the context-free predictor of patch PVI."""
+
+    ACTION: ClassVar[str] = "synthesize"
+    run: str
+    model: str
+    image_size: int
+    seed: int
+    mean_image: np.ndarray = array_field("f", 3)
+
+    def check(self) -> None:
+        name = "SynthesizeRequest"
+        check_run(name, self.run)
+        check_range(name, "image_size", self.image_size, 16, MAX_IMAGE_SIZE)
+        if self.mean_image.shape != (self.image_size, self.image_size, 3):
+            raise ProtocolError(
+                f"{name}: mean_image of shape {self.mean_image.shape}, expected "
+                f"({self.image_size}, {self.image_size}, 3)"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthesizeReply(Payload):
+    """Counts only: the mosaics stay in the center's state folder."""
+
+    ACTION: ClassVar[str] = "synthesize"
+    center: str
+    mosaics: int
+    patches_proposed: int
+    patches_used: int
+    sources_used: int
+    unreadable: int
+
+    def check(self) -> None:
+        name = "SynthesizeReply"
+        check_center_name(name, self.center)
+        for key in ("mosaics", "patches_proposed", "patches_used", "sources_used", "unreadable"):
+            check_range(name, key, getattr(self, key), 0, MAX_COUNT)
+        if self.patches_used != 4 * self.mosaics:
+            raise ProtocolError(f"{name}: {self.patches_used} patches for {self.mosaics} mosaics")
+
+
 # --- phase 5: one federated MAE round ------------------------------------------------------
 
 
@@ -61,6 +113,7 @@ class TrainRequest(WithWeights):
 
     The training set is the center's manifest of curation run `selection` (round 0) or, when
     `uniform_fraction` > 0 (the warm-up), a seeded uniform sample of its readable images.
+    `steps` = 0 is a probe: count the training set, train nothing, send no weights.
     """
 
     ACTION: ClassVar[str] = "mae"
@@ -85,7 +138,7 @@ class TrainRequest(WithWeights):
             check_run(f"{name} selection", self.selection)
         check_range(name, "uniform_fraction", self.uniform_fraction, 0.0, 1.0)
         check_range(name, "image_size", self.image_size, 16, MAX_IMAGE_SIZE)
-        check_range(name, "steps", self.steps, 1, MAX_STEPS)
+        check_range(name, "steps", self.steps, 0, MAX_STEPS)
         check_range(name, "batch_size", self.batch_size, 1, 4096)
         check_range(name, "lr", self.lr, 1e-12, 1.0)
         check_range(name, "mask_ratio", self.mask_ratio, 0.01, 0.99)

@@ -75,6 +75,26 @@ def aggregates_from_histograms(hist: np.ndarray, edges: np.ndarray) -> ClusterAg
     return ClusterAggregates(H.sum(axis=1), H @ ((e[:-1] + e[1:]) / 2.0))
 
 
+def planned_histograms(
+    hist: np.ndarray, threshold_bins: np.ndarray, fractions: np.ndarray
+) -> np.ndarray:
+    """The part of merged (k, bins) candidate histograms that a FedDEL plan selects: every bin
+    below a cluster's threshold bin and that fraction of the threshold bin (its expectation;
+    centers round the boundary bin, common.selection.apply_plan)."""
+    H = np.asarray(hist, dtype=np.float64)
+    thresholds = np.asarray(threshold_bins)
+    share = np.asarray(fractions, dtype=np.float64)
+    if H.ndim != 2 or thresholds.shape != (H.shape[0],) or share.shape != thresholds.shape:
+        raise DataError(
+            f"histograms {H.shape}, threshold bins {thresholds.shape} and fractions "
+            f"{share.shape} must be (k, bins), (k,) and (k,)"
+        )
+    bins = np.arange(H.shape[1])
+    weight = (bins[None, :] < thresholds[:, None]).astype(np.float64)
+    weight += (bins[None, :] == thresholds[:, None]) * share[:, None]
+    return H * weight
+
+
 def v_objective(aggregates: ClusterAggregates, hardness_weight: float = 1.0) -> VEstimate:
     """The objective from per-cluster aggregates (merged over centers).
 

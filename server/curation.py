@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from common.config import CurationConfig
-from common.curation import ETA_GRID, auto_tau, plan_feddel, smoothed_prior
+from common.curation import ETA_GRID, auto_tau, plan_feddel, pvi_edges, smoothed_prior
 from common.errors import ProtocolError
 from common.kmeans import ClusterStats, lloyd_rounds
 from common.privacy import suppress_small_cells, suppress_small_counts
@@ -40,8 +40,18 @@ from common.protocol import (
     unpack,
 )
 from common.selection import HISTOGRAM_BINS, pick_eta
+from common.vobjective import (
+    VEstimate,
+    aggregates_from_histograms,
+    planned_histograms,
+    v_objective,
+)
 from server.aggregate import encoder_outliers, global_mean_image, seed_centers, unique_names
 from server.broadcast import Broadcaster, RoundFailed
+
+if TYPE_CHECKING:  # optidel's synthesis needs torch; curation alone does not load it
+    from common.mae import MAE
+    from common.trainproto import SynthesizeReply
 
 
 @dataclass
@@ -62,6 +72,9 @@ class RoundResult:
     tau: float
     broadcaster: Broadcaster
     wall_s: float = 0.0
+    # what the selection optimizes (feddel, optidel): V-information of candidates and selection
+    v_information: dict[str, VEstimate] = field(default_factory=dict)
+    synthesized: dict[str, SynthesizeReply] = field(default_factory=dict)  # optidel: counts
 
     @property
     def total_samples(self) -> int:
@@ -91,19 +104,20 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
     """Phases 0-4; raises RoundFailed when fewer than min-fraction centers remain."""
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
+    mae = _synthesis_mae(config) if config.method == "optidel" else None  # fail before any work
     inventories = _inventory(cast, config, round_)
     _keys(cast, config)
     dim = next(iter(inventories.values())).dim
     seeds = cast.ask(
         SeedRequest(
-            run=config.run_name, method=config.method, k_local=config.k_local,
+            run=config.run_name, method=config.selection, k_local=config.k_local,
             min_count=config.min_count, seed=config.seed,
         ),
         SeedReply,
         check=lambda _node, reply: _expect_shape(reply.centroids, (config.k_local, dim)),
     )  # fmt: skip
     init = seed_centers(seeds, config.k, rng)
-    eligible = {node: _eligible(reply, config.method) for node, reply in inventories.items()}
+    eligible = {node: _eligible(reply, config.selection) for node, reply in inventories.items()}
     lloyd = lloyd_rounds(
         lambda centers: _lloyd_stats(cast, config, centers, eligible),
         init, config.kmeans_max_rounds, config.kmeans_tol, rng,
@@ -115,13 +129,21 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
     budget = math.ceil(config.budget * total)
     eta = config.eta
     histograms, survivors = _score(cast, config, centers, prior, tau, eligible, eta)
-    for higher in (e for e in ETA_LADDER if e > config.eta and config.method == "feddel"):
+    for higher in (e for e in ETA_LADDER if e > config.eta and config.selection == "feddel"):
         if histograms.sum() >= budget:
             break
         eta = higher  # too few candidates: the encoder packs samples closer, dedup less
         histograms, survivors = _score(cast, config, centers, prior, tau, eligible, eta)
     plan = _plan(config, histograms, survivors, budget, eta)
     per_cluster, selected = _select(cast, config, round_, plan, inventories)
+    mean_image = global_mean_image(inventories)
+    synthesized = {}
+    if mae is not None:
+        selecting = [node for node, reply in selected.items() if reply.selected > 0]
+        from server.synthesis import run_synthesis
+
+        replies = run_synthesis(cast, config, mae, mean_image, selecting)
+        synthesized = {cast.name(node): reply for node, reply in replies.items()}
     return RoundResult(
         config=config,
         inventories={cast.name(n): r for n, r in inventories.items() if n in selected},
@@ -132,12 +154,36 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
         candidates=histograms.sum(axis=1),
         quotas=plan.quotas,
         selected_per_cluster=per_cluster,
-        mean_image=global_mean_image(inventories),
+        mean_image=mean_image,
         eta=plan.eta,
         tau=tau,
         broadcaster=cast,
         wall_s=time.perf_counter() - started,
+        v_information=_v_information(config, histograms, plan),
+        synthesized=synthesized,
     )
+
+
+def _synthesis_mae(config: CurationConfig) -> MAE:
+    from server.synthesis import synthesis_mae  # imports torch: only optidel rounds pay for it
+
+    return synthesis_mae(config)
+
+
+def _v_information(config: CurationConfig, histograms: np.ndarray, plan: Plan) -> dict:
+    """V-information (common.vobjective) of the candidates and of the planned selection, from
+    the merged histograms of t alone; only feddel's selection is a plan over those histograms."""
+    if config.selection != "feddel" or histograms.sum() == 0:
+        return {}
+    edges = pvi_edges(len(histograms))
+    chosen = planned_histograms(histograms, plan.threshold_bins, plan.fractions)
+    estimates = {"candidates": histograms}
+    if chosen.sum() > 0:
+        estimates["selection"] = chosen
+    return {
+        name: v_objective(aggregates_from_histograms(hist, edges))
+        for name, hist in estimates.items()
+    }
 
 
 def _inventory(cast: Broadcaster, config: CurationConfig, round_: int) -> dict[int, InventoryReply]:
@@ -209,7 +255,7 @@ def _lloyd_stats(
     def request(roster: list[bytes], attempt: int) -> LloydRequest:
         return LloydRequest(
             run=config.run_name, attempt=attempt, roster=roster_array(roster),
-            method=config.method, noise_sigma=config.noise_sigma, centers=centers,
+            method=config.selection, noise_sigma=config.noise_sigma, centers=centers,
         )  # fmt: skip
 
     total, replies = cast.secure_sum(request, LloydReply, sum(map(_size, layout.values())))
@@ -235,7 +281,7 @@ def _score(
     def request(roster: list[bytes], attempt: int) -> ScoreRequest:
         return ScoreRequest(
             run=config.run_name, attempt=attempt, roster=roster_array(roster),
-            method=config.method, tau=tau, eps=config.eps, eta=eta, keep=config.keep,
+            method=config.selection, tau=tau, eps=config.eps, eta=eta, keep=config.keep,
             bins=HISTOGRAM_BINS, centers=centers, prior=prior,
         )  # fmt: skip
 
@@ -250,7 +296,7 @@ def _plan(
     config: CurationConfig, histograms: np.ndarray, survivors: np.ndarray, budget: int, eta: float
 ) -> Plan:
     k = len(histograms)
-    if config.method == "feddel":
+    if config.selection == "feddel":
         quotas, plans = plan_feddel(histograms, budget)
         return Plan(
             quotas,
@@ -258,7 +304,7 @@ def _plan(
             np.array([p.boundary_fraction for p in plans]),
             eta,
         )
-    eta = pick_eta(ETA_GRID, survivors, budget) if config.method == "meddel" else None
+    eta = pick_eta(ETA_GRID, survivors, budget) if config.selection == "meddel" else None
     return Plan(np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64), np.zeros(k), eta)
 
 
@@ -281,8 +327,8 @@ def _select(
     def request(roster: list[bytes], attempt: int) -> SelectRequest:
         return SelectRequest(
             run=config.run_name, attempt=attempt, roster=roster_array(roster), round=round_,
-            method=config.method, seed=config.seed,
-            retention=config.budget if config.method == "random" else 1.0,
+            method=config.selection, seed=config.seed,
+            retention=config.budget if config.selection == "random" else 1.0,
             eta=plan.eta if plan.eta is not None else config.eta, keep=config.keep,
             bins=HISTOGRAM_BINS, threshold_bins=plan.threshold_bins,
             boundary_fractions=plan.fractions, quotas=plan.quotas,

@@ -6,6 +6,7 @@ same summary is written whether the centers are simulated or real hospitals.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,24 @@ def round_summary(result: RoundResult) -> dict[str, Any]:
             "quotas": result.quotas.tolist(),
             "selected": result.selected_per_cluster.tolist(),
         },
+        "v_information": {
+            name: dataclasses.asdict(estimate) for name, estimate in result.v_information.items()
+        },
+        **({"synthesized": synthesized_summary(result)} if config.method == "optidel" else {}),
         "warnings": round_warnings(result),
         "config": config.to_run_config(),
     }
+
+
+def synthesized_summary(result: RoundResult) -> dict[str, Any]:
+    """optidel: how many mosaics each center made (the mosaics stay at the centers)."""
+    per_center = {
+        name: {"mosaics": reply.mosaics, "patches_proposed": reply.patches_proposed,
+               "sources_used": reply.sources_used, "unreadable": reply.unreadable}
+        for name, reply in sorted(result.synthesized.items())
+    }  # fmt: skip
+    total = sum(reply.mosaics for reply in result.synthesized.values())
+    return {"mosaics": total, "per_center": per_center}
 
 
 CENTER_FIELDS = ("files", "samples", "unreadable", "duplicate_files", "disruptive")
@@ -108,13 +124,13 @@ def round_warnings(result: RoundResult) -> list[str]:
         )
     budget = math.ceil(config.budget * result.total_samples)
     candidates = int(result.candidates.sum())
-    if config.method == "feddel" and candidates < budget:
+    if config.selection == "feddel" and candidates < budget:
         warnings.append(
             f"selected {result.total_selected} of a budget of {budget}: only {candidates} "
             f"candidates are in clusters with at least min-count={config.min_count} of them "
             "across the federation; lower k or min-count, or add data"
         )
-    if config.method == "feddel" and result.total_selected < min(budget, candidates):
+    if config.selection == "feddel" and result.total_selected < min(budget, candidates):
         warnings.append(
             f"selected {result.total_selected} of the {min(budget, candidates)} the plan asked "
             "for: each center rounds its share of a cluster's boundary bin to whole samples "

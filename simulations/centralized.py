@@ -73,11 +73,11 @@ def select_pooled(
     """Per-center selected masks for the configured method, deciding on the pooled view."""
     total = sum(len(p.samples) for p in pools)
     budget = math.ceil(config.budget * total)
-    if config.method == "full":
+    if config.selection == "full":
         return [np.ones(len(p.samples), dtype=bool) for p in pools]
-    if config.method == "random":
+    if config.selection == "random":
         return [random_selection(p.sample_ids, config.budget, config.seed) for p in pools]
-    if config.method == "meddel":
+    if config.selection == "meddel":
         survivors = np.sum(
             [
                 meddel_survivors(p.embeddings, s, e, config.keep)
@@ -124,7 +124,7 @@ def run_centralized(
     centers = center_dirs(data_dir)
     spec = encoder_spec(config)
     pools = [prepare_center(folder, state / folder.name, spec) for folder in centers]
-    eligible = [p.eligible(config.method) for p in pools]
+    eligible = [p.eligible(config.selection) for p in pools]
     shards = [np.asarray(p.embeddings)[e] for p, e in zip(pools, eligible, strict=True)]
     kmeans = pooled_kmeans(shards, config)
     k = len(kmeans.centers)

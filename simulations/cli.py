@@ -18,11 +18,10 @@ from simulations.bench_cmd import add_bench_arguments, bench_run
 from simulations.compare_cmd import add_compare_arguments, compare_run
 from simulations.curate_cmd import (
     add_curate_arguments,
-    add_demo_arguments,
     curate_run,
-    demo_run,
     federation_table,
 )
+from simulations.demo_cmd import add_demo_arguments, demo_run
 from simulations.synth import generate_federation
 from simulations.synth.plan import SCALES
 
@@ -114,10 +113,12 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         name="demo",
-        summary="the main job: generate the demo federation and curate it over Flower at 5%",
-        description="Generate (once) the 31-center demo federation under OUT/data and run a "
-        "federated FedDEL round at 5% on Flower's simulation engine (--mode centralized for "
-        "the pooled reference); print the summary and the ground-truth comparison with random.",
+        summary="the main job: the whole pipeline on the demo federation, FedDEL vs random at 5%",
+        description="Generate (once) the 31-center demo federation under OUT/data, then run "
+        "the pipeline of `compare` for FedDEL and random at 5% and for the full pool: a shared "
+        "federated MAE warm-up, curation, federated MAE pre-training and downstream "
+        "segmentation. Prints R, mIoU, DEL, NormDEL and the curation-quality measures, and "
+        "writes OUT/results.csv (the columns of `compare`). A curation round alone: `curate`.",
         add_arguments=add_demo_arguments,
         run=demo_run,
     ),

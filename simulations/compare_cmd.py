@@ -8,6 +8,7 @@ with the same command continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,12 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         "--local-steps", type=int, default=defaults.local_steps,
         help="optimizer steps per center per round; rounds x local-steps is the same for every "
         f"budget (compute-matched; default {defaults.local_steps})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--centers-per-round", type=int, default=defaults.centers_per_round,
+        help="centers drawn to train in each round, from those holding training images; 0 = "
+        f"all (default {defaults.centers_per_round}: on shared CPUs few centers with more "
+        "local steps learn faster)",
     )  # fmt: skip
     parser.add_argument(
         "--warmup-rounds", type=int, default=defaults.warmup_rounds,
@@ -88,23 +95,29 @@ def compare_run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds} must be >= 1")
     cells = [
-        Cell(method, 1.0 if method == "full" else budget, seed)
+        # every method keeps everything at budget 1: one `full` cell stands for all of them
+        Cell("full", 1.0, seed) if method == "full" or budget >= 1.0 else Cell(method, budget, seed)
         for seed in range(args.seeds)
         for method in args.methods
         for budget in (args.budgets if method != "full" else [1.0])
     ]
     cells = list(dict.fromkeys(cells))
-    rows = run_pipeline(args, args.data, args.out, cells)
+    rows = run_pipeline(args, args.data, args.out, cells, keep_earlier=True)
     console.print(results_table(rows, "comparison"))
     console.print(f"results: {args.out}/results.csv, results.md, results.png")
     return EXIT_OK
 
 
-def run_pipeline(args: argparse.Namespace, data: Path, out: Path, cells: list[Cell]) -> list[Row]:
-    """Run every cell in one simulated Flower run; write and return the rows."""
+def run_pipeline(
+    args: argparse.Namespace, data: Path, out: Path, cells: list[Cell], keep_earlier: bool = False
+) -> list[Row]:
+    """Run every cell in one simulated Flower run; write and return the rows. `keep_earlier`
+    adds the cells that earlier runs finished in `out` (same settings: Pipeline checks), so
+    `compare --methods optidel --budgets 0.05` after a larger comparison extends its table."""
     settings = PipelineSettings(
         rounds=args.rounds,
         local_steps=args.local_steps,
+        centers_per_round=args.centers_per_round,
         warmup_rounds=args.warmup_rounds,
         curation_rounds=args.curation_rounds,
         lr=args.lr,
@@ -141,8 +154,20 @@ def run_pipeline(args: argparse.Namespace, data: Path, out: Path, cells: list[Ce
             f"the simulated run stopped after {len(rows)} of {total} cells (see the log above); "
             "run the same command again to resume from the finished cells"
         )
+    if keep_earlier:
+        rows += earlier_rows(out, rows)
     write_results(rows, out, f"FedDEL comparison on {data.name}")
     return rows
+
+
+def earlier_rows(out: Path, rows: list[Row]) -> list[Row]:
+    """Rows of finished cells in `out` that are not among `rows`, by seed and cell name."""
+    have = {Cell(r["method"], r["budget"], r["seed"]).name for r in rows}
+    found = sorted(
+        (json.loads(path.read_text()) for path in out.glob("cells/*/row.json")),
+        key=lambda r: (r["seed"], Cell(r["method"], r["budget"], r["seed"]).name),
+    )
+    return [r for r in found if Cell(r["method"], r["budget"], r["seed"]).name not in have]
 
 
 def results_table(rows: list[Row], title: str) -> Table:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,7 @@ from server.report_html import write_coordinator_report
 from simulations.centralized import run_centralized
 from simulations.evaluate import selected_files, truth_measures
 from simulations.federated import ENGINES, run_federated
-from simulations.layout import FEDERATION_FILE, center_dirs
-from simulations.synth import generate_federation
+from simulations.layout import center_dirs
 
 MODES = ("federated", "centralized")
 QUALITY_ROWS = (
@@ -118,6 +116,13 @@ def print_summary(summary: dict[str, Any]) -> None:
             "bytes up / down",
             f"{summary['bytes_up']['total']:,} / {summary['bytes_down']['total']:,}",
         )
+    for name, v in summary.get("v_information", {}).items():
+        table.add_row(
+            f"V-information of the {name} (bits)",
+            f"{v['objective']:.3f} = diversity {v['diversity']:.3f} + hardness {v['hardness']:.3f}",
+        )
+    if "synthesized" in summary:
+        table.add_row("mosaics made at the centers", str(summary["synthesized"]["mosaics"]))
     table.add_row("wall time", f"{summary['wall_s']:.1f} s")
     console.print(table)
     quality = summary.get("quality")
@@ -143,34 +148,6 @@ def print_summary(summary: dict[str, Any]) -> None:
         )
 
 
-# --- demo --------------------------------------------------------------------------------------
-
-
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out", type=Path, default=Path("runs/demo"), help="demo folder (default runs/demo)"
-    )
-    parser.add_argument(
-        "--mode", choices=MODES, default="federated",
-        help="a federated round over Flower (default) or the centralized reference",
-    )  # fmt: skip
-    parser.add_argument(
-        "--engine", choices=ENGINES, default="ray", help="federated engine (default ray)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="data and curation seed (default 0)")
-
-
-def demo_run(args: argparse.Namespace) -> int:
-    data = args.out / "data"
-    _ensure_demo_data(data, args.seed)
-    console.print(f"demo federation: {data}")
-    curate_args = argparse.Namespace(
-        data=data, out=args.out / "feddel-5pct", method="feddel", budget=0.05, mode=args.mode,
-        engine=args.engine, state=args.out / "state", set=[f"seed={args.seed}"],
-    )  # fmt: skip
-    return curate_run(curate_args)
-
-
 def federation_table(federation: dict) -> Table:
     keys = ("pool", "test", "disruptive", "duplicates", "corrupt")
     table = Table(
@@ -186,20 +163,3 @@ def federation_table(federation: dict) -> Table:
     table.add_section()
     table.add_row("total", *(str(t) for t in totals), style="bold")
     return table
-
-
-def _ensure_demo_data(data: Path, seed: int) -> None:
-    """Generate the demo federation unless the same one is already there."""
-    manifest = data / FEDERATION_FILE
-    if manifest.is_file():
-        existing = json.loads(manifest.read_text())
-        if (existing.get("seed"), existing.get("scale"), existing.get("size")) == (
-            seed,
-            "demo",
-            64,
-        ):
-            console.print(federation_table(existing))
-            return
-    console.print("generating the demo federation (31 centers, scale demo, 64 px) ...")
-    federation = generate_federation(data, centers=31, scale="demo", seed=seed, size=64)
-    console.print(federation_table(federation))

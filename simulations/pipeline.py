@@ -59,9 +59,10 @@ class Cell:
 class PipelineSettings:
     """Pre-training and evaluation settings shared by every cell (compute-matched)."""
 
-    rounds: int = 10
-    local_steps: int = 10
-    warmup_rounds: int = 3
+    rounds: int = 8
+    local_steps: int = 25
+    centers_per_round: int = 4
+    warmup_rounds: int = 8
     warmup_fraction: float = 0.05
     curation_rounds: int = 1
     batch_size: int = 16
@@ -155,6 +156,7 @@ class Pipeline:
                 local_steps=self.settings.local_steps,
                 batch_size=self.settings.batch_size,
                 lr=self.settings.lr,
+                centers_per_round=self.settings.centers_per_round,
                 seed=cell.seed,
             )
             done = run_pretraining(self._cast(run_name), pretrain, cell_dir / f"mae-c{repeat}")
@@ -176,6 +178,7 @@ class Pipeline:
                 local_steps=self.settings.local_steps,
                 batch_size=self.settings.batch_size,
                 lr=self.settings.lr,
+                centers_per_round=self.settings.centers_per_round,
                 seed=seed,
             )
             out = self.out / "warmup" / f"s{seed}"

@@ -162,5 +162,5 @@ def test_embed_cli_rejects_a_bad_image_size_in_one_line(tmp_path, capsys):
         ]
     )
     err = capsys.readouterr().err
-    assert code == 2 and "image-size=50 must be a multiple of the patch size 16" in err
+    assert code == 2 and "image-size=50 must be a multiple of the patch size 8" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -141,7 +141,9 @@ def test_checkpoint_round_trip_keeps_encoder_and_decoder(trained: MAE, tmp_path:
     a, b = reconstruction_errors(trained, images, mean), reconstruction_errors(loaded, images, mean)
     assert np.array_equal(a.mse_x, b.mse_x)
     assert loaded.spec.weights == str(path)
-    assert encoder_fingerprint(loaded.spec) == encoder_fingerprint(EncoderSpec(weights=str(path)))
+    assert encoder_fingerprint(loaded.spec) == encoder_fingerprint(
+        EncoderSpec(SPEC.model, SPEC.image_size, weights=str(path))
+    )
     assert torch.load(path, weights_only=True)["extra"] == {"round": 2, "loss": [0.5]}
 
 

@@ -10,11 +10,13 @@ import torch
 from client.app import build_client_app
 from common.config import CurationConfig
 from common.errors import ConfigError
+from common.io import write_json
 from common.mae import load_mae_checkpoint
 from server import pretrain as pretrain_module
 from server.broadcast import Broadcaster
 from server.pretrain import PretrainConfig, run_pretraining
 from simulations.cli import main as sim_main
+from simulations.compare_cmd import earlier_rows
 from simulations.federated import simulation_resolver
 from simulations.inprocess import InProcessGrid
 from simulations.layout import center_dirs
@@ -31,13 +33,13 @@ def federation(tmp_path_factory) -> Path:
     return root
 
 
-def _pretrain(data: Path, state: Path, out: Path, observer=None):
+def _pretrain(data: Path, state: Path, out: Path, observer=None, **settings):
     centers = center_dirs(data)
     app = build_client_app(simulation_resolver(centers, state))
     grid = InProcessGrid(app, len(centers), workers=3, observer=observer)
     try:
         cast = Broadcaster(grid, min_fraction=1.0, timeout=None, group="t", min_centers=3)
-        return run_pretraining(cast, PretrainConfig(run="warm", **SETTINGS), out)
+        return run_pretraining(cast, PretrainConfig(run="warm", **{**SETTINGS, **settings}), out)
     finally:
         grid.shutdown()
 
@@ -75,14 +77,36 @@ def test_centers_send_weights_and_counts_only(federation, tmp_path):
     sent = []
     _pretrain(federation, tmp_path / "s", tmp_path / "run", observer=lambda n, m: sent.append(m))
     replies = [m.content for m in sent if m.metadata.message_type == "query.mae"]
-    assert len(replies) == 6  # 3 centers x 2 rounds, compute-matched: same steps each
+    probes = [c for c in replies if int(c.config_records["fields"]["steps"]) == 0]
+    trained = [c for c in replies if int(c.config_records["fields"]["steps"]) > 0]
+    assert len(probes) == 3  # the probe: how many training images each center holds
+    assert len(trained) == 6  # 3 centers x 2 rounds, compute-matched: same steps each
     for content in replies:
         assert set(content.config_records["fields"].keys()) == {
             "center", "examples", "steps", "loss"
         }  # fmt: skip
+        assert not content.array_records["arrays"]  # no per-sample array of any kind
+    for content in probes:
+        assert set(content.array_records) == {"arrays"}  # a count, no weights
+    for content in trained:
         assert int(content.config_records["fields"]["steps"]) == SETTINGS["local_steps"]
         assert set(content.array_records) == {"arrays", "weights"}
-        assert not content.array_records["arrays"]  # no per-sample array of any kind
+
+
+def test_centers_per_round_trains_that_many_drawn_by_round(federation, tmp_path):
+    sent = []
+    result = _pretrain(
+        federation, tmp_path / "s", tmp_path / "run", centers_per_round=2, rounds=3,
+        observer=lambda n, m: sent.append(m),
+    )  # fmt: skip
+    trained = [
+        m.content.config_records["fields"]["center"]
+        for m in sent
+        if m.metadata.message_type == "query.mae"
+        and int(m.content.config_records["fields"]["steps"]) > 0
+    ]
+    assert len(trained) == 6 and result.rounds_done == 3  # 2 centers x 3 rounds
+    assert len(set(trained)) == 3  # the draw changes with the round: all 3 centers trained
 
 
 def test_pretraining_refuses_to_resume_with_other_settings(federation, tmp_path):
@@ -113,6 +137,22 @@ def test_compare_writes_results_and_resumes(federation, tmp_path, capsys):
     assert sim_main(argv) == 0  # finished cells are read back, not recomputed
     again = list(csv.DictReader((out / "results.csv").open()))
     assert [r["wall_s"] for r in again] == [r["wall_s"] for r in rows]
+    methods = argv.index("--methods") + 1
+    assert sim_main([*argv[:methods], "optidel", *argv[methods + 1 :]]) == 0  # extends the table
+    extended = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["method"] for r in extended] == ["scratch", "optidel", "feddel", "random"]
+    assert [r["wall_s"] for r in extended if r["method"] != "optidel"] == [
+        rows[0]["wall_s"], rows[2]["wall_s"], rows[1]["wall_s"]
+    ]  # fmt: skip
+
+
+def test_earlier_rows_adds_cells_finished_by_other_runs_once(tmp_path):
+    finished = (("scratch-0-s0", "scratch", 0.0), ("meddel-0.2-s0", "meddel", 0.2))
+    for name, method, budget in finished:
+        row = {"method": method, "budget": budget, "seed": 0, "mIoU": 0.5}
+        write_json(tmp_path / "cells" / name / "row.json", row)
+    now = [{"method": "scratch", "budget": 0.0, "seed": 0, "mIoU": 0.5}]
+    assert [r["method"] for r in earlier_rows(tmp_path, now)] == ["meddel"]
 
 
 def test_compare_refuses_to_mix_cells_of_other_settings(tmp_path):

@@ -25,7 +25,9 @@ def test_binary_miou_empty_class_counts_as_perfect():
 
 
 def test_feature_blocks_spread_over_depth():
-    assert feature_blocks(build_encoder(EncoderSpec(image_size=32))) == [2, 5, 8, 11]
+    assert feature_blocks(build_encoder(EncoderSpec(image_size=32))) == [2, 3, 4, 5]  # 6 blocks
+    twelve = EncoderSpec("vit_tiny_patch16_224", image_size=32)
+    assert feature_blocks(build_encoder(twelve)) == [2, 5, 8, 11]
 
 
 def _squares(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
