@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ EXIT_FAILED = 1  # the job ran but did not reach its goal (e.g. too few centers 
 EXIT_USER_ERROR = 2  # bad path, bad value: the message says what to change
 EXIT_INTERRUPTED = 130
 
-console = Console(stderr=False, highlight=False, soft_wrap=True)
+# Piped to a log, rich assumes 80 columns and cuts table cells ("0.61…"); 120 keeps them whole.
+_LOG_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+console = Console(stderr=False, highlight=False, soft_wrap=True, width=_LOG_WIDTH)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

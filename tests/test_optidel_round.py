@@ -8,9 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import Message
+from flwr.common import serde
 
 from client.handlers import CenterPaths
 from client.training import training_images
+from common.config import CurationConfig
 from common.curation import pvi_edges
 from common.embed import EncoderSpec
 from common.io import read_csv
@@ -20,6 +23,7 @@ from common.selection import apply_plan, plan_from_histograms, score_histograms
 from common.trainproto import TrainRequest
 from common.vobjective import planned_histograms
 from simulations.cli import main as sim_main
+from simulations.federated import run_federated
 from simulations.synth import generate_federation
 
 SIZE = 32
@@ -28,21 +32,26 @@ ROUND_FLAGS = ["--set", f"image-size={SIZE}", "--set", "k=4", "--set", "k-local=
 
 
 @pytest.fixture(scope="module")
-def optidel_round(tmp_path_factory) -> tuple[Path, Path, Path]:
+def optidel_round(tmp_path_factory) -> tuple[Path, Path, Path, list[Message]]:
     root = tmp_path_factory.mktemp("optidel")
     data = root / "data"
     generate_federation(data, centers=3, scale="small", seed=0, size=SIZE)
     weights = save_mae_checkpoint(MAE(EncoderSpec(image_size=SIZE, seed=0)), root / "mae.pt")
     out, state = root / "run", root / "state"
-    argv = ["curate", "--data", str(data), "--out", str(out), "--method", "optidel",
-            "--budget", "0.3", "--engine", "inprocess", "--state", str(state),
-            "--set", f"weights={weights}", *ROUND_FLAGS]  # fmt: skip
-    assert sim_main(argv) == 0
-    return data, out, state
+    config = CurationConfig(
+        method="optidel", budget=0.3, image_size=SIZE, k=4, k_local=2, min_count=3,
+        weights=str(weights), run_name="run",
+    )  # fmt: skip
+    sent: list[Message] = []
+    run_federated(
+        data, out, config, engine="inprocess", state_root=state,
+        observer=lambda _node, message: sent.append(message),
+    )  # fmt: skip
+    return data, out, state, sent
 
 
 def test_optidel_round_makes_mosaics_of_each_centers_own_selection(optidel_round):
-    data, out, state = optidel_round
+    data, out, state, _ = optidel_round
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "optidel"
     made = summary["synthesized"]["per_center"]
@@ -61,7 +70,7 @@ def test_optidel_round_makes_mosaics_of_each_centers_own_selection(optidel_round
 
 
 def test_optidel_pretraining_set_is_the_selection_plus_its_mosaics(optidel_round):
-    data, out, state = optidel_round
+    data, out, state, _ = optidel_round
     summary = json.loads((out / "summary.json").read_text())
     center = max(summary["synthesized"]["per_center"].items(), key=lambda i: i[1]["mosaics"])[0]
     selected = summary["per_center"][center]["selected"]
@@ -76,12 +85,29 @@ def test_optidel_pretraining_set_is_the_selection_plus_its_mosaics(optidel_round
 
 
 def test_summary_reports_the_v_information_the_selection_optimizes(optidel_round):
-    _, out, _ = optidel_round
+    _, out, _, _ = optidel_round
     v = json.loads((out / "summary.json").read_text())["v_information"]
     for name in ("candidates", "selection"):
         assert v[name]["objective"] == pytest.approx(v[name]["diversity"] + v[name]["hardness"])
     # the selection keeps each cluster's hardest candidates: harder on average than all of them
     assert v["selection"]["hardness"] > v["candidates"]["hardness"]
+
+
+def test_synthesis_replies_are_counts_naming_no_sample_or_mosaic(optidel_round):
+    _, out, state, sent = optidel_round
+    replies = [m for m in sent if m.metadata.message_type == "query.synthesize"]
+    assert replies and all(not m.has_error() for m in replies)
+    names = [row["file"] for row in read_csv(out / "selection.csv")]
+    names += [row["sample_id"] for row in read_csv(out / "selection.csv")]
+    names += [p.name for p in state.rglob("mosaic-*.png")]
+    for message in replies:
+        content = message.content
+        assert not content.array_records["arrays"]  # no array of any kind
+        assert set(content.config_records["fields"]) == {
+            "center", "mosaics", "patches_proposed", "patches_used", "sources_used", "unreadable"
+        }  # fmt: skip
+        wire = serde.recorddict_to_proto(content).SerializeToString()
+        assert not [name for name in names if name.encode() in wire]
 
 
 def test_optidel_without_an_mae_checkpoint_fails_in_one_line(tmp_path, capsys):
