@@ -146,8 +146,12 @@ def training_images(request: TrainRequest, paths: CenterPaths) -> np.ndarray:
     else:
         files = _selected_files(CenterState(paths.state), request.selection)
         mosaics = _mosaic_files(paths.state, request.selection)
-    # mosaic paths are absolute, and `paths.data / absolute` is the absolute path itself
-    images = _decode_all(paths.data, files + [str(m) for m in mosaics], request.image_size)
+    images = np.concatenate(
+        [
+            _decode_all(paths.data, files, request.image_size),
+            _decode_all(Path(), [str(m) for m in mosaics], request.image_size),  # state paths
+        ]
+    )
     buffer = io.BytesIO()
     np.save(buffer, images)
     atomic_write_bytes(cache, buffer.getvalue())

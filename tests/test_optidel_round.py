@@ -69,8 +69,10 @@ def test_optidel_round_makes_mosaics_of_each_centers_own_selection(optidel_round
         assert not list((data / center).rglob("mosaic-*.png"))  # never in the data folder
 
 
-def test_optidel_pretraining_set_is_the_selection_plus_its_mosaics(optidel_round):
+def test_optidel_pretraining_set_is_the_selection_plus_its_mosaics(optidel_round, monkeypatch):
     data, out, state, _ = optidel_round
+    monkeypatch.chdir(state.parent)  # folders given relative to the working directory, as in CLIs
+    data, state = Path(data.name), Path(state.name)
     summary = json.loads((out / "summary.json").read_text())
     center = max(summary["synthesized"]["per_center"].items(), key=lambda i: i[1]["mosaics"])[0]
     selected = summary["per_center"][center]["selected"]
