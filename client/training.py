@@ -27,7 +27,7 @@ from common.fedavg import read_weights, weights_record
 from common.io import atomic_write_bytes
 from common.mae import MAE, train_mae
 from common.manifest import read_manifest
-from common.mosaic import MOSAIC_MANIFEST, list_mosaics, mosaic_dir, synthesize_mosaics
+from common.mosaic import list_mosaics, synthesize_mosaics
 from common.patches import ErrorMapProposer, FirstNonEmpty, MaskProposer
 from common.segmentation import HeadConfig, evaluate_segmentation
 from common.trainproto import (
@@ -198,11 +198,11 @@ def _selected_files(state: CenterState, selection: str) -> list[str]:
 
 
 def _mosaic_files(state: Path, selection: str) -> list[Path]:
-    """The selection's mosaics at this center (absolute paths), none unless it ran optidel."""
-    manifest = mosaic_dir(state, selection) / MOSAIC_MANIFEST
-    if not manifest.is_file():
+    """The selection's mosaics at this center, none unless it ran optidel."""
+    try:
+        return list_mosaics(state, selection)
+    except DataError:  # no mosaics.csv: a feddel, meddel or random selection
         return []
-    return list_mosaics(state, selection)
 
 
 def _uniform_sample(root: Path, fraction: float, seed: int) -> list[str]:

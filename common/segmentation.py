@@ -38,10 +38,10 @@ class HeadConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.hidden < 0:
+        if self.steps < 1 or self.batch_size < 1 or self.hidden < 1:
             raise ConfigError(
-                f"head steps={self.steps} and batch-size={self.batch_size} must be >= 1, "
-                f"hidden={self.hidden} >= 0 (0 = a linear head)"
+                f"head steps={self.steps}, batch-size={self.batch_size} and "
+                f"hidden={self.hidden} must be >= 1"
             )
         if not (self.lr > 0 and self.encoder_lr > 0):
             raise ConfigError(f"head lr={self.lr} and encoder lr={self.encoder_lr} must be > 0")
@@ -66,10 +66,8 @@ class SegHead(nn.Module):
         super().__init__()
         self.patch, self.grid = patch, grid
         self.norm = nn.BatchNorm1d(dim, affine=False)
-        self.mlp = (
-            nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, patch * patch))
-            if hidden
-            else nn.Linear(dim, patch * patch)  # a linear probe
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, patch * patch)
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
