@@ -26,6 +26,7 @@ from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from common.augment import resized_crop_flip
 from common.embed import (
     MAE_CHECKPOINT_FORMAT,
     EncoderSpec,
@@ -202,6 +203,7 @@ def train_mae(
     mask_ratio: float = 0.75,
     precision: str = "auto",
     schedule: tuple[int, int] | None = None,
+    augment: bool = True,
 ) -> list[float]:
     """Train in place for `steps` AdamW steps (cosine LR, linear warmup); returns step losses.
 
@@ -209,7 +211,8 @@ def train_mae(
     iterable of uint8 (b,h,w,3) batches (e.g. a DataLoader; re-iterated when exhausted).
     `schedule=(offset, total)` places these steps at offset..offset+steps of a longer cosine
     schedule of `total` steps (a federated round trains one slice of the global schedule).
-    Warmup defaults to 5% of the schedule (MAE: 40 of 800 epochs). Leaves `mae` in eval mode.
+    Warmup defaults to 5% of the schedule (MAE: 40 of 800 epochs). `augment` applies MAE's
+    random resized crop and flip (common/augment.py). Leaves `mae` in eval mode.
     """
     offset, total = (0, steps) if schedule is None else schedule
     if steps < 1 or batch_size < 1 or lr <= 0 or weight_decay < 0:
@@ -238,9 +241,12 @@ def train_mae(
         optimizer, lambda s: _cosine(offset + s, total, warmup)
     )
     masks = torch.Generator().manual_seed(seed)
+    crops = torch.Generator().manual_seed(seed + 1)
     losses: list[float] = []
     for step, batch in zip(range(steps), _batches(data, batch_size, seed), strict=False):
         images = mae.normalize(torch.as_tensor(batch).to(run_on, non_blocking=True))
+        if augment:
+            images = resized_crop_flip(images, crops)
         with autocast(run_on, dtype):
             loss = mae(images, mask_ratio, masks).loss
         optimizer.zero_grad(set_to_none=True)
