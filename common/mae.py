@@ -1,8 +1,9 @@
 """Masked autoencoder (MAE) on a timm ViT: pre-training, checkpoints, reconstruction errors.
 
 FedDEL pre-trains the encoder with MAE (He et al. 2022; AdamW, cosine schedule with warmup,
-random resized crop and flip; peak LR 1.5e-4, batch 16, as in the MedDEL paper) and scores samples with MAE PVI, which needs
-each sample's reconstruction error against a context-free predictor (the global mean image).
+random resized crop and flip; peak LR 1.5e-4, batch 16, as in the MedDEL paper) and scores
+samples with MAE PVI, which needs each sample's reconstruction error against a context-free
+predictor (the global mean image).
 
 Pixel space: inputs and targets are the encoder's normalized input, (x/255 - mean) / std with
 the encoder's timm mean/std; targets are the raw patches of that tensor (no per-patch
