@@ -64,6 +64,7 @@ def train(request: TrainRequest, paths: CenterPaths) -> TrainReply:
         batch_size=request.batch_size,
         seed=_local_seed(request, paths.name),
         mask_ratio=request.mask_ratio,
+        proximal_mu=request.proximal_mu,
         schedule=(request.step_offset, request.total_steps),
     )
     CenterState(paths.state).record(

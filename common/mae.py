@@ -205,6 +205,7 @@ def train_mae(
     precision: str = "auto",
     schedule: tuple[int, int] | None = None,
     augment: bool = True,
+    proximal_mu: float = 0.0,
 ) -> list[float]:
     """Train in place for `steps` AdamW steps (cosine LR, linear warmup); returns step losses.
 
@@ -213,7 +214,9 @@ def train_mae(
     `schedule=(offset, total)` places these steps at offset..offset+steps of a longer cosine
     schedule of `total` steps (a federated round trains one slice of the global schedule).
     Warmup defaults to 5% of the schedule (MAE: 40 of 800 epochs). `augment` applies MAE's
-    random resized crop and flip (common/augment.py). Leaves `mae` in eval mode.
+    random resized crop and flip (common/augment.py). `proximal_mu` > 0 adds FedProx's term
+    mu/2 * ||w - w_start||^2 (Li et al. 2020), which holds a center's local steps near the global
+    model it received, against drift on small single-site training sets. Leaves `mae` in eval mode.
     """
     offset, total = (0, steps) if schedule is None else schedule
     if steps < 1 or batch_size < 1 or lr <= 0 or weight_decay < 0:
@@ -221,6 +224,8 @@ def train_mae(
             f"steps={steps} and batch-size={batch_size} must be >= 1, lr={lr} > 0, "
             f"weight-decay={weight_decay} >= 0"
         )
+    if proximal_mu < 0:
+        raise ConfigError(f"proximal-mu={proximal_mu} must be >= 0 (0 = plain FedAvg)")
     if offset < 0 or offset + steps > total:
         raise ConfigError(f"schedule slice {offset}..{offset + steps} lies outside 0..{total}")
     warmup = max(1, round(0.05 * total)) if warmup_steps is None else warmup_steps
@@ -241,6 +246,7 @@ def train_mae(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _cosine(offset + s, total, warmup)
     )
+    start = [p.detach().clone() for _, p in params] if proximal_mu > 0 else []
     masks = torch.Generator().manual_seed(seed)
     crops = torch.Generator().manual_seed(seed + 1)
     losses: list[float] = []
@@ -250,6 +256,9 @@ def train_mae(
             images = resized_crop_flip(images, crops)
         with autocast(run_on, dtype):
             loss = mae(images, mask_ratio, masks).loss
+        if start:
+            drift = sum(((p - p0) ** 2).sum() for (_, p), p0 in zip(params, start, strict=True))
+            loss = loss + 0.5 * proximal_mu * drift
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

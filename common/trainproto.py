@@ -130,6 +130,7 @@ class TrainRequest(WithWeights):
     lr: float
     mask_ratio: float
     seed: int
+    proximal_mu: float = 0.0  # FedProx's mu; 0 = plain FedAvg
 
     def check(self) -> None:
         name = "TrainRequest"
@@ -142,6 +143,7 @@ class TrainRequest(WithWeights):
         check_range(name, "batch_size", self.batch_size, 1, 4096)
         check_range(name, "lr", self.lr, 1e-12, 1.0)
         check_range(name, "mask_ratio", self.mask_ratio, 0.01, 0.99)
+        check_range(name, "proximal_mu", self.proximal_mu, 0.0, 1e6)
         check_range(name, "round", self.round, 0, MAX_STEPS)
         if not 0 <= self.step_offset <= self.total_steps - self.steps:
             raise ProtocolError(

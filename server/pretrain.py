@@ -53,6 +53,7 @@ class PretrainConfig:
     lr: float = 1.5e-4
     mask_ratio: float = 0.75
     centers_per_round: int = 0  # 0 = every center that holds training images
+    proximal_mu: float = 0.0  # FedProx's mu at the centers; 0 = plain FedAvg
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,6 +62,8 @@ class PretrainConfig:
                 f"rounds={self.rounds}, local-steps={self.local_steps} and "
                 f"batch-size={self.batch_size} must be >= 1"
             )
+        if self.proximal_mu < 0:
+            raise ConfigError(f"proximal-mu={self.proximal_mu} must be >= 0 (0 = plain FedAvg)")
         if self.centers_per_round < 0:
             raise ConfigError(f"centers-per-round={self.centers_per_round} must be >= 0 (0 = all)")
         if not 0.0 <= self.uniform_fraction <= 1.0:
@@ -139,6 +142,7 @@ def _request(config: PretrainConfig, round_: int, steps: int) -> TrainRequest:
         lr=config.lr,
         mask_ratio=config.mask_ratio,
         seed=config.seed,
+        proximal_mu=config.proximal_mu,
     )
 
 

@@ -67,6 +67,7 @@ class PipelineSettings:
     curation_rounds: int = 1
     batch_size: int = 16
     lr: float = 1.5e-4
+    proximal_mu: float = 0.0
     head: HeadConfig = field(default_factory=HeadConfig)
     alpha: float = 1.0
 
@@ -157,6 +158,7 @@ class Pipeline:
                 batch_size=self.settings.batch_size,
                 lr=self.settings.lr,
                 centers_per_round=self.settings.centers_per_round,
+                proximal_mu=self.settings.proximal_mu,
                 seed=cell.seed,
             )
             done = run_pretraining(self._cast(run_name), pretrain, cell_dir / f"mae-c{repeat}")
@@ -179,6 +181,7 @@ class Pipeline:
                 batch_size=self.settings.batch_size,
                 lr=self.settings.lr,
                 centers_per_round=self.settings.centers_per_round,
+                proximal_mu=self.settings.proximal_mu,
                 seed=seed,
             )
             out = self.out / "warmup" / f"s{seed}"

@@ -72,6 +72,7 @@ def test_train_request_carries_weights_through_the_record():
         ("lr", float("nan"), "lr"),
         ("selection", "../etc", "selection: run name"),
         ("mask_ratio", 1.0, "mask_ratio"),
+        ("proximal_mu", -1.0, "proximal_mu"),
     ],
 )
 def test_train_request_rejects_hostile_fields(field, value, error):

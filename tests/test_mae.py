@@ -123,6 +123,23 @@ def test_train_mae_is_deterministic_for_a_seed() -> None:
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
+def test_proximal_term_keeps_local_training_near_the_start() -> None:
+    """FedProx: the larger mu, the less the local steps move the weights; mu < 0 is refused."""
+
+    def moved(mu: float) -> float:
+        mae = MAE(SPEC)
+        start = [p.detach().clone() for p in mae.parameters()]
+        train_mae(mae, _blobs(8), steps=10, batch_size=4, lr=2e-3, warmup_steps=1, proximal_mu=mu)
+        return sum(
+            float(((p - p0) ** 2).sum()) for p, p0 in zip(mae.parameters(), start, strict=True)
+        )
+
+    free, held = moved(0.0), moved(1e3)
+    assert held < 0.5 * free
+    with pytest.raises(ConfigError, match="proximal-mu"):
+        train_mae(MAE(SPEC), _blobs(4), steps=1, proximal_mu=-0.1)
+
+
 def test_train_mae_accepts_a_loader_of_batches() -> None:
     images = _blobs(4)
     loader = torch.utils.data.DataLoader(torch.from_numpy(images), batch_size=2)

@@ -9,9 +9,10 @@ import torch
 
 from client.app import build_client_app
 from common.config import CurationConfig
+from common.embed import EncoderSpec
 from common.errors import ConfigError
 from common.io import write_json
-from common.mae import load_mae_checkpoint
+from common.mae import MAE, load_mae_checkpoint
 from server import pretrain as pretrain_module
 from server.broadcast import Broadcaster
 from server.pretrain import PretrainConfig, run_pretraining
@@ -107,6 +108,20 @@ def test_centers_per_round_trains_that_many_drawn_by_round(federation, tmp_path)
     ]
     assert len(trained) == 6 and result.rounds_done == 3  # 2 centers x 3 rounds
     assert len(set(trained)) == 3  # the draw changes with the round: all 3 centers trained
+
+
+def test_proximal_mu_reaches_the_centers_and_holds_the_global_model_back(federation, tmp_path):
+    """FedProx end to end: the proximal term is applied at the centers only, so mu must travel in
+    the TrainRequest for the averaged model to stay nearer its start than with plain FedAvg."""
+    start = MAE(EncoderSpec(PretrainConfig.model, SETTINGS["image_size"], seed=0)).state_dict()
+    moved = {}
+    for mu in (0.0, 1e3):
+        result = _pretrain(
+            federation, tmp_path / f"s{mu}", tmp_path / f"run{mu}", proximal_mu=mu, lr=2e-3
+        )
+        final = _weights(result.checkpoint)
+        moved[mu] = sum(float(((final[k] - v) ** 2).sum()) for k, v in start.items())
+    assert moved[1e3] < 0.5 * moved[0.0]
 
 
 def test_pretraining_refuses_to_resume_with_other_settings(federation, tmp_path):
