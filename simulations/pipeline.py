@@ -82,6 +82,13 @@ class PipelineSettings:
 Row = dict[str, Any]
 
 
+def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """Stored settings plus the defaults of pipeline settings added since they were written
+    (e.g. `proximal_mu`): those cells were made with the default, so they still match."""
+    defaults = json.loads(json.dumps(dataclasses.asdict(PipelineSettings())))
+    return {**stored, "pipeline": {**defaults, **stored.get("pipeline", {})}}
+
+
 @dataclass
 class Pipeline:
     """Runs cells on one Grid; `base` carries the curation settings (k, eta, model, size...)."""
@@ -116,7 +123,7 @@ class Pipeline:
             )
         )
         path = self.out / "settings.json"
-        if path.is_file() and json.loads(path.read_text()) != settings:
+        if path.is_file() and _with_new_defaults(json.loads(path.read_text())) != settings:
             raise ConfigError(
                 f"{self.out} holds results made with other settings ({path}); use another "
                 "--out, or delete its cells/ folder and settings.json to start over"

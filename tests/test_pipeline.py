@@ -2,6 +2,7 @@
 centers send, and `feddel-sim compare` end to end on a tiny federation."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,16 @@ def test_compare_refuses_to_mix_cells_of_other_settings(tmp_path):
     Pipeline(None, base, PipelineSettings(rounds=2), tmp_path, [], tmp_path)._check_settings()
     with pytest.raises(ConfigError, match="other settings"):
         Pipeline(None, base, PipelineSettings(rounds=4), tmp_path, [], tmp_path)._check_settings()
+
+
+def test_results_written_before_a_new_setting_existed_still_match(tmp_path):
+    """A settings.json without `proximal_mu` was made with its default (plain FedAvg)."""
+    base = CurationConfig(image_size=32)
+    Pipeline(None, base, PipelineSettings(rounds=2), tmp_path, [], tmp_path)._check_settings()
+    stored = json.loads((tmp_path / "settings.json").read_text())
+    del stored["pipeline"]["proximal_mu"]
+    write_json(tmp_path / "settings.json", stored)
+    Pipeline(None, base, PipelineSettings(rounds=2), tmp_path, [], tmp_path)._check_settings()
+    with pytest.raises(ConfigError, match="other settings"):
+        settings = PipelineSettings(rounds=2, proximal_mu=1.0)
+        Pipeline(None, base, settings, tmp_path, [], tmp_path)._check_settings()
