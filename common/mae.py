@@ -204,7 +204,6 @@ def train_mae(
     mask_ratio: float = 0.75,
     precision: str = "auto",
     schedule: tuple[int, int] | None = None,
-    augment: bool = True,
     proximal_mu: float = 0.0,
 ) -> list[float]:
     """Train in place for `steps` AdamW steps (cosine LR, linear warmup); returns step losses.
@@ -213,7 +212,7 @@ def train_mae(
     iterable of uint8 (b,h,w,3) batches (e.g. a DataLoader; re-iterated when exhausted).
     `schedule=(offset, total)` places these steps at offset..offset+steps of a longer cosine
     schedule of `total` steps (a federated round trains one slice of the global schedule).
-    Warmup defaults to 5% of the schedule (MAE: 40 of 800 epochs). `augment` applies MAE's
+    Warmup defaults to 5% of the schedule (MAE: 40 of 800 epochs). Every batch gets MAE's
     random resized crop and flip (common/augment.py). `proximal_mu` > 0 adds FedProx's term
     mu/2 * ||w - w_start||^2 (Li et al. 2020), which holds a center's local steps near the global
     model it received, against drift on small single-site training sets. Leaves `mae` in eval mode.
@@ -252,8 +251,7 @@ def train_mae(
     losses: list[float] = []
     for step, batch in zip(range(steps), _batches(data, batch_size, seed), strict=False):
         images = mae.normalize(torch.as_tensor(batch).to(run_on, non_blocking=True))
-        if augment:
-            images = resized_crop_flip(images, crops)
+        images = resized_crop_flip(images, crops)
         with autocast(run_on, dtype):
             loss = mae(images, mask_ratio, masks).loss
         if start:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.augment import resized_crop_flip
 from common.embed import EncoderSpec, build_encoder, embed_batch, encoder_fingerprint
 from common.errors import ConfigError, DataError
 from common.mae import (
@@ -121,6 +122,21 @@ def test_train_mae_is_deterministic_for_a_seed() -> None:
         mae = MAE(SPEC)
         runs.append(train_mae(mae, _blobs(8), steps=3, batch_size=4, seed=seed))
     assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_every_training_batch_is_cropped_and_flipped(monkeypatch) -> None:
+    """MAE's augmentation is part of the recipe: without it an MAE memorizes a small selection."""
+    import common.mae as mae_module
+
+    seen = []
+
+    def spy(images, generator):
+        seen.append(images.shape)
+        return resized_crop_flip(images, generator)
+
+    monkeypatch.setattr(mae_module, "resized_crop_flip", spy)
+    train_mae(MAE(SPEC), _blobs(8), steps=3, batch_size=4)
+    assert seen == [torch.Size([4, 3, 64, 64])] * 3
 
 
 def test_proximal_term_keeps_local_training_near_the_start() -> None:
