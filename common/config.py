@@ -8,6 +8,7 @@ two identical, so there is one set of defaults however FedDEL is started.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -107,6 +108,23 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
             raise ConfigError(f"override {pair!r} is not key=value, e.g. --set budget=0.1")
         overrides[key.strip()] = value.strip()
     return overrides
+
+
+def with_field_defaults(stored: Mapping[str, Any], settings_class: type) -> dict[str, Any]:
+    """Stored settings of a dataclass, plus the defaults of fields added since they were written.
+
+    Runs made before a setting existed used its default, so their stored settings still match a
+    run with that default: resuming them, or reusing their cells, stays allowed.
+    """
+    defaults: dict[str, Any] = {}
+    for field in fields(settings_class):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+            is_settings = dataclasses.is_dataclass(value)
+            defaults[field.name] = dataclasses.asdict(value) if is_settings else value
+    return {**json.loads(json.dumps(defaults)), **stored}
 
 
 def _coerce(key: str, value: Any, field: dataclasses.Field[Any]) -> Any:

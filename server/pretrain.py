@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import DEFAULT_MODEL
+from common.config import DEFAULT_MODEL, with_field_defaults
 from common.embed import EncoderSpec
 from common.errors import ConfigError, DataError, ProtocolError, RunFailed
 from common.fedavg import State, fedavg, read_weights, weights_record
@@ -204,12 +204,13 @@ def _train_round(
 
 
 def _resume_or_start(config: PretrainConfig, out: Path) -> tuple[MAE, dict[str, Any]]:
-    """The last checkpoint when `out` holds an unfinished run with these settings, else a start."""
+    """The last checkpoint when `out` holds a run with these settings, else a start (settings
+    added since that run was written count as their defaults)."""
     settings = dataclasses.asdict(config)
     progress_path = out / PROGRESS
     if progress_path.is_file() and (out / CHECKPOINT).is_file():
         progress = json.loads(progress_path.read_text())
-        if progress.get("config") != settings:
+        if with_field_defaults(progress.get("config", {}), PretrainConfig) != settings:
             raise ConfigError(
                 f"{out} holds a pre-training run with other settings; use another output "
                 f"folder or delete {progress_path} to start over"

@@ -25,7 +25,7 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
-from common.config import CurationConfig
+from common.config import CurationConfig, with_field_defaults
 from common.embed import EncoderSpec
 from common.errors import ConfigError
 from common.io import write_json
@@ -85,8 +85,7 @@ Row = dict[str, Any]
 def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     """Stored settings plus the defaults of pipeline settings added since they were written
     (e.g. `proximal_mu`): those cells were made with the default, so they still match."""
-    defaults = json.loads(json.dumps(dataclasses.asdict(PipelineSettings())))
-    return {**stored, "pipeline": {**defaults, **stored.get("pipeline", {})}}
+    return {**stored, "pipeline": with_field_defaults(stored.get("pipeline", {}), PipelineSettings)}
 
 
 @dataclass

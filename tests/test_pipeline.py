@@ -190,3 +190,18 @@ def test_results_written_before_a_new_setting_existed_still_match(tmp_path):
     with pytest.raises(ConfigError, match="other settings"):
         settings = PipelineSettings(rounds=2, proximal_mu=1.0)
         Pipeline(None, base, settings, tmp_path, [], tmp_path)._check_settings()
+
+
+def test_pretraining_written_before_a_new_setting_existed_resumes(federation, tmp_path):
+    """A progress.json without `proximal_mu` was trained with its default (plain FedAvg)."""
+    _pretrain(federation, tmp_path / "s", tmp_path / "run")
+    progress_path = tmp_path / "run" / pretrain_module.PROGRESS
+    progress = json.loads(progress_path.read_text())
+    del progress["config"]["proximal_mu"]
+    write_json(progress_path, progress)
+    config = PretrainConfig(run="warm", **SETTINGS)
+    _, resumed = pretrain_module._resume_or_start(config, tmp_path / "run")
+    assert resumed["rounds_done"] == SETTINGS["rounds"]
+    with pytest.raises(ConfigError, match="other settings"):
+        config = PretrainConfig(run="warm", **{**SETTINGS, "proximal_mu": 1.0})
+        pretrain_module._resume_or_start(config, tmp_path / "run")
