@@ -9,14 +9,17 @@ with the newly pre-trained encoder, splitting the same step budget across the re
 
 Everything a cell produces lives under RUN/cells/<cell>/ and a finished cell is not run again,
 so a killed `compare` started again picks up where it stopped (pre-training also resumes
-inside a cell, from its last finished round).
+inside a cell, from its last finished round). RUN/settings.json records the settings and a
+fingerprint of FedDEL's code: cells of other settings or other code are never mixed in.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +28,10 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
+import client
+import common
+import server
+import simulations
 from common.config import CurationConfig, with_field_defaults
 from common.embed import EncoderSpec
 from common.errors import ConfigError
@@ -82,10 +89,43 @@ class PipelineSettings:
 Row = dict[str, Any]
 
 
+# What a run folder holds besides its data: `--fresh` removes exactly these.
+RESULT_PATHS = (
+    "cells", "warmup", "state", "settings.json", "results.csv", "results.md", "results.png",
+)  # fmt: skip
+
+
+def code_fingerprint() -> str:
+    """A hash of FedDEL's own Python sources, so cells computed by other code are not reused."""
+    digest = hashlib.sha256()
+    for package in (client, common, server, simulations):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root.parent).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def discard_results(out: Path) -> list[Path]:
+    """Delete what earlier runs left in `out` (RESULT_PATHS only; a data/ folder stays)."""
+    removed = [out / name for name in RESULT_PATHS if (out / name).exists()]
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return removed
+
+
 def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     """Stored settings plus the defaults of pipeline settings added since they were written
-    (e.g. `proximal_mu`): those cells were made with the default, so they still match."""
-    return {**stored, "pipeline": with_field_defaults(stored.get("pipeline", {}), PipelineSettings)}
+    (e.g. `proximal_mu`): those cells were made with the default, so they still match. Folders
+    written before the code fingerprint existed cannot be told apart, so they are taken as is."""
+    return {
+        "code": code_fingerprint(),
+        **stored,
+        "pipeline": with_field_defaults(stored.get("pipeline", {}), PipelineSettings),
+    }
 
 
 @dataclass
@@ -118,14 +158,18 @@ class Pipeline:
                 {
                     "pipeline": dataclasses.asdict(self.settings),
                     "curation": self.base.to_run_config(),
+                    "code": code_fingerprint(),
                 }
             )
         )
         path = self.out / "settings.json"
-        if path.is_file() and _with_new_defaults(json.loads(path.read_text())) != settings:
+        stored = _with_new_defaults(json.loads(path.read_text())) if path.is_file() else settings
+        if stored != settings:
+            only_code = {**stored, "code": ""} == {**settings, "code": ""}
             raise ConfigError(
-                f"{self.out} holds results made with other settings ({path}); use another "
-                "--out, or delete its cells/ folder and settings.json to start over"
+                f"{self.out} holds results made with "
+                f"{'other FedDEL code' if only_code else 'other settings'} ({path}); "
+                "use another --out, or add --fresh to discard them and start over"
             )
         write_json(path, settings)
 

@@ -4,6 +4,7 @@ centers send, and `feddel-sim compare` end to end on a tiny federation."""
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,12 +18,14 @@ from common.mae import MAE, load_mae_checkpoint
 from server import pretrain as pretrain_module
 from server.broadcast import Broadcaster
 from server.pretrain import PretrainConfig, run_pretraining
+from simulations import compare_cmd
+from simulations import pipeline as pipeline_module
 from simulations.cli import main as sim_main
 from simulations.compare_cmd import earlier_rows
 from simulations.federated import simulation_resolver
 from simulations.inprocess import InProcessGrid
 from simulations.layout import center_dirs
-from simulations.pipeline import Pipeline, PipelineSettings
+from simulations.pipeline import Pipeline, PipelineSettings, code_fingerprint, discard_results
 from simulations.synth import generate_federation
 
 SETTINGS = dict(uniform_fraction=0.5, image_size=32, rounds=2, local_steps=2, batch_size=4)
@@ -180,11 +183,12 @@ def test_compare_refuses_to_mix_cells_of_other_settings(tmp_path):
 
 
 def test_results_written_before_a_new_setting_existed_still_match(tmp_path):
-    """A settings.json without `proximal_mu` was made with its default (plain FedAvg)."""
+    """A settings.json without `proximal_mu` was made with its default (plain FedAvg); one
+    without a code fingerprint predates fingerprints and cannot be told apart."""
     base = CurationConfig(image_size=32)
     Pipeline(None, base, PipelineSettings(rounds=2), tmp_path, [], tmp_path)._check_settings()
     stored = json.loads((tmp_path / "settings.json").read_text())
-    del stored["pipeline"]["proximal_mu"]
+    del stored["pipeline"]["proximal_mu"], stored["code"]
     write_json(tmp_path / "settings.json", stored)
     Pipeline(None, base, PipelineSettings(rounds=2), tmp_path, [], tmp_path)._check_settings()
     with pytest.raises(ConfigError, match="other settings"):
@@ -205,3 +209,49 @@ def test_pretraining_written_before_a_new_setting_existed_resumes(federation, tm
     with pytest.raises(ConfigError, match="other settings"):
         config = PretrainConfig(run="warm", **{**SETTINGS, "proximal_mu": 1.0})
         pretrain_module._resume_or_start(config, tmp_path / "run")
+
+
+def test_compare_refuses_cells_made_by_other_code(tmp_path, monkeypatch):
+    base = CurationConfig(image_size=32)
+    Pipeline(None, base, PipelineSettings(rounds=2), tmp_path, [], tmp_path)._check_settings()
+    monkeypatch.setattr(pipeline_module, "code_fingerprint", lambda: "0" * 16)
+    with pytest.raises(ConfigError, match=r"other FedDEL code.*--fresh"):
+        Pipeline(None, base, PipelineSettings(rounds=2), tmp_path, [], tmp_path)._check_settings()
+
+
+def test_code_fingerprint_follows_the_sources(tmp_path, monkeypatch):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(
+        pipeline_module, "client", SimpleNamespace(__file__=str(package / "__init__.py"))
+    )
+    first = code_fingerprint()
+    assert code_fingerprint() == first
+    (package / "sub" / "a.py").write_text("x = 2\n")
+    assert code_fingerprint() != first
+
+
+def test_fresh_discards_earlier_results_but_not_the_data(federation, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    for path in (
+        "cells/random-0.05-s0/row.json",
+        "warmup/s0/checkpoint.pt",
+        "state/x",
+        "data/keep",
+    ):
+        (out / path).parent.mkdir(parents=True, exist_ok=True)
+        (out / path).write_text("x")
+    for name in ("settings.json", "results.csv", "results.md", "results.png", "notes.txt"):
+        (out / name).write_text("x")
+
+    def stop(*_args):
+        raise ConfigError("stopped before the simulation")
+
+    monkeypatch.setattr(compare_cmd, "run_apps", stop)
+    argv = ["compare", "--data", str(federation), "--out", str(out), "--fresh"]
+    assert sim_main(argv) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["data", "notes.txt"]
+    assert (out / "data" / "keep").read_text() == "x"
+    assert discard_results(out) == []
