@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 SPEC_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.installed-$(SPEC_HASH)
 DEMO_OUT ?= runs/demo
+DEMO_ARGS ?=
 
 .PHONY: install demo test test-all lint bench clean
 
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: $(STAMP)
-	$(BIN)/feddel-sim demo --out $(DEMO_OUT)
+	$(BIN)/feddel-sim demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
 test: $(STAMP)
