@@ -65,6 +65,7 @@ def train(request: TrainRequest, paths: CenterPaths) -> TrainReply:
         seed=_local_seed(request, paths.name),
         mask_ratio=request.mask_ratio,
         proximal_mu=request.proximal_mu,
+        local_sgd=request.local_sgd,
         schedule=(request.step_offset, request.total_steps),
     )
     CenterState(paths.state).record(

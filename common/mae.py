@@ -205,6 +205,7 @@ def train_mae(
     precision: str = "auto",
     schedule: tuple[int, int] | None = None,
     proximal_mu: float = 0.0,
+    local_sgd: bool = False,
 ) -> list[float]:
     """Train in place for `steps` AdamW steps (cosine LR, linear warmup); returns step losses.
 
@@ -215,7 +216,9 @@ def train_mae(
     Warmup defaults to 5% of the schedule (MAE: 40 of 800 epochs). Every batch gets MAE's
     random resized crop and flip (common/augment.py). `proximal_mu` > 0 adds FedProx's term
     mu/2 * ||w - w_start||^2 (Li et al. 2020), which holds a center's local steps near the global
-    model it received, against drift on small single-site training sets. Leaves `mae` in eval mode.
+    model it received. `local_sgd` takes plain SGD steps at a constant `lr` instead: a FedAdam
+    center, whose server holds the optimizer state, weight decay and schedule (server/fedadam.py).
+    Leaves `mae` in eval mode.
     """
     offset, total = (0, steps) if schedule is None else schedule
     if steps < 1 or batch_size < 1 or lr <= 0 or weight_decay < 0:
@@ -232,19 +235,14 @@ def train_mae(
     mae.to(run_on).train()
     dtype = autocast_dtype(run_on, precision)
     params = list(mae.named_parameters())
-    decay = [p for n, p in params if not _exempt_from_decay(n, p)]
-    no_decay = [p for n, p in params if _exempt_from_decay(n, p)]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=lr,
-        betas=(0.9, 0.95),
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _cosine(offset + s, total, warmup)
-    )
+    if local_sgd:
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(mae.parameters(), lr=lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    else:
+        optimizer = mae_adamw(mae, lr, weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: cosine_factor(offset + s, total, warmup)
+        )
     start = [p.detach().clone() for _, p in params] if proximal_mu > 0 else []
     masks = torch.Generator().manual_seed(seed)
     crops = torch.Generator().manual_seed(seed + 1)
@@ -268,12 +266,28 @@ def train_mae(
     return losses
 
 
+def mae_adamw(mae: MAE, lr: float, weight_decay: float = 0.05) -> torch.optim.AdamW:
+    """MAE's optimizer: AdamW, betas (0.9, 0.95), no decay on biases, norms and tokens."""
+    params = list(mae.named_parameters())
+    decay = [p for n, p in params if not _exempt_from_decay(n, p)]
+    no_decay = [p for n, p in params if _exempt_from_decay(n, p)]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
+
+
 def _exempt_from_decay(name: str, param: nn.Parameter) -> bool:
     """Biases, norms, position embeddings and learned tokens are not decayed (MAE, timm)."""
     return param.ndim < 2 or name.endswith(("pos_embed", "cls_token", "reg_token", "mask_token"))
 
 
-def _cosine(step: int, steps: int, warmup: int) -> float:
+def cosine_factor(step: int, steps: int, warmup: int) -> float:
+    """The learning-rate factor at `step` of a cosine schedule of `steps` with linear warmup."""
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))

@@ -131,6 +131,7 @@ class TrainRequest(WithWeights):
     mask_ratio: float
     seed: int
     proximal_mu: float = 0.0  # FedProx's mu; 0 = plain FedAvg
+    local_sgd: bool = False  # plain SGD at a constant lr: FedAdam, the server holds the optimizer
 
     def check(self) -> None:
         name = "TrainRequest"

@@ -5,7 +5,8 @@ steps per participating center, one cosine schedule across the rounds (round r t
 r*local .. (r+1)*local of it). A probe first asks every center how many training images it
 holds; each round then trains at the centers that hold some, or at `centers_per_round` of them
 drawn by seed and round (FedAvg's client sampling: on shared CPUs, 4 centers x 25 steps make
-more progress than 28 x 4). Weights are averaged by example count. The global model is
+more progress than 28 x 4). Weights are averaged by example count; with `fedadam` the average
+is a pseudo-gradient for an AdamW at the server instead (server/fedadam.py). The global model is
 checkpointed after every round (atomically, with a progress file), so a killed run started
 again with the same settings resumes after the last finished round.
 """
@@ -30,6 +31,7 @@ from common.io import write_json
 from common.mae import MAE, load_mae_checkpoint, save_mae_checkpoint
 from common.trainproto import TrainReply, TrainRequest
 from server.broadcast import Broadcaster
+from server.fedadam import ServerAdam, state_path
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class PretrainConfig:
     mask_ratio: float = 0.75
     centers_per_round: int = 0  # 0 = every center that holds training images
     proximal_mu: float = 0.0  # FedProx's mu at the centers; 0 = plain FedAvg
+    fedadam: bool = False  # centers take SGD steps at `local_lr`, the server AdamW at `lr`
+    local_lr: float = 1.0  # FedAdam's center learning rate (1 with 1 local step: FedSGD)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -62,6 +66,8 @@ class PretrainConfig:
                 f"rounds={self.rounds}, local-steps={self.local_steps} and "
                 f"batch-size={self.batch_size} must be >= 1"
             )
+        if not 0 < self.local_lr <= 1:
+            raise ConfigError(f"local-lr={self.local_lr} must be in (0, 1]")
         if self.proximal_mu < 0:
             raise ConfigError(f"proximal-mu={self.proximal_mu} must be >= 0 (0 = plain FedAvg)")
         if self.centers_per_round < 0:
@@ -96,12 +102,20 @@ def run_pretraining(
     started = time.perf_counter()
     mae, progress = _resume_or_start(config, out)
     resumed_from = progress["rounds_done"]
+    server = ServerAdam(mae, config.lr, config.rounds) if config.fedadam else None
+    if server is not None and resumed_from:
+        server.load(out, resumed_from)
     holders = _probe(broadcaster, config) if resumed_from < config.rounds else {}
     for round_ in range(resumed_from, config.rounds):
         participants = _sample(holders, config, round_)
         states, replies = _train_round(broadcaster, config, mae, round_, participants)
         weights = [replies[node].examples for node in states]
-        mae.load_state_dict(fedavg(list(states.values()), weights))
+        averaged = fedavg(list(states.values()), weights)
+        if server is None:
+            mae.load_state_dict(averaged)
+        else:
+            server.step(averaged, round_)
+            server.save(out, round_ + 1)
         progress["rounds_done"] = round_ + 1
         progress["examples"] = {replies[n].center: replies[n].examples for n in states}
         progress["losses"].append(
@@ -109,6 +123,8 @@ def run_pretraining(
         )
         save_mae_checkpoint(mae, out / CHECKPOINT, extra={"round": round_ + 1})
         write_json(out / PROGRESS, progress)
+        if server is not None:
+            state_path(out, round_).unlink(missing_ok=True)  # the state this round replaced
         log.info(
             "pretrain %s: round %d/%d, %d centers, loss %.4f",
             config.run,
@@ -139,10 +155,11 @@ def _request(config: PretrainConfig, round_: int, steps: int) -> TrainRequest:
         step_offset=round_ * config.local_steps,
         total_steps=config.total_steps,
         batch_size=config.batch_size,
-        lr=config.lr,
+        lr=config.local_lr if config.fedadam else config.lr,
         mask_ratio=config.mask_ratio,
         seed=config.seed,
         proximal_mu=config.proximal_mu,
+        local_sgd=config.fedadam,
     )
 
 

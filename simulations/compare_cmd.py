@@ -71,6 +71,17 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         "fixing drift; see the README's measurements",
     )  # fmt: skip
     parser.add_argument(
+        "--fedadam", action=argparse.BooleanOptionalAction, default=defaults.fedadam,
+        help="FedAdam: centers take --local-steps plain SGD steps at --local-lr and the server "
+        "steps MAE's AdamW (--lr) with their averaged update. With --local-steps 1 this is "
+        "FedSGD with a server Adam: a round per optimizer step, each step's batch mixed "
+        "across centers (default: FedAvg)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--local-lr", type=float, default=defaults.local_lr,
+        help=f"the centers' SGD learning rate under --fedadam (default {defaults.local_lr:g})",
+    )  # fmt: skip
+    parser.add_argument(
         "--head-steps", type=int, default=defaults.head.steps,
         help=f"segmentation head training steps (default {defaults.head.steps})",
     )  # fmt: skip
@@ -141,6 +152,8 @@ def run_pipeline(
         curation_rounds=args.curation_rounds,
         lr=args.lr,
         proximal_mu=args.proximal_mu,
+        fedadam=args.fedadam,
+        local_lr=args.local_lr,
         head=HeadConfig(steps=args.head_steps, finetune=args.finetune),
     )
     base = CurationConfig.from_run_config(parse_overrides(args.set))

@@ -75,6 +75,8 @@ class PipelineSettings:
     batch_size: int = 16
     lr: float = 1.5e-4
     proximal_mu: float = 0.0
+    fedadam: bool = False
+    local_lr: float = 1.0
     head: HeadConfig = field(default_factory=HeadConfig)
     alpha: float = 1.0
 
@@ -197,18 +199,11 @@ class Pipeline:
         for repeat in range(self.settings.curation_rounds):
             run_name = f"{cell.name}-c{repeat}"
             summary, quality = self._curate(cell, run_name, encoder, cell_dir)
-            pretrain = PretrainConfig(
+            pretrain = self._pretrain_config(
                 run=f"{run_name}-mae",
                 selection=run_name,
-                model=self.base.model,
-                image_size=self.base.image_size,
                 init=str(encoder),
                 rounds=steps_each,
-                local_steps=self.settings.local_steps,
-                batch_size=self.settings.batch_size,
-                lr=self.settings.lr,
-                centers_per_round=self.settings.centers_per_round,
-                proximal_mu=self.settings.proximal_mu,
                 seed=cell.seed,
             )
             done = run_pretraining(self._cast(run_name), pretrain, cell_dir / f"mae-c{repeat}")
@@ -221,22 +216,30 @@ class Pipeline:
     def warm_up(self, seed: int) -> Path:
         """The seed's warm-up MAE checkpoint (trained once, then reused by every cell)."""
         if seed not in self._warm:
-            config = PretrainConfig(
+            config = self._pretrain_config(
                 run=f"warmup-s{seed}",
                 uniform_fraction=self.settings.warmup_fraction,
-                model=self.base.model,
-                image_size=self.base.image_size,
                 rounds=self.settings.warmup_rounds,
-                local_steps=self.settings.local_steps,
-                batch_size=self.settings.batch_size,
-                lr=self.settings.lr,
-                centers_per_round=self.settings.centers_per_round,
-                proximal_mu=self.settings.proximal_mu,
                 seed=seed,
             )
             out = self.out / "warmup" / f"s{seed}"
             self._warm[seed] = run_pretraining(self._cast(config.run), config, out).checkpoint
         return self._warm[seed]
+
+    def _pretrain_config(self, **run: Any) -> PretrainConfig:
+        """A pre-training run (`run`: name, data, init, rounds, seed) with the shared settings."""
+        return PretrainConfig(
+            model=self.base.model,
+            image_size=self.base.image_size,
+            local_steps=self.settings.local_steps,
+            batch_size=self.settings.batch_size,
+            lr=self.settings.lr,
+            centers_per_round=self.settings.centers_per_round,
+            proximal_mu=self.settings.proximal_mu,
+            fedadam=self.settings.fedadam,
+            local_lr=self.settings.local_lr,
+            **run,
+        )
 
     def _curate(
         self, cell: Cell, run_name: str, encoder: Path, cell_dir: Path

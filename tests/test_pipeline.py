@@ -255,3 +255,54 @@ def test_fresh_discards_earlier_results_but_not_the_data(federation, tmp_path, m
     assert sorted(p.name for p in out.iterdir()) == ["data", "notes.txt"]
     assert (out / "data" / "keep").read_text() == "x"
     assert discard_results(out) == []
+
+
+def test_fedadam_centers_take_sgd_steps_and_a_killed_run_resumes_exactly(
+    federation, tmp_path, monkeypatch
+):
+    """FedSGD with a server Adam: one SGD step per center and round; the server's AdamW state
+    is saved per round, so a run killed in round 2 resumes to the same weights."""
+    import client.training as training
+
+    real_train, local = training.train_mae, []
+
+    def spy(*args, **kwargs):
+        local.append((kwargs["local_sgd"], kwargs["lr"], kwargs["steps"]))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_mae", spy)
+    fedsgd = dict(fedadam=True, local_lr=1.0, local_steps=1, rounds=3, lr=1e-3)
+    whole = _pretrain(federation, tmp_path / "s1", tmp_path / "whole", **fedsgd)
+    assert set(local) == {(True, 1.0, 1)} and len(local) == 9  # 3 centers x 3 rounds
+    assert [p.name for p in (tmp_path / "whole").glob("server-adam-*")] == ["server-adam-r3.pt"]
+    assert whole.losses[-1] < whole.losses[0]
+
+    real_round, calls = pretrain_module._train_round, []
+
+    def dies_in_round_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_round(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "_train_round", dies_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        _pretrain(federation, tmp_path / "s2", tmp_path / "split", **fedsgd)
+    monkeypatch.setattr(pretrain_module, "_train_round", real_round)
+    resumed = _pretrain(federation, tmp_path / "s2", tmp_path / "split", **fedsgd)
+    assert (resumed.rounds_done, resumed.resumed_from) == (3, 1)
+    a, b = _weights(whole.checkpoint), _weights(resumed.checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pipeline_hands_its_optimizer_settings_to_every_pre_training_run(tmp_path):
+    settings = PipelineSettings(rounds=2, fedadam=True, local_lr=0.5, proximal_mu=0.1, lr=1e-3)
+    pipeline = Pipeline(None, CurationConfig(image_size=32), settings, tmp_path, [], tmp_path)
+    config = pipeline._pretrain_config(run="r", uniform_fraction=0.1, rounds=3, seed=2)
+    assert (config.fedadam, config.local_lr, config.proximal_mu, config.lr) == (
+        True,
+        0.5,
+        0.1,
+        1e-3,
+    )
+    assert (config.image_size, config.rounds, config.seed) == (32, 3, 2)
