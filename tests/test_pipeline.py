@@ -306,3 +306,17 @@ def test_pipeline_hands_its_optimizer_settings_to_every_pre_training_run(tmp_pat
         1e-3,
     )
     assert (config.image_size, config.rounds, config.seed) == (32, 3, 2)
+
+
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        ({"proximal_mu": -0.1}, "proximal-mu"),
+        ({"local_lr": 0.0}, "local-lr"),
+        ({"local_lr": 2.0}, "local-lr"),
+        ({"centers_per_round": -1}, "centers-per-round"),
+    ],
+)
+def test_pretraining_settings_out_of_range_are_refused_by_name(bad, named):
+    with pytest.raises(ConfigError, match=named):
+        PretrainConfig(run="warm", **{**SETTINGS, **bad})
