@@ -396,12 +396,7 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_mae_checkpoint(path: str | Path) -> MAE:
     """The MAE saved at `path` (on the CPU, eval mode); its spec's weights point at `path`."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
-        raise DataError(f"{path}: cannot read MAE checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != MAE_CHECKPOINT_FORMAT:
-        raise DataError(f"{path}: not a FedDEL MAE checkpoint (format {MAE_CHECKPOINT_FORMAT})")
+    payload = _read_checkpoint(path)
     spec = EncoderSpec.from_dict(payload["spec"])
     config = payload["decoder_config"]
     mae = MAE(spec, config["dim"], config["depth"], config["heads"])
@@ -412,3 +407,18 @@ def load_mae_checkpoint(path: str | Path) -> MAE:
             raise DataError(f"{path}: {part} weights do not fit {spec.model}: {exc}") from exc
     mae.spec = EncoderSpec(spec.model, spec.image_size, str(path), spec.seed)
     return mae.eval()
+
+
+def checkpoint_extra(path: str | Path) -> dict[str, Any]:
+    """The `extra` saved with the checkpoint at `path`."""
+    return dict(_read_checkpoint(path)["extra"])
+
+
+def _read_checkpoint(path: str | Path) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        raise DataError(f"{path}: cannot read MAE checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != MAE_CHECKPOINT_FORMAT:
+        raise DataError(f"{path}: not a FedDEL MAE checkpoint (format {MAE_CHECKPOINT_FORMAT})")
+    return payload

@@ -64,6 +64,13 @@ class ServerAdam:
                 f"{out / 'progress.json'} to start the run over"
             ) from exc
 
+    @staticmethod
+    def prune(out: Path, rounds_done: int) -> None:
+        """Remove the states of earlier rounds (kept until the new round was committed)."""
+        for path in out.glob("server-adam-r*.pt"):
+            if path != state_path(out, rounds_done):
+                path.unlink(missing_ok=True)
+
 
 def state_path(out: Path, rounds_done: int) -> Path:
     return out / f"server-adam-r{rounds_done}.pt"

@@ -28,10 +28,10 @@ from common.embed import EncoderSpec
 from common.errors import ConfigError, DataError, ProtocolError, RunFailed
 from common.fedavg import State, fedavg, read_weights, weights_record
 from common.io import write_json
-from common.mae import MAE, load_mae_checkpoint, save_mae_checkpoint
+from common.mae import MAE, checkpoint_extra, load_mae_checkpoint, save_mae_checkpoint
 from common.trainproto import TrainReply, TrainRequest
 from server.broadcast import Broadcaster
-from server.fedadam import ServerAdam, state_path
+from server.fedadam import ServerAdam
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,12 @@ def run_pretraining(
         progress["losses"].append(
             sum(replies[n].loss * replies[n].examples for n in states) / sum(weights)
         )
-        save_mae_checkpoint(mae, out / CHECKPOINT, extra={"round": round_ + 1})
-        write_json(out / PROGRESS, progress)
+        # the checkpoint carries its progress: one atomic file is the commit point of a round
+        extra = {"round": round_ + 1, "progress": progress}
+        save_mae_checkpoint(mae, out / CHECKPOINT, extra=extra)
+        write_json(out / PROGRESS, progress)  # a readable copy
         if server is not None:
-            state_path(out, round_).unlink(missing_ok=True)  # the state this round replaced
+            server.prune(out, round_ + 1)
         log.info(
             "pretrain %s: round %d/%d, %d centers, loss %.4f",
             config.run,
@@ -232,6 +234,8 @@ def _resume_or_start(config: PretrainConfig, out: Path) -> tuple[MAE, dict[str, 
                 f"{out} holds a pre-training run with other settings; use another output "
                 f"folder or delete {progress_path} to start over"
             )
+        # a kill between the checkpoint and progress.json leaves the checkpoint one round ahead
+        progress = checkpoint_extra(out / CHECKPOINT).get("progress", progress)
         log.info("pretrain %s: resuming after round %d", config.run, progress["rounds_done"])
         return load_mae_checkpoint(out / CHECKPOINT), progress
     if config.init:

@@ -320,3 +320,31 @@ def test_pipeline_hands_its_optimizer_settings_to_every_pre_training_run(tmp_pat
 def test_pretraining_settings_out_of_range_are_refused_by_name(bad, named):
     with pytest.raises(ConfigError, match=named):
         PretrainConfig(run="warm", **{**SETTINGS, **bad})
+
+
+@pytest.mark.parametrize("fedadam", [False, True])
+def test_a_kill_between_checkpoint_and_progress_file_resumes_to_the_same_model(
+    federation, tmp_path, monkeypatch, fedadam
+):
+    """The checkpoint is the commit point: progress.json lagging one round behind it (a kill
+    between the two writes) must not train that round twice."""
+    settings = dict(fedadam=fedadam, rounds=3)
+    whole = _pretrain(federation, tmp_path / "s1", tmp_path / "whole", **settings)
+    real_write, writes = pretrain_module.write_json, []
+
+    def dies_writing_round_two(path, obj):
+        writes.append(path)
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+        return real_write(path, obj)
+
+    monkeypatch.setattr(pretrain_module, "write_json", dies_writing_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        _pretrain(federation, tmp_path / "s2", tmp_path / "split", **settings)
+    monkeypatch.setattr(pretrain_module, "write_json", real_write)
+    assert json.loads((tmp_path / "split" / "progress.json").read_text())["rounds_done"] == 1
+    resumed = _pretrain(federation, tmp_path / "s2", tmp_path / "split", **settings)
+    assert (resumed.rounds_done, resumed.resumed_from) == (3, 2)
+    a, b = _weights(whole.checkpoint), _weights(resumed.checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(resumed.losses) == 3
