@@ -21,6 +21,7 @@ from common.cliutil import EXIT_OK, console
 from common.config import METHODS, CurationConfig, parse_overrides
 from common.errors import ConfigError, RunFailed
 from common.segmentation import HeadConfig
+from server.pretrain import CENTER_WEIGHTINGS
 from simulations.federated import ENGINES, run_apps
 from simulations.layout import center_dirs
 from simulations.pipeline import (
@@ -80,6 +81,11 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--local-lr", type=float, default=defaults.local_lr,
         help=f"the centers' SGD learning rate under --fedadam (default {defaults.local_lr:g})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--center-weighting", choices=CENTER_WEIGHTINGS, default=defaults.center_weighting,
+        help="how each round's centers weigh in the average: by their training images "
+        "(default, FedAvg) or equally (a center-balanced objective)",
     )  # fmt: skip
     parser.add_argument(
         "--head-steps", type=int, default=defaults.head.steps,
@@ -154,6 +160,7 @@ def run_pipeline(
         proximal_mu=args.proximal_mu,
         fedadam=args.fedadam,
         local_lr=args.local_lr,
+        center_weighting=args.center_weighting,
         head=HeadConfig(steps=args.head_steps, finetune=args.finetune),
     )
     base = CurationConfig.from_run_config(parse_overrides(args.set))

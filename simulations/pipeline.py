@@ -77,6 +77,7 @@ class PipelineSettings:
     proximal_mu: float = 0.0
     fedadam: bool = False
     local_lr: float = 1.0
+    center_weighting: str = "examples"
     head: HeadConfig = field(default_factory=HeadConfig)
     alpha: float = 1.0
 
@@ -238,6 +239,7 @@ class Pipeline:
             proximal_mu=self.settings.proximal_mu,
             fedadam=self.settings.fedadam,
             local_lr=self.settings.local_lr,
+            center_weighting=self.settings.center_weighting,
             **run,
         )
 

@@ -296,7 +296,9 @@ def test_fedadam_centers_take_sgd_steps_and_a_killed_run_resumes_exactly(
 
 
 def test_pipeline_hands_its_optimizer_settings_to_every_pre_training_run(tmp_path):
-    settings = PipelineSettings(rounds=2, fedadam=True, local_lr=0.5, proximal_mu=0.1, lr=1e-3)
+    settings = PipelineSettings(
+        rounds=2, fedadam=True, local_lr=0.5, proximal_mu=0.1, lr=1e-3, center_weighting="equal"
+    )
     pipeline = Pipeline(None, CurationConfig(image_size=32), settings, tmp_path, [], tmp_path)
     config = pipeline._pretrain_config(run="r", uniform_fraction=0.1, rounds=3, seed=2)
     assert (config.fedadam, config.local_lr, config.proximal_mu, config.lr) == (
@@ -306,6 +308,7 @@ def test_pipeline_hands_its_optimizer_settings_to_every_pre_training_run(tmp_pat
         1e-3,
     )
     assert (config.image_size, config.rounds, config.seed) == (32, 3, 2)
+    assert config.center_weighting == "equal"
 
 
 @pytest.mark.parametrize(
@@ -315,6 +318,7 @@ def test_pipeline_hands_its_optimizer_settings_to_every_pre_training_run(tmp_pat
         ({"local_lr": 0.0}, "local-lr"),
         ({"local_lr": 2.0}, "local-lr"),
         ({"centers_per_round": -1}, "centers-per-round"),
+        ({"center_weighting": "by-size"}, "center-weighting"),
     ],
 )
 def test_pretraining_settings_out_of_range_are_refused_by_name(bad, named):
@@ -348,3 +352,21 @@ def test_a_kill_between_checkpoint_and_progress_file_resumes_to_the_same_model(
     a, b = _weights(whole.checkpoint), _weights(resumed.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(resumed.losses) == 3
+
+
+@pytest.mark.parametrize("weighting", ["examples", "equal"])
+def test_center_weighting_sets_each_centers_weight_in_the_average(
+    federation, tmp_path, monkeypatch, weighting
+):
+    real_fedavg, used = pretrain_module.fedavg, []
+
+    def spy(states, weights):
+        used.append(list(weights))
+        return real_fedavg(states, weights)
+
+    monkeypatch.setattr(pretrain_module, "fedavg", spy)
+    result = _pretrain(federation, tmp_path / "s", tmp_path / "run", center_weighting=weighting)
+    counts = sorted(result.examples.values())
+    assert len(set(counts)) > 1  # the centers differ in size, so the two weightings differ
+    expected = [1] * len(counts) if weighting == "equal" else counts
+    assert all(sorted(weights) == expected for weights in used) and len(used) == 2
