@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT, PROGRESS = "checkpoint.pt", "progress.json"
 # How the round's centers weigh in the average: by training images (McMahan et al.), or each
-# center alike, a center-balanced objective (FedSGD on the demo: 0.655 alike vs 0.642 by images)
+# center alike, a center-balanced objective (README, "What we measured")
 CENTER_WEIGHTINGS = ("examples", "equal")
 
 
