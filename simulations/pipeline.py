@@ -120,12 +120,12 @@ def discard_results(out: Path) -> list[Path]:
     return removed
 
 
-def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+def _with_new_defaults(stored: dict[str, Any], code: str) -> dict[str, Any]:
     """Stored settings plus the defaults of pipeline settings added since they were written
     (e.g. `proximal_mu`): those cells were made with the default, so they still match. Folders
     written before the code fingerprint existed cannot be told apart, so they are taken as is."""
     return {
-        "code": code_fingerprint(),
+        "code": code,
         **stored,
         "pipeline": with_field_defaults(stored.get("pipeline", {}), PipelineSettings),
     }
@@ -166,7 +166,9 @@ class Pipeline:
             )
         )
         path = self.out / "settings.json"
-        stored = _with_new_defaults(json.loads(path.read_text())) if path.is_file() else settings
+        stored = settings
+        if path.is_file():
+            stored = _with_new_defaults(json.loads(path.read_text()), settings["code"])
         if stored != settings:
             only_code = {**stored, "code": ""} == {**settings, "code": ""}
             raise ConfigError(
