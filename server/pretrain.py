@@ -129,9 +129,7 @@ def run_pretraining(
             server.save(out, round_ + 1)
         progress["rounds_done"] = round_ + 1
         progress["examples"] = {replies[n].center: replies[n].examples for n in states}
-        progress["losses"].append(
-            sum(replies[n].loss * replies[n].examples for n in states) / sum(weights)
-        )
+        progress["losses"].append(_mean_loss([replies[n] for n in states]))
         # the checkpoint carries its progress: one atomic file is the commit point of a round
         extra = {"round": round_ + 1, "progress": progress}
         save_mae_checkpoint(mae, out / CHECKPOINT, extra=extra)
@@ -154,6 +152,11 @@ def run_pretraining(
         list(progress["losses"]),
         time.perf_counter() - started,
     )
+
+
+def _mean_loss(replies: list[TrainReply]) -> float:
+    """The round's loss per training image, whatever the centers' weights in the average."""
+    return sum(r.loss * r.examples for r in replies) / sum(r.examples for r in replies)
 
 
 def _request(config: PretrainConfig, round_: int, steps: int) -> TrainRequest:

@@ -365,8 +365,16 @@ def test_center_weighting_sets_each_centers_weight_in_the_average(
         return real_fedavg(states, weights)
 
     monkeypatch.setattr(pretrain_module, "fedavg", spy)
-    result = _pretrain(federation, tmp_path / "s", tmp_path / "run", center_weighting=weighting)
+    sent = []
+    result = _pretrain(
+        federation, tmp_path / "s", tmp_path / "run", center_weighting=weighting,
+        observer=lambda n, m: sent.append(m.content.config_records["fields"]),
+    )  # fmt: skip
     counts = sorted(result.examples.values())
     assert len(set(counts)) > 1  # the centers differ in size, so the two weightings differ
     expected = [1] * len(counts) if weighting == "equal" else counts
     assert all(sorted(weights) == expected for weights in used) and len(used) == 2
+    # the reported loss is per training image either way (weighting changes the model only)
+    first = [f for f in sent if int(f["steps"]) > 0][: len(counts)]
+    per_image = sum(f["loss"] * f["examples"] for f in first) / sum(f["examples"] for f in first)
+    assert result.losses[0] == pytest.approx(per_image)
