@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import math
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,7 +55,7 @@ def train(request: TrainRequest, paths: CenterPaths) -> TrainReply:
     images = training_images(request, paths)
     if len(images) == 0 or request.steps == 0:
         return TrainReply(center=paths.name, examples=len(images), steps=0, loss=0.0)
-    mae = MAE(EncoderSpec(request.model, request.image_size, seed=request.seed))
+    mae = _reusable_mae(EncoderSpec(request.model, request.image_size, seed=request.seed))
     mae.load_state_dict(read_weights(request.to_record(), mae.state_dict(), "TrainRequest"))
     losses = train_mae(
         mae,
@@ -222,6 +223,18 @@ def _decode_all(root: Path, files: list[str], size: int) -> np.ndarray:
         except UnreadableImage as exc:  # changed since the scan: skip it, the others train
             log.warning("training image skipped: %s", exc)
     return np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+
+
+_built = threading.local()
+
+
+def _reusable_mae(spec: EncoderSpec) -> MAE:
+    """This thread's MAE of `spec`, built once: a train request overwrites all its weights, and
+    building a model (its random init) cost more than the one SGD step of a FedSGD round."""
+    cached = getattr(_built, "mae", None)
+    if cached is None or cached.spec != spec:
+        _built.mae = MAE(spec)
+    return _built.mae
 
 
 def _local_seed(request: TrainRequest, center: str) -> int:

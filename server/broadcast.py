@@ -103,10 +103,11 @@ class Broadcaster:
         phase = reply_type.ACTION
         targets = list(self.alive if nodes is None else nodes)
         messages, down = [], 0
+        shared_bytes = None if callable(request) else record_bytes(request.to_record())
         for node_id in targets:
             payload = request(node_id) if callable(request) else request
             content = payload.to_record()
-            down += record_bytes(content)
+            down += record_bytes(content) if shared_bytes is None else shared_bytes
             messages.append(
                 self.grid.create_message(content, f"query.{phase}", node_id, self.group)
             )

@@ -3,18 +3,23 @@ centers send, and `feddel-sim compare` end to end on a tiny federation."""
 
 import csv
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from client import training
 from client.app import build_client_app
+from client.handlers import CenterPaths
 from common.config import CurationConfig
 from common.embed import EncoderSpec
 from common.errors import ConfigError
+from common.fedavg import weights_record
 from common.io import write_json
 from common.mae import MAE, load_mae_checkpoint
+from common.trainproto import TrainRequest
 from server import pretrain as pretrain_module
 from server.broadcast import Broadcaster
 from server.pretrain import PretrainConfig, run_pretraining
@@ -378,3 +383,28 @@ def test_center_weighting_sets_each_centers_weight_in_the_average(
     first = [f for f in sent if int(f["steps"]) > 0][: len(counts)]
     per_image = sum(f["loss"] * f["examples"] for f in first) / sum(f["examples"] for f in first)
     assert result.losses[0] == pytest.approx(per_image)
+
+
+def test_a_center_reusing_its_model_trains_exactly_as_a_fresh_model(federation, tmp_path):
+    """Centers keep one MAE per thread across rounds; a request must leave nothing behind."""
+    center = center_dirs(federation)[0]
+    paths = CenterPaths(center.name, center, tmp_path / "state")
+    spec = EncoderSpec(image_size=32)
+
+    def request(init_seed: int, round_: int) -> TrainRequest:
+        weights = weights_record(MAE(EncoderSpec(image_size=32, seed=init_seed)).state_dict())
+        return TrainRequest(
+            run="reuse", round=round_, selection="", uniform_fraction=0.5, model=spec.model,
+            image_size=32, steps=2, step_offset=0, total_steps=2, batch_size=4, lr=1e-3,
+            mask_ratio=0.75, seed=0,
+        ).with_weights(weights)  # fmt: skip
+
+    def trained(*requests: TrainRequest) -> dict[str, torch.Tensor]:
+        with ThreadPoolExecutor(1) as thread:  # a new thread: starts without a cached model
+            replies = [thread.submit(training.train, r, paths).result() for r in requests]
+        return {name: torch.as_tensor(a.numpy()) for name, a in replies[-1].weights.items()}
+
+    fresh = trained(request(2, 1))
+    reused = trained(request(1, 0), request(2, 1))
+    assert fresh.keys() == reused.keys()
+    assert all(torch.equal(fresh[name], reused[name]) for name in fresh)
