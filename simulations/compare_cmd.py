@@ -48,6 +48,11 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         f"budget (compute-matched; default {defaults.local_steps})",
     )  # fmt: skip
     parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size,
+        help=f"images per local MAE step at each center (default {defaults.batch_size}; under "
+        "FedSGD a step's batch is this times --centers-per-round)",
+    )  # fmt: skip
+    parser.add_argument(
         "--centers-per-round", type=int, default=defaults.centers_per_round,
         help="centers drawn to train in each round, from those holding training images; 0 = "
         f"all (default {defaults.centers_per_round}: on shared CPUs few centers with more "
@@ -153,6 +158,7 @@ def run_pipeline(
     settings = PipelineSettings(
         rounds=args.rounds,
         local_steps=args.local_steps,
+        batch_size=args.batch_size,
         centers_per_round=args.centers_per_round,
         warmup_rounds=args.warmup_rounds,
         curation_rounds=args.curation_rounds,

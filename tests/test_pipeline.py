@@ -148,8 +148,8 @@ def test_compare_writes_results_and_resumes(federation, tmp_path, capsys):
     argv = [
         "compare", "--data", str(federation), "--out", str(out), "--budgets", "0.3",
         "--methods", "random,feddel", "--seeds", "1", "--rounds", "1", "--local-steps", "2",
-        "--warmup-rounds", "1", "--head-steps", "20", "--set", "image-size=32",
-        "--set", "k=4", "--set", "k-local=2", "--set", "min-count=3",
+        "--warmup-rounds", "1", "--batch-size", "4", "--head-steps", "20",
+        "--set", "image-size=32", "--set", "k=4", "--set", "k-local=2", "--set", "min-count=3",
     ]  # fmt: skip
     assert sim_main(argv) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
@@ -158,6 +158,7 @@ def test_compare_writes_results_and_resumes(federation, tmp_path, capsys):
     assert float(rows[1]["R"]) == pytest.approx(0.3, abs=0.05)
     assert (out / "results.png").stat().st_size > 1000
     assert "| feddel | 0.3 | 1 |" in (out / "results.md").read_text()
+    assert json.loads((out / "settings.json").read_text())["pipeline"]["batch_size"] == 4
     assert sim_main(argv) == 0  # finished cells are read back, not recomputed
     again = list(csv.DictReader((out / "results.csv").open()))
     assert [r["wall_s"] for r in again] == [r["wall_s"] for r in rows]
