@@ -209,8 +209,11 @@ def train_mae(
 ) -> list[float]:
     """Train in place for `steps` AdamW steps (cosine LR, linear warmup); returns step losses.
 
-    `data` is uint8 (n,h,w,3) images (batches drawn by a seeded permutation per epoch) or an
-    iterable of uint8 (b,h,w,3) batches (e.g. a DataLoader; re-iterated when exhausted).
+    `data` is uint8 (n,h,w,3) images, or an iterable of uint8 (b,h,w,3) batches (e.g. a
+    DataLoader; re-iterated when exhausted). Images are cut into batches of exactly
+    `batch_size` from seeded permutations laid end to end, so a center holding fewer images
+    than a batch repeats them (each copy gets its own crop and mask): every step costs the same,
+    and under FedSGD one center's single image is not a whole center's gradient.
     `schedule=(offset, total)` places these steps at offset..offset+steps of a longer cosine
     schedule of `total` steps (a federated round trains one slice of the global schedule).
     Warmup defaults to 5% of the schedule (MAE: 40 of 800 epochs). Every batch gets MAE's
@@ -301,10 +304,12 @@ def _batches(data: np.ndarray | Iterable[Any], batch_size: int, seed: int) -> It
                 "expected non-empty uint8 (n, h, w, 3)"
             )
         rng = np.random.default_rng(seed)
+        queue = np.zeros(0, dtype=np.int64)
         while True:
-            order = rng.permutation(len(data))
-            for start in range(0, len(order) - min(batch_size, len(order)) + 1, batch_size):
-                yield data[np.sort(order[start : start + batch_size])]
+            while len(queue) < batch_size:  # one seeded permutation per pass, back to back
+                queue = np.concatenate([queue, rng.permutation(len(data))])
+            yield data[np.sort(queue[:batch_size])]
+            queue = queue[batch_size:]
     while True:
         empty = True
         for batch in data:

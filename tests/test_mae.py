@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from common.embed import EncoderSpec, build_encoder, embed_batch, encoder_finger
 from common.errors import ConfigError, DataError
 from common.mae import (
     MAE,
+    _batches,
     load_mae_checkpoint,
     patchify,
     random_masks,
@@ -114,6 +116,15 @@ def test_train_mae_loss_decreases() -> None:
     assert len(losses) == 30 and all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
     assert not mae.training
+
+
+@pytest.mark.parametrize("held, batch", [(1, 4), (3, 4), (10, 4), (8, 8)])
+def test_every_step_is_a_full_batch_and_every_image_is_used_alike(held, batch) -> None:
+    images = np.arange(held, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    batches = list(itertools.islice(_batches(images, batch, seed=0), held))  # held*batch images
+    assert all(len(b) == batch for b in batches)  # a small center repeats, never trains on less
+    seen = np.bincount(np.concatenate([b[:, 0, 0, 0] for b in batches]), minlength=held)
+    assert (seen == batch).all()  # permutations back to back: each image `batch` times
 
 
 def test_train_mae_is_deterministic_for_a_seed() -> None:
