@@ -27,7 +27,7 @@ from simulations import compare_cmd
 from simulations import pipeline as pipeline_module
 from simulations.cli import main as sim_main
 from simulations.compare_cmd import earlier_rows
-from simulations.federated import simulation_resolver
+from simulations.federated import core_workers, simulation_resolver
 from simulations.inprocess import InProcessGrid
 from simulations.layout import center_dirs
 from simulations.pipeline import Pipeline, PipelineSettings, code_fingerprint, discard_results
@@ -252,7 +252,7 @@ def test_fresh_discards_earlier_results_but_not_the_data(federation, tmp_path, m
     for name in ("settings.json", "results.csv", "results.md", "results.png", "notes.txt"):
         (out / name).write_text("x")
 
-    def stop(*_args):
+    def stop(*_args, **_kwargs):
         raise ConfigError("stopped before the simulation")
 
     monkeypatch.setattr(compare_cmd, "run_apps", stop)
@@ -261,6 +261,22 @@ def test_fresh_discards_earlier_results_but_not_the_data(federation, tmp_path, m
     assert sorted(p.name for p in out.iterdir()) == ["data", "notes.txt"]
     assert (out / "data" / "keep").read_text() == "x"
     assert discard_results(out) == []
+
+
+@pytest.mark.parametrize("timeout, workers", [(0, core_workers()), (30, 8)])
+def test_compare_runs_a_thread_per_core_unless_a_phase_can_time_out(
+    federation, tmp_path, monkeypatch, timeout, workers
+):
+    used = []
+
+    def stop(*_args, workers):
+        used.append(workers)
+        raise ConfigError("stopped before the simulation")
+
+    monkeypatch.setattr(compare_cmd, "run_apps", stop)
+    argv = ["compare", "--data", str(federation), "--out", str(tmp_path / "run"), "--set",
+            f"phase-timeout={timeout}"]  # fmt: skip
+    assert sim_main(argv) == 2 and used == [workers]
 
 
 def test_fedadam_centers_take_sgd_steps_and_a_killed_run_resumes_exactly(
