@@ -206,7 +206,7 @@ def run_pipeline(
         )
     if keep_earlier:
         rows += earlier_rows(out, rows)
-    write_results(rows, out, f"FedDEL comparison on {data.name}")
+    write_results(rows, out, f"FedDEL comparison on {data.parent.name}/{data.name}")  # demo/data
     return rows
 
 

@@ -158,6 +158,7 @@ def test_compare_writes_results_and_resumes(federation, tmp_path, capsys):
     assert float(rows[1]["R"]) == pytest.approx(0.3, abs=0.05)
     assert (out / "results.png").stat().st_size > 1000
     assert "| feddel | 0.3 | 1 |" in (out / "results.md").read_text()
+    assert f"on {federation.parent.name}/data" in (out / "results.md").read_text().splitlines()[0]
     assert json.loads((out / "settings.json").read_text())["pipeline"]["batch_size"] == 4
     assert sim_main(argv) == 0  # finished cells are read back, not recomputed
     again = list(csv.DictReader((out / "results.csv").open()))
