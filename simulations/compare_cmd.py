@@ -22,7 +22,7 @@ from common.config import METHODS, CurationConfig, parse_overrides
 from common.errors import ConfigError, RunFailed
 from common.segmentation import HeadConfig
 from server.pretrain import CENTER_WEIGHTINGS
-from simulations.federated import ENGINES, core_workers, run_apps
+from simulations.federated import ENGINES, run_apps, worker_threads
 from simulations.layout import center_dirs
 from simulations.pipeline import (
     SCRATCH,
@@ -197,8 +197,7 @@ def run_pipeline(
 
         if args.engine == "inprocess":
             torch.set_num_threads(1)  # the simulated centers run side by side on threads
-        workers = 8 if base.phase_timeout else core_workers()  # see run_apps
-        run_apps(app, centers, state_root, args.engine, workers=workers)
+        run_apps(app, centers, state_root, args.engine, workers=worker_threads(base.phase_timeout))
     if len(rows) != total:
         raise RunFailed(
             f"the simulated run stopped after {len(rows)} of {total} cells (see the log above); "

@@ -36,6 +36,7 @@ from simulations.layout import center_dirs
 log = logging.getLogger(__name__)
 
 ENGINES = ("ray", "inprocess")
+MAX_WORKERS = 8  # in-process threads at most (see worker_threads)
 
 
 def simulation_resolver(centers: list[Path], state_root: Path):
@@ -71,7 +72,7 @@ def run_federated(
     )
     captured: dict[str, Any] = {}
     server_app = build_server_app(lambda _context: config, on_summary=captured.update)
-    run_apps(server_app, centers, state, engine, observer)
+    run_apps(server_app, centers, state, engine, observer, worker_threads(config.phase_timeout))
     if not captured:
         raise DataError(f"the simulated round wrote no summary; see the log above (output: {out})")
     gather_manifests(centers, state, out, config)
@@ -84,12 +85,10 @@ def run_apps(
     state_root: Path,
     engine: str,
     observer: Callable[[int, Message], None] | None = None,
-    workers: int = 8,
+    workers: int = MAX_WORKERS,
 ) -> None:
-    """Run `server_app` against one simulated center per folder, on the chosen engine.
-
-    `workers`: in-process threads. Each hung center holds one until its phase times out, so
-    the others need their own; without phase timeouts, `core_workers()` is faster."""
+    """Run `server_app` against one simulated center per folder, on the chosen engine
+    (`workers`: in-process threads, see `worker_threads`)."""
     if engine not in ENGINES:
         raise ConfigError(f"engine={engine!r} must be one of {', '.join(ENGINES)}")
     client_app = build_client_app(simulation_resolver(centers, state_root))
@@ -107,11 +106,13 @@ def run_apps(
         grid.shutdown()
 
 
-def core_workers() -> int:
-    """In-process threads for runs without phase timeouts: one per core (at least 2, at most
-    8). More only contend for the GIL: on 2 cores a FedAvg round of 4 centers took 7.8 s with
-    2 threads, 8.1 s with 8 and 10.5 s with 1; a FedSGD round 1.13 s with 2, 1.54 s with 8."""
-    return min(8, max(2, os.cpu_count() or 1))
+def worker_threads(phase_timeout: float) -> int:
+    """In-process threads for a run. With phase timeouts, one per center up to 8: a hung center
+    holds its thread until the phase times out, and the others must not queue behind it.
+    Without, one per core (at least 2): more only contend for the GIL. On 2 cores a FedAvg
+    round of 4 centers took 7.8 s with 2 threads, 8.1 s with 8 and 10.5 s with 1; a FedSGD
+    round 1.13 s with 2, 1.54 s with 8."""
+    return MAX_WORKERS if phase_timeout else min(MAX_WORKERS, max(2, os.cpu_count() or 1))
 
 
 def gather_manifests(

@@ -27,7 +27,7 @@ from simulations import compare_cmd
 from simulations import pipeline as pipeline_module
 from simulations.cli import main as sim_main
 from simulations.compare_cmd import earlier_rows
-from simulations.federated import core_workers, simulation_resolver
+from simulations.federated import simulation_resolver, worker_threads
 from simulations.inprocess import InProcessGrid
 from simulations.layout import center_dirs
 from simulations.pipeline import Pipeline, PipelineSettings, code_fingerprint, discard_results
@@ -264,7 +264,7 @@ def test_fresh_discards_earlier_results_but_not_the_data(federation, tmp_path, m
     assert discard_results(out) == []
 
 
-@pytest.mark.parametrize("timeout, workers", [(0, core_workers()), (30, 8)])
+@pytest.mark.parametrize("timeout, workers", [(0, worker_threads(0)), (30, 8)])
 def test_compare_runs_a_thread_per_core_unless_a_phase_can_time_out(
     federation, tmp_path, monkeypatch, timeout, workers
 ):
