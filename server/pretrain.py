@@ -116,10 +116,10 @@ def run_pretraining(
     if server is not None and resumed_from:
         server.load(out, resumed_from)
     holders = _probe(broadcaster, config) if resumed_from < config.rounds else {}
+    equal = config.center_weighting == "equal"
     for round_ in range(resumed_from, config.rounds):
         participants = _sample(holders, config, round_)
         states, replies = _train_round(broadcaster, config, mae, round_, participants)
-        equal = config.center_weighting == "equal"
         weights = [1 if equal else replies[node].examples for node in states]
         averaged = fedavg(list(states.values()), weights)
         if server is None:
