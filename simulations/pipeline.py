@@ -87,6 +87,22 @@ class PipelineSettings:
                 f"curation-rounds={self.curation_rounds} must be >= 1 and divide "
                 f"rounds={self.rounds} (each repeat gets the same share of the steps)"
             )
+        for rounds in (self.warmup_rounds, self.rounds):  # refused now, not an hour into a run
+            self.pretrain_config(run="check", uniform_fraction=self.warmup_fraction, rounds=rounds)
+
+    def pretrain_config(self, **run: Any) -> PretrainConfig:
+        """A pre-training run (`run`: name, data, init, rounds, seed, model) with these settings."""
+        return PretrainConfig(
+            local_steps=self.local_steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            centers_per_round=self.centers_per_round,
+            proximal_mu=self.proximal_mu,
+            fedadam=self.fedadam,
+            local_lr=self.local_lr,
+            center_weighting=self.center_weighting,
+            **run,
+        )
 
 
 Row = dict[str, Any]
@@ -230,19 +246,9 @@ class Pipeline:
         return self._warm[seed]
 
     def _pretrain_config(self, **run: Any) -> PretrainConfig:
-        """A pre-training run (`run`: name, data, init, rounds, seed) with the shared settings."""
-        return PretrainConfig(
-            model=self.base.model,
-            image_size=self.base.image_size,
-            local_steps=self.settings.local_steps,
-            batch_size=self.settings.batch_size,
-            lr=self.settings.lr,
-            centers_per_round=self.settings.centers_per_round,
-            proximal_mu=self.settings.proximal_mu,
-            fedadam=self.settings.fedadam,
-            local_lr=self.settings.local_lr,
-            center_weighting=self.settings.center_weighting,
-            **run,
+        """A pre-training run (`run`: name, data, init, rounds, seed) of this pipeline's model."""
+        return self.settings.pretrain_config(
+            model=self.base.model, image_size=self.base.image_size, **run
         )
 
     def _curate(

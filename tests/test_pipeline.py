@@ -426,3 +426,13 @@ def test_a_center_reusing_its_model_trains_exactly_as_a_fresh_model(federation, 
     reused = trained(request(1, 0), request(2, 1))
     assert fresh.keys() == reused.keys()
     assert all(torch.equal(fresh[name], reused[name]) for name in fresh)
+
+
+@pytest.mark.parametrize(
+    "bad, named",
+    [({"batch_size": 0}, "batch-size"), ({"warmup_rounds": 0}, "rounds"),
+     ({"local_lr": 2.0}, "local-lr"), ({"warmup_fraction": 1.5}, "uniform-fraction")],
+)  # fmt: skip
+def test_pipeline_settings_refuse_bad_pretraining_values_before_any_work(bad, named):
+    with pytest.raises(ConfigError, match=named):
+        PipelineSettings(**bad)
