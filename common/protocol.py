@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common import serde
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 from common.config import KEEP_CHOICES, SELECTION_METHODS
 from common.errors import ProtocolError
@@ -99,7 +100,32 @@ class Payload:
 
 def record_bytes(record: RecordDict) -> int:
     """Serialized size of a RecordDict as it travels (protobuf), for the bytes accounting."""
-    return serde.recorddict_to_proto(record).ByteSize()
+    return record_proto(record).ByteSize()
+
+
+def record_proto(record: RecordDict) -> ProtoRecordDict:
+    """The protobuf message Flower sends for `record`, byte for byte (tested).
+
+    Flower's `serde.recorddict_to_proto` builds each nested message and then copies it into its
+    parent, which costs about 55 ms per 12 MB of weights; filling the message in place costs a
+    few ms, and FedSGD sends 12 MB each way per center every round.
+    """
+    proto = ProtoRecordDict()
+    for key, value in record.items():
+        item = proto.items.add(key=key)
+        if isinstance(value, ArrayRecord):
+            item.array_record.SetInParent()  # an empty record must still say which kind it is
+            for name, array in value.items():
+                entry = item.array_record.items.add(key=name).value
+                entry.dtype, entry.stype, entry.data = array.dtype, array.stype, array.data
+                entry.shape.extend(array.shape)
+        elif isinstance(value, ConfigRecord):
+            item.config_record.CopyFrom(serde.config_record_to_proto(value))
+        elif isinstance(value, MetricRecord):
+            item.metric_record.CopyFrom(serde.metric_record_to_proto(value))
+        else:
+            raise TypeError(f"a RecordDict cannot hold {type(value).__name__}")
+    return proto
 
 
 def _decode_scalar(message: str, key: str, value: Any, kind: type) -> Any:

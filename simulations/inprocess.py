@@ -20,6 +20,8 @@ from flwr.common import serde
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from common.protocol import record_proto
+
 log = logging.getLogger(__name__)
 
 CLIENT_EXCEPTION = 2  # Error.code for an unexpected exception inside a ClientApp
@@ -154,5 +156,5 @@ def _from_node(metadata: Metadata, node_id: int) -> Metadata:
 
 def _over_the_wire(content: RecordDict) -> RecordDict:
     """Serialize and parse a RecordDict, as a SuperLink would between processes."""
-    proto = serde.recorddict_to_proto(content)
+    proto = record_proto(content)
     return serde.recorddict_from_proto(type(proto).FromString(proto.SerializeToString()))

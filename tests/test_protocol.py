@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common import serde
 
 from common.errors import ProtocolError
 from common.protocol import (
@@ -15,6 +16,7 @@ from common.protocol import (
     lloyd_layout,
     pack,
     record_bytes,
+    record_proto,
     unpack,
 )
 
@@ -141,6 +143,30 @@ def test_protocol_pack_unpack_round_trip_and_length_check():
         unpack(layout, vector[:-1])
     with pytest.raises(ProtocolError, match="has shape"):
         pack(layout, count=[1], sum=np.ones((2, 3)), sqdist=[0.5, 0.25])
+
+
+def test_protocol_record_proto_is_the_message_flower_sends_byte_for_byte():
+    record = RecordDict(
+        {
+            "weights": ArrayRecord(
+                {
+                    "w": Array(np.arange(12, dtype=np.float32).reshape(3, 4)),
+                    "step": Array(np.array(7, dtype=np.int64)),
+                    "none": Array(np.zeros((0, 5), dtype=np.float64)),
+                }
+            ),
+            "empty": ArrayRecord(),
+            "fields": ConfigRecord({"run": "r", "round": 3, "lr": 0.5, "ids": [1, 2], "b": b"x"}),
+            "metrics": MetricRecord({"loss": 0.25, "n": 4}),
+            "no-metrics": MetricRecord(),
+        }
+    )
+    ours = record_proto(record).SerializeToString()
+    assert ours == serde.recorddict_to_proto(record).SerializeToString()
+    parsed = serde.recorddict_from_proto(type(record_proto(record)).FromString(ours))
+    assert list(parsed["empty"].keys()) == [] and isinstance(parsed["empty"], ArrayRecord)
+    np.testing.assert_array_equal(parsed["weights"]["w"].numpy(), record["weights"]["w"].numpy())
+    assert record_bytes(record) == len(ours)
 
 
 def test_protocol_record_bytes_grow_with_payload_not_with_nothing():
