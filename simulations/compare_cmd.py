@@ -129,21 +129,45 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         "`full` runs once, at R = 1",
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument(
+        "--shard", type=_shard, default=(1, 1), metavar="K/N",
+        help="run only the seeds s with s mod N = K-1, so that N commands, identical but for "
+        "K, run side by side into one --out (a simulated federation keeps about one core busy). "
+        "Each writes the table of every cell finished so far: the last to finish writes the "
+        "whole table, and rerunning without --shard rewrites it (default 1/1: every seed)",
+    )  # fmt: skip
     add_pipeline_arguments(parser)
 
 
 def compare_run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds} must be >= 1")
+    shard, shards = args.shard
+    seeds = [seed for seed in range(args.seeds) if seed % shards == shard - 1]
+    if not seeds:
+        raise ConfigError(
+            f"--shard {shard}/{shards} holds none of the {args.seeds} seeds; "
+            f"use at most {args.seeds} shards"
+        )
+    if args.fresh and shards > 1:
+        raise ConfigError(
+            "--fresh with --shard would let each shard discard the cells of the others; "
+            "start the shards on an empty --out instead"
+        )
     cells = [
         # every method keeps everything at budget 1: one `full` cell stands for all of them
         Cell("full", 1.0, seed) if method == "full" or budget >= 1.0 else Cell(method, budget, seed)
-        for seed in range(args.seeds)
+        for seed in seeds
         for method in args.methods
         for budget in (args.budgets if method != "full" else [1.0])
     ]
     cells = list(dict.fromkeys(cells))
     rows = run_pipeline(args, args.data, args.out, cells, keep_earlier=True)
+    if shards > 1:
+        console.print(
+            f"shard {shard}/{shards} ran seeds {', '.join(map(str, seeds))}; the table also "
+            "holds the cells other shards had finished"
+        )
     console.print(results_table(rows, "comparison"))
     console.print(f"results: {args.out}/results.csv, results.md, results.png")
     return EXIT_OK
@@ -251,6 +275,16 @@ def _floats(text: str) -> list[float]:
     if not values or any(not 0 < v <= 1 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: budgets must lie in (0, 1]")
     return values
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        shard, shards = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N, e.g. 2/3") from None
+    if not 1 <= shard <= shards:
+        raise argparse.ArgumentTypeError(f"{text!r}: K/N needs 1 <= K <= N, e.g. 2/3")
+    return shard, shards
 
 
 def _methods(text: str) -> list[str]:

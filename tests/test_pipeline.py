@@ -264,6 +264,38 @@ def test_fresh_discards_earlier_results_but_not_the_data(federation, tmp_path, m
     assert discard_results(out) == []
 
 
+def _cells_run(monkeypatch, argv):
+    """The cells `compare argv` hands to the pipeline (which is not run), or None on exit 2."""
+    ran = []
+    monkeypatch.setattr(compare_cmd, "run_pipeline", lambda *a, **k: ran.extend(a[3]) or [])
+    return ran if sim_main(argv) == 0 else None
+
+
+def test_compare_shards_split_the_seeds_into_disjoint_cell_sets(federation, tmp_path, monkeypatch):
+    argv = ["compare", "--data", str(federation), "--out", str(tmp_path / "run"), "--seeds", "3",
+            "--methods", "random,feddel", "--budgets", "0.05,1.0"]  # fmt: skip
+    everything = _cells_run(monkeypatch, argv)
+    shards = [_cells_run(monkeypatch, [*argv, "--shard", f"{k}/2"]) for k in (1, 2)]
+    assert {cell.seed for cell in shards[0]} == {0, 2} and {cell.seed for cell in shards[1]} == {1}
+    assert set(shards[0]) | set(shards[1]) == set(everything)
+    assert len(shards[0]) + len(shards[1]) == len(everything) == 9  # disjoint
+
+
+@pytest.mark.parametrize("shard", ["0/2", "3/2", "1/0", "2", "a/b", "4/4"])
+def test_compare_refuses_a_shard_that_holds_no_seed(federation, tmp_path, monkeypatch, shard):
+    argv = ["compare", "--data", str(federation), "--out", str(tmp_path / "run"), "--seeds", "3",
+            "--shard", shard]  # fmt: skip
+    assert _cells_run(monkeypatch, argv) is None
+
+
+def test_compare_refuses_fresh_with_shards_and_deletes_nothing(federation, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    (out / "cells" / "random-0.05-s1").mkdir(parents=True)
+    argv = ["compare", "--data", str(federation), "--out", str(out), "--shard", "1/2", "--fresh"]
+    assert _cells_run(monkeypatch, argv) is None
+    assert (out / "cells" / "random-0.05-s1").is_dir()
+
+
 @pytest.mark.parametrize("timeout, workers", [(0, worker_threads(0)), (30, 8)])
 def test_compare_runs_a_thread_per_core_unless_a_phase_can_time_out(
     federation, tmp_path, monkeypatch, timeout, workers
