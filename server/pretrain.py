@@ -102,6 +102,8 @@ class PretrainResult:
     examples: dict[str, int]  # center -> training images (centers with none omitted)
     losses: list[float]  # example-weighted mean local loss per round
     wall_s: float
+    bytes_down: int  # serialized bytes sent to centers over every round so far (resumes too)
+    bytes_up: int  # ... and received from them
 
 
 def run_pretraining(
@@ -115,6 +117,7 @@ def run_pretraining(
     server = ServerAdam(mae, config.lr, config.rounds) if config.fedadam else None
     if server is not None and resumed_from:
         server.load(out, resumed_from)
+    traffic = _TrafficSince(broadcaster, progress)
     holders = _probe(broadcaster, config) if resumed_from < config.rounds else {}
     equal = config.center_weighting == "equal"
     for round_ in range(resumed_from, config.rounds):
@@ -130,6 +133,7 @@ def run_pretraining(
         progress["rounds_done"] = round_ + 1
         progress["examples"] = {replies[n].center: replies[n].examples for n in states}
         progress["losses"].append(_mean_loss([replies[n] for n in states]))
+        progress.update(traffic.totals())
         # the checkpoint carries its progress: one atomic file is the commit point of a round
         extra = {"round": round_ + 1, "progress": progress}
         save_mae_checkpoint(mae, out / CHECKPOINT, extra=extra)
@@ -151,7 +155,26 @@ def run_pretraining(
         dict(progress["examples"]),
         list(progress["losses"]),
         time.perf_counter() - started,
+        **traffic.totals(),
     )
+
+
+class _TrafficSince:
+    """The run's bytes each way: those of earlier calls (in `progress`, so a resumed run keeps
+    counting) plus what `broadcaster` moved for pre-training since this call began."""
+
+    def __init__(self, broadcaster: Broadcaster, progress: dict[str, Any]):
+        self._traffic = broadcaster.traffic
+        self._earlier = (progress.get("bytes_down", 0), progress.get("bytes_up", 0))
+        self._start = self._now()
+
+    def _now(self) -> tuple[int, int]:
+        phase = TrainReply.ACTION
+        return self._traffic.down.get(phase, 0), self._traffic.up.get(phase, 0)
+
+    def totals(self) -> dict[str, int]:
+        (down, up), (down0, up0), (before_down, before_up) = self._now(), self._start, self._earlier
+        return {"bytes_down": before_down + down - down0, "bytes_up": before_up + up - up0}
 
 
 def _mean_loss(replies: list[TrainReply]) -> float:

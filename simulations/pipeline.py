@@ -215,6 +215,7 @@ class Pipeline:
         encoder = self.warm_up(cell.seed)
         cell_dir = self.out / "cells" / cell.name
         steps_each = self.settings.rounds // self.settings.curation_rounds
+        moved = 0  # pre-training bytes, both ways (the warm-up's are shared by the seed's cells)
         for repeat in range(self.settings.curation_rounds):
             run_name = f"{cell.name}-c{repeat}"
             summary, quality = self._curate(cell, run_name, encoder, cell_dir)
@@ -227,10 +228,11 @@ class Pipeline:
             )
             done = run_pretraining(self._cast(run_name), pretrain, cell_dir / f"mae-c{repeat}")
             encoder = done.checkpoint
+            moved += done.bytes_down + done.bytes_up
         spec = EncoderSpec(self.base.model, self.base.image_size, str(encoder), cell.seed)
         result = run_evaluation(self._cast(cell.name), spec, cell.name, self._head(cell.seed))
         retention = summary["selected"] / max(1, summary["total_samples"])
-        return self._row(cell, retention, result.miou, quality)
+        return {**self._row(cell, retention, result.miou, quality), "pretrain_gb": moved / 1e9}
 
     def warm_up(self, seed: int) -> Path:
         """The seed's warm-up MAE checkpoint (trained once, then reused by every cell)."""

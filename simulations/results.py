@@ -14,6 +14,8 @@ import numpy as np
 from common.io import atomic_write_bytes, atomic_write_text, write_csv
 
 RESULT_COLUMNS = ("method", "budget", "R", "seed", "mIoU", "DEL", "NormDEL", "wall_s")
+# what the cell's federated pre-training moved, both ways (GB; the warm-up not included)
+TRAFFIC_COLUMN = "pretrain_gb"
 QUALITY_COLUMNS = (
     "quality_disruptive_rate",
     "quality_distinct_videos_per_selected",
@@ -40,7 +42,7 @@ def group_rows(rows: Sequence[Row]) -> list[Group]:
     groups = []
     for (method, budget), members in cells.items():
         mean, std = {}, {}
-        for key in (*MEASURES, *QUALITY_COLUMNS, "wall_s"):
+        for key in (*MEASURES, *QUALITY_COLUMNS, TRAFFIC_COLUMN, "wall_s"):
             values = [float(r[key]) for r in members if r.get(key) not in (None, "")]
             if values:
                 mean[key] = float(np.mean(values))
@@ -51,7 +53,7 @@ def group_rows(rows: Sequence[Row]) -> list[Group]:
 
 def write_results(rows: Sequence[Row], out: Path, title: str) -> list[Path]:
     """results.csv, results.md and results.png under `out`; returns their paths."""
-    columns = (*RESULT_COLUMNS, *QUALITY_COLUMNS)
+    columns = (*RESULT_COLUMNS, *QUALITY_COLUMNS, TRAFFIC_COLUMN)
     csv_path = write_csv(
         out / "results.csv", columns, [[row.get(c, "") for c in columns] for row in rows]
     )
@@ -70,14 +72,16 @@ def results_markdown(groups: Sequence[Group], title: str) -> str:
         "NormDEL = sigmoid(DEL) (spans only [0.5, 0.731]). `scratch` is the random-init encoder.",
         "",
         "| method | budget | seeds | R | mIoU | DEL | NormDEL | disruptive | distinct videos "
-        "/ selected | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "/ selected | pre-train GB | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in groups:
         cells = [_pm(g, key) for key in MEASURES]
         quality = [_pm(g, key, "{:.3f}") for key in QUALITY_COLUMNS[:2]]
+        traffic = f"{g.mean[TRAFFIC_COLUMN]:.2f}" if TRAFFIC_COLUMN in g.mean else "-"
         wall = f"{g.mean.get('wall_s', 0.0):.0f}"
-        values = " | ".join([g.method, f"{g.budget:g}", str(g.seeds), *cells, *quality, wall])
+        values = [g.method, f"{g.budget:g}", str(g.seeds), *cells, *quality, traffic, wall]
+        values = " | ".join(values)
         lines.append(f"| {values} |")
     return "\n".join(lines) + "\n"
 

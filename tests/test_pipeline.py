@@ -19,6 +19,7 @@ from common.errors import ConfigError
 from common.fedavg import weights_record
 from common.io import write_json
 from common.mae import MAE, load_mae_checkpoint
+from common.protocol import record_bytes
 from common.trainproto import TrainRequest
 from server import pretrain as pretrain_module
 from server.broadcast import Broadcaster
@@ -81,12 +82,20 @@ def test_pretraining_killed_after_a_round_resumes_to_the_same_model(
     assert (resumed.rounds_done, resumed.resumed_from) == (2, 1)
     a, b = _weights(whole.checkpoint), _weights(resumed.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # round 1's traffic was counted before the kill; the resume adds only a second probe
+    assert whole.bytes_up <= resumed.bytes_up < 1.01 * whole.bytes_up
+    assert whole.bytes_down <= resumed.bytes_down < 1.01 * whole.bytes_down
 
 
 def test_centers_send_weights_and_counts_only(federation, tmp_path):
     sent = []
-    _pretrain(federation, tmp_path / "s", tmp_path / "run", observer=lambda n, m: sent.append(m))
+    result = _pretrain(
+        federation, tmp_path / "s", tmp_path / "run", observer=lambda n, m: sent.append(m)
+    )
     replies = [m.content for m in sent if m.metadata.message_type == "query.mae"]
+    assert result.bytes_up == sum(record_bytes(content) for content in replies)
+    weights = min(record_bytes(c) for c in replies if "weights" in c.array_records)
+    assert result.bytes_down > 6 * weights  # the global model went to each trained center
     probes = [c for c in replies if int(c.config_records["fields"]["steps"]) == 0]
     trained = [c for c in replies if int(c.config_records["fields"]["steps"]) > 0]
     assert len(probes) == 3  # the probe: how many training images each center holds
@@ -156,8 +165,12 @@ def test_compare_writes_results_and_resumes(federation, tmp_path, capsys):
     assert [r["method"] for r in rows] == ["scratch", "random", "feddel"]
     assert {"method", "budget", "R", "seed", "mIoU", "DEL", "NormDEL", "wall_s"} <= set(rows[0])
     assert float(rows[1]["R"]) == pytest.approx(0.3, abs=0.05)
+    assert rows[0]["pretrain_gb"] == ""  # scratch is not pre-trained
+    traffic = [float(r["pretrain_gb"]) for r in rows[1:]]  # the same rounds and centers
+    assert traffic[0] > 0.001 and traffic[1] == pytest.approx(traffic[0], rel=0.01)
     assert (out / "results.png").stat().st_size > 1000
     assert "| feddel | 0.3 | 1 |" in (out / "results.md").read_text()
+    assert "| pre-train GB |" in (out / "results.md").read_text()
     assert f"on {federation.parent.name}/data" in (out / "results.md").read_text().splitlines()[0]
     assert json.loads((out / "settings.json").read_text())["pipeline"]["batch_size"] == 4
     assert sim_main(argv) == 0  # finished cells are read back, not recomputed
@@ -348,6 +361,9 @@ def test_fedadam_centers_take_sgd_steps_and_a_killed_run_resumes_exactly(
     assert (resumed.rounds_done, resumed.resumed_from) == (3, 1)
     a, b = _weights(whole.checkpoint), _weights(resumed.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # round 1's traffic was counted before the kill; the resume adds only a second probe
+    assert whole.bytes_up <= resumed.bytes_up < 1.01 * whole.bytes_up
+    assert whole.bytes_down <= resumed.bytes_down < 1.01 * whole.bytes_down
 
 
 def test_pipeline_hands_its_optimizer_settings_to_every_pre_training_run(tmp_path):
@@ -406,6 +422,9 @@ def test_a_kill_between_checkpoint_and_progress_file_resumes_to_the_same_model(
     assert (resumed.rounds_done, resumed.resumed_from) == (3, 2)
     a, b = _weights(whole.checkpoint), _weights(resumed.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # round 1's traffic was counted before the kill; the resume adds only a second probe
+    assert whole.bytes_up <= resumed.bytes_up < 1.01 * whole.bytes_up
+    assert whole.bytes_down <= resumed.bytes_down < 1.01 * whole.bytes_down
     assert len(resumed.losses) == 3
 
 
