@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 # The README's FedSGD comparison on the demo federation: 3 seeds at 5/20/100%, one shard per
 # seed side by side (a simulated federation keeps about one core busy), then the whole table.
-# Hours on 2 cores; rerunning resumes from the finished rounds and cells.
+# About 1 h 45 min on 2 cores; rerunning resumes from the finished rounds and cells.
 FEDSGD_OUT ?= runs/fedsgd3
 FEDSGD_ARGS ?= --methods random,feddel --budgets 0.05,0.2,1.0 --fedadam --local-steps 1 \
 	--local-lr 1 --batch-size 4 --centers-per-round 4 --center-weighting equal \
