@@ -232,7 +232,8 @@ class Pipeline:
         spec = EncoderSpec(self.base.model, self.base.image_size, str(encoder), cell.seed)
         result = run_evaluation(self._cast(cell.name), spec, cell.name, self._head(cell.seed))
         retention = summary["selected"] / max(1, summary["total_samples"])
-        return {**self._row(cell, retention, result.miou, quality), "pretrain_gb": moved / 1e9}
+        row = self._row(cell, retention, result.miou, quality)
+        return {**row, "pretrain_gb": round(moved / 1e9, 4)}
 
     def warm_up(self, seed: int) -> Path:
         """The seed's warm-up MAE checkpoint (trained once, then reused by every cell)."""
