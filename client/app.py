@@ -16,11 +16,11 @@ from pathlib import Path
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from client import handlers, training
-from client.handlers import CenterPaths
-from client.state import CenterState
-from common.errors import ConfigError, FedDELError
-from common.protocol import (
+from feddel.client import handlers, training
+from feddel.client.handlers import CenterPaths
+from feddel.client.state import CenterState
+from feddel.common.errors import ConfigError, FedDELError
+from feddel.common.wire.protocol import (
     InventoryRequest,
     KeysRequest,
     LloydRequest,
@@ -29,7 +29,7 @@ from common.protocol import (
     SeedRequest,
     SelectRequest,
 )
-from common.trainproto import EvaluateRequest, SynthesizeRequest, TrainRequest
+from feddel.common.wire.trainproto import EvaluateRequest, SynthesizeRequest, TrainRequest
 
 log = logging.getLogger(__name__)
 

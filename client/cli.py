@@ -10,13 +10,13 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from client.embed_cmd import add_embed_arguments, run_embed
-from client.join_cmd import add_join_arguments, run_join
-from client.status_cmd import add_status_arguments, run_status
-from common.cliutil import EXIT_FAILED, EXIT_OK, Command, console, dispatch, run_cli
-from common.cliutil import build_parser as build_parser_for
-from common.data import Inventory, scan_center
-from common.io import write_json
+from feddel.client.commands.embed import add_embed_arguments, run_embed
+from feddel.client.commands.join import add_join_arguments, run_join
+from feddel.client.commands.status import add_status_arguments, run_status
+from feddel.common.cliutil import EXIT_FAILED, EXIT_OK, Command, console, dispatch, run_cli
+from feddel.common.cliutil import build_parser as build_parser_for
+from feddel.common.data.scan import Inventory, scan_center
+from feddel.common.io import write_json
 
 DESCRIPTION = """\
 Run FedDEL at one center. Images, embeddings and sample ids never leave this machine: the

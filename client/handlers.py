@@ -3,7 +3,7 @@
 Handlers know nothing of Flower (client/app.py wires them), so each is tested directly. The
 replies are the only things that leave the center: center-level counts, local centroids of
 clusters with at least min-count members, and, for every per-cluster statistic, a vector
-masked for secure summation (common.secagg) that reveals nothing on its own.
+masked for secure summation (common/privacy/secagg.py) that reveals nothing on its own.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from client.report import write_center_report
-from client.state import CenterState
-from common import secagg
-from common.center import prepare_center
-from common.curation import (
+from feddel.client.report import write_center_report
+from feddel.client.state import CenterState
+from feddel.common.curation.kmeans import ClusterStats, assign, cluster_stats, local_kmeans
+from feddel.common.curation.local import (
     ETA_GRID,
     CenterScores,
     candidate_histograms,
@@ -28,12 +27,14 @@ from common.curation import (
     select_feddel,
     select_meddel,
 )
-from common.embed import EncoderSpec
-from common.errors import FedDELError, ProtocolError
-from common.kmeans import ClusterStats, assign, cluster_stats, local_kmeans
-from common.manifest import manifest_rows, write_manifest
-from common.privacy import add_gaussian_noise, merge_small_clusters
-from common.protocol import (
+from feddel.common.curation.selection import ClusterPlan, random_selection
+from feddel.common.data.manifest import manifest_rows, write_manifest
+from feddel.common.data.pool import prepare_center
+from feddel.common.errors import FedDELError, ProtocolError
+from feddel.common.models.embed import EncoderSpec
+from feddel.common.privacy import secagg
+from feddel.common.privacy.cells import add_gaussian_noise, merge_small_clusters
+from feddel.common.wire.protocol import (
     InventoryReply,
     InventoryRequest,
     KeysReply,
@@ -52,7 +53,6 @@ from common.protocol import (
     score_layout,
     select_layout,
 )
-from common.selection import ClusterPlan, random_selection
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def keys(request: KeysRequest, paths: CenterPaths) -> KeysReply:
 
 
 def _masked(request: Masked, paths: CenterPaths, values: np.ndarray) -> np.ndarray:
-    """Encode and mask a vector for the round's secure sum (common.secagg)."""
+    """Encode and mask a vector for the round's secure sum (common/privacy/secagg.py)."""
     state = CenterState(paths.state)
     private = state.secagg_key(request.run)
     context = secagg.context(request.run, request.ACTION, request.attempt)

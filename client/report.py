@@ -28,11 +28,11 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from client.state import CenterState
-from common import htmlreport as hr
-from common.decode import UnreadableImage, load_image
-from common.errors import DataError
-from common.manifest import read_manifest
+from feddel.client.state import CenterState
+from feddel.common.data.decode import UnreadableImage, load_image
+from feddel.common.data.manifest import read_manifest
+from feddel.common.errors import DataError
+from feddel.common.reports import htmlreport as hr
 
 log = logging.getLogger(__name__)
 

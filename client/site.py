@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.deploy import read_site_config
-from common.errors import ConfigError
-from common.security import check_center_name
+from feddel.common.deployment.certs import check_center_name
+from feddel.common.deployment.sites import read_site_config
+from feddel.common.errors import ConfigError
 
 DEFAULT_RUNTIME_PORT = 9094
 

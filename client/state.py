@@ -1,6 +1,6 @@
 """A center's state directory: what survives between phases, runs and restarts.
 
-    <state>/embeddings/<fingerprint>/   resumable embedding cache (common.embedcache)
+    <state>/embeddings/<fingerprint>/   resumable embedding cache (common/models/embedcache.py)
     <state>/runs/<run>/pool.json        phase 0: the samples, quality flags and encoder of a run
     <state>/runs/<run>/pool.npz         phase 0: per-sample flags, mean-image sum
     <state>/runs/<run>/scores.npz       phase 3: per-sample labels and scores
@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common import secagg
-from common.errors import DataError, ProtocolError
-from common.io import atomic_write_bytes, write_json
-from common.manifest import manifest_name
+from feddel.common.data.manifest import manifest_name
+from feddel.common.errors import DataError, ProtocolError
+from feddel.common.io import atomic_write_bytes, write_json
+from feddel.common.privacy import secagg
 
 if TYPE_CHECKING:  # the pool's modules load torch: `feddel-center status` must start fast
-    from common.center import CenterPool
-    from common.curation import CenterScores
-    from common.embed import EncoderSpec
+    from feddel.common.curation.local import CenterScores
+    from feddel.common.data.pool import CenterPool
+    from feddel.common.models.embed import EncoderSpec
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,10 @@ class CenterState:
         write_json(self.run_dir(run) / "pool.json", meta)
 
     def load_pool(self, run: str) -> CenterPool:
-        from common.center import CenterPool, PoolCounts
-        from common.data import Sample
-        from common.embed import EncoderSpec
-        from common.embedcache import EmbeddingCache
+        from feddel.common.data.pool import CenterPool, PoolCounts
+        from feddel.common.data.scan import Sample
+        from feddel.common.models.embed import EncoderSpec
+        from feddel.common.models.embedcache import EmbeddingCache
 
         meta_path = self.run_dir(run) / "pool.json"
         if not meta_path.is_file():
@@ -112,7 +112,7 @@ class CenterState:
         _save_npz(self.run_dir(run) / "scores.npz", **scores._asdict())
 
     def load_scores(self, run: str) -> CenterScores:
-        from common.curation import CenterScores
+        from feddel.common.curation.local import CenterScores
 
         path = self.run_dir(run) / "scores.npz"
         if not path.is_file():

@@ -18,20 +18,20 @@ from typing import NamedTuple
 
 import numpy as np
 
-from client.handlers import CenterPaths
-from client.state import CenterState
-from common.data import scan_center
-from common.decode import UnreadableImage, load_image, load_mask
-from common.embed import EncoderSpec, build_encoder
-from common.errors import DataError
-from common.fedavg import read_weights, weights_record
-from common.io import atomic_write_bytes
-from common.mae import MAE, train_mae
-from common.manifest import read_manifest
-from common.mosaic import list_mosaics, synthesize_mosaics
-from common.patches import ErrorMapProposer, FirstNonEmpty, MaskProposer
-from common.segmentation import HeadConfig, evaluate_segmentation
-from common.trainproto import (
+from feddel.client.handlers import CenterPaths
+from feddel.client.state import CenterState
+from feddel.common.data.decode import UnreadableImage, load_image, load_mask
+from feddel.common.data.manifest import read_manifest
+from feddel.common.data.scan import scan_center
+from feddel.common.errors import DataError
+from feddel.common.io import atomic_write_bytes
+from feddel.common.models.embed import EncoderSpec, build_encoder
+from feddel.common.models.mae import MAE, train_mae
+from feddel.common.models.segmentation import HeadConfig, evaluate_segmentation
+from feddel.common.synthesis.mosaic import list_mosaics, synthesize_mosaics
+from feddel.common.synthesis.patches import ErrorMapProposer, FirstNonEmpty, MaskProposer
+from feddel.common.wire.fedavg import read_weights, weights_record
+from feddel.common.wire.trainproto import (
     EvaluateReply,
     EvaluateRequest,
     SynthesizeReply,

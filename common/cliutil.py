@@ -13,7 +13,7 @@ from typing import NoReturn
 from rich.console import Console
 from rich.text import Text
 
-from common.errors import ConfigError, FedDELError, RunFailed
+from feddel.common.errors import ConfigError, FedDELError, RunFailed
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job ran but did not reach its goal (e.g. too few centers answered)

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from common.errors import ConfigError
+from feddel.common.errors import ConfigError
 
-# FedDEL's own ViT, registered with timm by common.models (why this size: see there).
+# FedDEL's own ViT, registered with timm by common/models/registry.py (why this size: see there).
 DEFAULT_MODEL = "vit_feddel_patch8_64"
 
 # What centers are asked to do in the selection phases (the wire's method values) ...

@@ -19,3 +19,7 @@ class ProtocolError(FedDELError):
 
 class RunFailed(FedDELError):
     """The job ran but could not reach its goal (e.g. too few centers answered): exit 1."""
+
+
+class Refused(FedDELError):
+    """A center declines a request that its own site policy does not allow (center.toml)."""

@@ -15,10 +15,10 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.config import CurationConfig
-from server.broadcast import Broadcaster
-from server.curation import run_round
-from server.report import write_round
+from feddel.common.config import CurationConfig
+from feddel.server.broadcast import Broadcaster
+from feddel.server.curation.round import run_round
+from feddel.server.report import write_round
 
 log = logging.getLogger(__name__)
 

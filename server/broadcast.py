@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import numpy as np
 from flwr.serverapp import Grid
 
-from common import secagg
-from common.errors import ProtocolError, RunFailed
-from common.protocol import CENTER_ERROR, Masked, MaskedReply, Payload, record_bytes
+from feddel.common.errors import ProtocolError, RunFailed
+from feddel.common.privacy import secagg
+from feddel.common.wire.protocol import CENTER_ERROR, Masked, MaskedReply, Payload, record_bytes
 
 log = logging.getLogger(__name__)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from common.cliutil import EXIT_OK, Command, console, dispatch, run_cli
-from common.cliutil import build_parser as build_parser_for
-from common.config import CurationConfig, parse_overrides
-from common.io import write_json
-from server.certs_cmd import add_certs_arguments, run_certs
-from server.submit import add_curate_arguments, run_curate
-from server.superlink import add_start_arguments, run_start
+from feddel.common.cliutil import EXIT_OK, Command, console, dispatch, run_cli
+from feddel.common.cliutil import build_parser as build_parser_for
+from feddel.common.config import CurationConfig, parse_overrides
+from feddel.common.io import write_json
+from feddel.server.deployment.certs import add_certs_arguments, run_certs
+from feddel.server.deployment.submit import add_curate_arguments, run_curate
+from feddel.server.deployment.superlink import add_start_arguments, run_start
 
 DESCRIPTION = """\
 Coordinate FedDEL curation rounds. The coordinator never sees images, embeddings or sample

@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from common.io import write_json, write_npy
-from server.curation import RoundResult
-from server.report_html import write_coordinator_report
+from feddel.common.io import write_json, write_npy
+from feddel.server.curation.round import RoundResult
+from feddel.server.report_html import write_coordinator_report
 
 SUMMARY_FILE = "summary.json"
 CENTROIDS_FILE = "centroids.npy"  # the round's global centroids (means of >= min-count samples)

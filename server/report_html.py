@@ -1,6 +1,6 @@
 """The coordinator's `report.html`: one round, from the aggregates in its summary only.
 
-Input is exactly the dict `server.report.round_summary` returns (or its summary.json), so the
+Input is exactly the dict `server/report.py (round_summary)` returns (or its summary.json), so the
 page can show nothing a center did not already send. Center names and failure reasons come from
 remote peers: every string is escaped on the page and mathtext-escaped in plots. Missing or odd
 optional keys leave a section out instead of failing, so a partial round still gets a report.
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from common import htmlreport as hr
-from common.errors import DataError
+from feddel.common.errors import DataError
+from feddel.common.reports import htmlreport as hr
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def write_coordinator_report(summary: Mapping[str, Any], out_dir: Path) -> Path:
     if not isinstance(summary, Mapping):
         raise DataError(
             f"round summary must be a JSON object (got {type(summary).__name__}); "
-            "pass the dict from server.report.round_summary or its summary.json"
+            "pass the dict from server/report.py (round_summary) or its summary.json"
         )
     out_dir = Path(out_dir)
     sections = [_failures(summary), _headline(summary)]

@@ -15,9 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from common.center import CenterPool, prepare_center
-from common.config import CurationConfig
-from common.curation import (
+from feddel.common.config import CurationConfig
+from feddel.common.curation.kmeans import (
+    KMeansResult,
+    assign,
+    cluster_stats,
+    lloyd,
+    merge_stats,
+    weighted_kmeans_plusplus,
+)
+from feddel.common.curation.local import (
     ETA_GRID,
     CenterScores,
     auto_tau,
@@ -29,21 +36,14 @@ from common.curation import (
     select_meddel,
     smoothed_prior,
 )
-from common.embed import EncoderSpec
-from common.io import write_csv, write_json
-from common.kmeans import (
-    KMeansResult,
-    assign,
-    cluster_stats,
-    lloyd,
-    merge_stats,
-    weighted_kmeans_plusplus,
-)
-from common.manifest import MANIFEST_COLUMNS, manifest_rows
-from common.selection import apply_plan, pick_eta, random_selection
-from server.report import center_row
-from simulations.evaluate import truth_measures
-from simulations.layout import center_dirs
+from feddel.common.curation.selection import apply_plan, pick_eta, random_selection
+from feddel.common.data.manifest import MANIFEST_COLUMNS, manifest_rows
+from feddel.common.data.pool import CenterPool, prepare_center
+from feddel.common.io import write_csv, write_json
+from feddel.common.models.embed import EncoderSpec
+from feddel.server.report import center_row
+from feddel.simulations.evaluate import truth_measures
+from feddel.simulations.layout import center_dirs
 
 
 def encoder_spec(config: CurationConfig) -> EncoderSpec:

@@ -12,18 +12,18 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from common.cliutil import EXIT_OK, Command, console, dispatch, run_cli
-from common.cliutil import build_parser as build_parser_for
-from simulations.bench_cmd import add_bench_arguments, bench_run
-from simulations.compare_cmd import add_compare_arguments, compare_run
-from simulations.curate_cmd import (
+from feddel.common.cliutil import EXIT_OK, Command, console, dispatch, run_cli
+from feddel.common.cliutil import build_parser as build_parser_for
+from feddel.simulations.commands.bench import add_bench_arguments, bench_run
+from feddel.simulations.commands.compare import add_compare_arguments, compare_run
+from feddel.simulations.commands.curate import (
     add_curate_arguments,
     curate_run,
     federation_table,
 )
-from simulations.demo_cmd import add_demo_arguments, demo_run
-from simulations.synth import generate_federation
-from simulations.synth.plan import SCALES
+from feddel.simulations.commands.demo import add_demo_arguments, demo_run
+from feddel.simulations.synth import generate_federation
+from feddel.simulations.synth.plan import SCALES
 
 DESCRIPTION = """\
 Simulate FedDEL on one machine. Start with `feddel-sim data --out data/fed` to generate a

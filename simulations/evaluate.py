@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common.io import read_csv
-from common.metrics import curation_quality
-from common.selection import random_selection
-from simulations.layout import load_truth
+from feddel.common.curation.selection import random_selection
+from feddel.common.io import read_csv
+from feddel.common.reports.metrics import curation_quality
+from feddel.simulations.layout import load_truth
 
 
 def selected_files(selection_csv: str | Path) -> dict[str, list[str]]:

@@ -2,7 +2,7 @@
 
 - `ray`: Flower's simulation engine (`run_simulation`), one virtual SuperNode per center, one
   CPU per virtual client.
-- `inprocess`: the apps driven by simulations.inprocess.InProcessGrid (no Ray): fast, used by
+- `inprocess`: the apps driven by simulations/inprocess.py.InProcessGrid (no Ray): fast, used by
   tests, and the same protocol byte for byte.
 
 Each virtual center maps its `partition-id` to the i-th center folder of the federation; its
@@ -23,15 +23,15 @@ from typing import Any
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import ServerApp
 
-from client.app import build_client_app
-from client.handlers import CenterPaths
-from common.config import CurationConfig
-from common.errors import ConfigError, DataError
-from common.io import write_csv
-from common.manifest import MANIFEST_COLUMNS, manifest_name, read_manifest
-from server.app import build_server_app
-from simulations.inprocess import InProcessGrid
-from simulations.layout import center_dirs
+from feddel.client.app import build_client_app
+from feddel.client.handlers import CenterPaths
+from feddel.common.config import CurationConfig
+from feddel.common.data.manifest import MANIFEST_COLUMNS, manifest_name, read_manifest
+from feddel.common.errors import ConfigError, DataError
+from feddel.common.io import write_csv
+from feddel.server.app import build_server_app
+from feddel.simulations.inprocess import InProcessGrid
+from feddel.simulations.layout import center_dirs
 
 log = logging.getLogger(__name__)
 

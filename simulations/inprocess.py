@@ -20,7 +20,7 @@ from flwr.common import serde
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from common.protocol import record_proto
+from feddel.common.wire.protocol import record_proto
 
 log = logging.getLogger(__name__)
 

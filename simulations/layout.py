@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.errors import DataError
-from common.io import read_csv
+from feddel.common.errors import DataError
+from feddel.common.io import read_csv
 
 TRUTH_FILE = "truth.csv"
 FEDERATION_FILE = "federation.json"

@@ -1,7 +1,7 @@
 """The whole FedDEL pipeline on a simulated federation: warm-up, curate, pre-train, evaluate.
 
 For each seed: a short federated MAE warm-up on a small uniform sample gives curation its
-encoder (DESIGN.md); the random-init encoder is scored once as the floor. Then for each
+encoder (docs/design.md); the random-init encoder is scored once as the floor. Then for each
 (method, budget) cell: a curation round with the warm-up encoder, federated MAE pre-training on
 the selection starting from the warm-up weights (the same number of steps for every budget:
 compute-matched), and downstream evaluation. `curation_rounds` > 1 repeats curate + pre-train
@@ -28,23 +28,20 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
-import client
-import common
-import server
-import simulations
-from common.config import CurationConfig, with_field_defaults
-from common.embed import EncoderSpec
-from common.errors import ConfigError
-from common.io import write_json
-from common.metrics import del_score, norm_del
-from common.segmentation import HeadConfig
-from server.broadcast import Broadcaster
-from server.curation import run_round
-from server.downstream import run_evaluation
-from server.pretrain import PretrainConfig, run_pretraining
-from server.report import write_round
-from simulations.evaluate import selected_files, truth_measures
-from simulations.federated import gather_manifests
+from feddel import client, common, server, simulations
+from feddel.common.config import CurationConfig, with_field_defaults
+from feddel.common.errors import ConfigError
+from feddel.common.io import write_json
+from feddel.common.models.embed import EncoderSpec
+from feddel.common.models.segmentation import HeadConfig
+from feddel.common.reports.metrics import del_score, norm_del
+from feddel.server.broadcast import Broadcaster
+from feddel.server.curation.round import run_round
+from feddel.server.report import write_round
+from feddel.server.training.downstream import run_evaluation
+from feddel.server.training.pretrain import PretrainConfig, run_pretraining
+from feddel.simulations.evaluate import selected_files, truth_measures
+from feddel.simulations.federated import gather_manifests
 
 log = logging.getLogger(__name__)
 

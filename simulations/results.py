@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from common.io import atomic_write_bytes, atomic_write_text, write_csv
+from feddel.common.io import atomic_write_bytes, atomic_write_text, write_csv
 
 RESULT_COLUMNS = ("method", "budget", "R", "seed", "mIoU", "DEL", "NormDEL", "wall_s")
 # what the cell's federated pre-training moved, both ways (GB; the warm-up not included)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from client.cli import build_parser as center_parser
-from server.cli import build_parser as coordinator_parser
-from simulations.cli import build_parser as sim_parser
+from feddel.client.cli import build_parser as center_parser
+from feddel.server.cli import build_parser as coordinator_parser
+from feddel.simulations.cli import build_parser as sim_parser
 
 
 def _subcommands(parser):

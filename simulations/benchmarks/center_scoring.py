@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from simulations.benchmarks.records import Record, Say, Stopwatch, Target, ratio, record
-from simulations.benchmarks.synthetic import Datasets
+from feddel.simulations.benchmarks.records import Record, Say, Stopwatch, Target, ratio, record
+from feddel.simulations.benchmarks.synthetic import Datasets
 
 TIME_TARGET = Target("<=", 60.0)
 MEMORY_TARGET = Target("<=", 4.0)  # GB (10^9 bytes)
@@ -118,7 +118,8 @@ def score_and_select(path: Path, params: CenterParams) -> dict[str, Any]:
     """The child's work (see the module docstring); returns seconds, counts and memory."""
     from sklearn.cluster import KMeans
 
-    from common.curation import (
+    from feddel.common.curation.kmeans import assign, cluster_stats
+    from feddel.common.curation.local import (
         auto_tau,
         candidate_histograms,
         plan_feddel,
@@ -127,7 +128,6 @@ def score_and_select(path: Path, params: CenterParams) -> dict[str, Any]:
         select_feddel,
         smoothed_prior,
     )
-    from common.kmeans import assign, cluster_stats
 
     sampler = _MemorySampler()
     sampler.start()

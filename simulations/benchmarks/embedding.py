@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import embed
-from common.decode import load_image
-from common.embed import EncoderSpec, embed_batch
-from simulations.benchmarks.records import Record, Say, Target, ratio, record
+from feddel.common.data.decode import load_image
+from feddel.common.models import embed
+from feddel.common.models.embed import EncoderSpec, embed_batch
+from feddel.simulations.benchmarks.records import Record, Say, Target, ratio, record
 
 TARGET = Target(">=", 0.85)  # pipeline img/s over bare forward img/s
 SOURCE_PX = 512  # side of the written PNGs: decoding and resizing them is real work

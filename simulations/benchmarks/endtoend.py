@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import CurationConfig
-from simulations.benchmarks.records import Record, Say, Stopwatch, Target, ratio, record
-from simulations.centralized import run_centralized
-from simulations.federated import run_federated
-from simulations.layout import FEDERATION_FILE
-from simulations.synth import generate_federation
+from feddel.common.config import CurationConfig
+from feddel.simulations.benchmarks.records import Record, Say, Stopwatch, Target, ratio, record
+from feddel.simulations.centralized import run_centralized
+from feddel.simulations.federated import run_federated
+from feddel.simulations.layout import FEDERATION_FILE
+from feddel.simulations.synth import generate_federation
 
 TARGET = Target("<=", 1.5)
 

@@ -23,13 +23,26 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.cluster import KMeans
 
-from common import secagg
-from common.kmeans import ClusterStats, assign, cluster_stats, lloyd_rounds, local_kmeans
-from common.privacy import merge_small_clusters, suppress_small_cells
-from common.protocol import LloydReply, SeedReply, lloyd_layout, pack, record_bytes, unpack
-from server.aggregate import seed_centers
-from simulations.benchmarks.records import Record, Say, Stopwatch, Target, ratio, record
-from simulations.benchmarks.synthetic import Datasets, SyntheticSet
+from feddel.common.curation.kmeans import (
+    ClusterStats,
+    assign,
+    cluster_stats,
+    lloyd_rounds,
+    local_kmeans,
+)
+from feddel.common.privacy import secagg
+from feddel.common.privacy.cells import merge_small_clusters, suppress_small_cells
+from feddel.common.wire.protocol import (
+    LloydReply,
+    SeedReply,
+    lloyd_layout,
+    pack,
+    record_bytes,
+    unpack,
+)
+from feddel.server.curation.aggregate import seed_centers
+from feddel.simulations.benchmarks.records import Record, Say, Stopwatch, Target, ratio, record
+from feddel.simulations.benchmarks.synthetic import Datasets, SyntheticSet
 
 INERTIA_TARGET = Target("<=", 1.02)
 RUN = "bench"
@@ -123,7 +136,7 @@ def federated_kmeans(
 
 
 def _seed_reply(shard: np.ndarray, k_local: int, params: KMeansParams) -> SeedReply:
-    """What `client.handlers.seed` replies: merged local centroids padded to k_local rows."""
+    """What `client/handlers.py (seed)` replies: merged local centroids padded to k_local rows."""
     d = shard.shape[1]
     centroids, counts = np.zeros((k_local, d)), np.zeros(k_local, dtype=np.int64)
     local = local_kmeans(shard, min(k_local, len(shard)), params.seed)

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import CurationConfig
-from simulations.benchmarks.records import Record, Say, growth_exponent, record
-from simulations.benchmarks.synthetic import Datasets
-from simulations.benchmarks.synthfed import run_round
+from feddel.common.config import CurationConfig
+from feddel.simulations.benchmarks.records import Record, Say, growth_exponent, record
+from feddel.simulations.benchmarks.synthetic import Datasets
+from feddel.simulations.benchmarks.synthfed import run_round
 
 
 @dataclass(frozen=True)

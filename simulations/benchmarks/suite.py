@@ -15,19 +15,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from common.errors import ConfigError
-from common.io import atomic_write_text, write_json
-from simulations.benchmarks import (
+from feddel.common.errors import ConfigError
+from feddel.common.io import atomic_write_text, write_json
+from feddel.simulations.benchmarks import (
     center_scoring,
     embedding,
     endtoend,
     federated_kmeans,
     scale,
 )
-from simulations.benchmarks.records import Record, Say, Stopwatch, Target, machine, machine_line
-from simulations.benchmarks.records import markdown as render_markdown
-from simulations.benchmarks.records import record as make_record
-from simulations.benchmarks.synthetic import Datasets
+from feddel.simulations.benchmarks.records import (
+    Record,
+    Say,
+    Stopwatch,
+    Target,
+    machine,
+    machine_line,
+)
+from feddel.simulations.benchmarks.records import markdown as render_markdown
+from feddel.simulations.benchmarks.records import record as make_record
+from feddel.simulations.benchmarks.synthetic import Datasets
 
 NAMES = {
     1: "embedding throughput",

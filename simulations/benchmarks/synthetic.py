@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from common.errors import ConfigError
+from feddel.common.errors import ConfigError
 
 MODE_SPREAD = 0.8  # video direction = mode + MODE_SPREAD * N(0, I/d)
 FRAME_NOISE = (0.05, 0.25)  # per-video frame noise, uniform in this range

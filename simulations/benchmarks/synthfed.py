@@ -1,8 +1,9 @@
 """A federation of synthetic embeddings driven through the real apps, without any image.
 
 Each center's state folder gets what its inventory phase would have left there: the embedding
-cache (common.embedcache layout, the center's block of rows) and the run's pool (one sample per
-row, none disruptive). The ClientApp is FedDEL's (`client.app.PHASES`), except that its inventory
+cache (common/models/embedcache.py layout, the center's block of rows) and the run's pool (one
+sample per
+row, none disruptive). The ClientApp is FedDEL's (`client/app.py.PHASES`), except that its inventory
 handler reports that stored pool instead of scanning and embedding images; every other phase
 (keys, seed, Lloyd, score, select) is the real handler, over the in-process engine, so secure
 aggregation, serialization and the coordinator's ServerApp are all measured.
@@ -20,18 +21,18 @@ import numpy as np
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.app import PHASES
-from client.handlers import CenterPaths
-from client.state import CenterState
-from common.center import CenterPool, PoolCounts
-from common.config import CurationConfig
-from common.data import Sample
-from common.embed import EncoderSpec, encoder_fingerprint
-from common.embedcache import EmbeddingCache
-from common.protocol import InventoryReply, InventoryRequest, Payload
-from server.app import build_server_app
-from simulations.benchmarks.synthetic import SyntheticSet
-from simulations.inprocess import InProcessGrid
+from feddel.client.app import PHASES
+from feddel.client.handlers import CenterPaths
+from feddel.client.state import CenterState
+from feddel.common.config import CurationConfig
+from feddel.common.data.pool import CenterPool, PoolCounts
+from feddel.common.data.scan import Sample
+from feddel.common.models.embed import EncoderSpec, encoder_fingerprint
+from feddel.common.models.embedcache import EmbeddingCache
+from feddel.common.wire.protocol import InventoryReply, InventoryRequest, Payload
+from feddel.server.app import build_server_app
+from feddel.simulations.benchmarks.synthetic import SyntheticSet
+from feddel.simulations.inprocess import InProcessGrid
 
 MODEL = {384: "vit_small_patch16_224", 192: "vit_tiny_patch16_224"}  # named by dimension
 IMAGE_SIZE = 16  # the spec's image size: only the fingerprint and the mean-image shape use it
@@ -130,7 +131,7 @@ def run_round(
     grid = InProcessGrid(
         client_app(names, work / "centers"), len(names), workers=min(workers, len(names))
     )
-    quiet = logging.getLogger("client.report")  # no images: every thumbnail would warn
+    quiet = logging.getLogger("feddel.client.report")  # no images: every thumbnail would warn
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:

@@ -6,8 +6,8 @@ and mode mixes, video-like near-duplicate frames, a rare mode, disruptive frames
 duplicate files, corrupt files, polyp masks and a held-out labeled test split per center.
 """
 
-from simulations.synth.disrupt import DISRUPTIONS
-from simulations.synth.federation import GENERATOR_VERSION, generate_federation
-from simulations.synth.modes import MODES
+from feddel.simulations.synth.disrupt import DISRUPTIONS
+from feddel.simulations.synth.federation import GENERATOR_VERSION, generate_federation
+from feddel.simulations.synth.modes import MODES
 
 __all__ = ["DISRUPTIONS", "GENERATOR_VERSION", "MODES", "generate_federation"]

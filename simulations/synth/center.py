@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.io import write_csv
-from simulations.synth.disrupt import disrupt
-from simulations.synth.modes import MODES
-from simulations.synth.plan import CenterPlan, VideoPlan, frame_file, mask_file
-from simulations.synth.scene import render, sample_path, sample_scene
-from simulations.synth.style import develop
+from feddel.common.io import write_csv
+from feddel.simulations.synth.disrupt import disrupt
+from feddel.simulations.synth.modes import MODES
+from feddel.simulations.synth.plan import CenterPlan, VideoPlan, frame_file, mask_file
+from feddel.simulations.synth.scene import render, sample_path, sample_scene
+from feddel.simulations.synth.style import develop
 
 TRUTH_COLUMNS: tuple[str, ...] = ("file", "video", "mode", "disruptive", "duplicate_of", "corrupt")
 _CORRUPT_KEEP = (0.3, 0.7)  # fraction of a PNG's bytes kept in a truncated (corrupt) file

@@ -13,9 +13,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from simulations.synth.filters import motion_blur
-from simulations.synth.noise import smoothstep
-from simulations.synth.scene import frame_grid
+from feddel.simulations.synth.filters import motion_blur
+from feddel.simulations.synth.noise import smoothstep
+from feddel.simulations.synth.scene import frame_grid
 
 DISRUPTIONS: tuple[str, ...] = ("blur", "dark", "overexposed", "bubbles", "blank")
 

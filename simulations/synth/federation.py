@@ -18,11 +18,11 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from common.errors import ConfigError, DataError
-from common.io import atomic_write_text, write_json
-from simulations.synth.center import CenterSummary, write_center
-from simulations.synth.plan import SCALES, CenterPlan, plan_federation
-from simulations.synth.preview import write_preview
+from feddel.common.errors import ConfigError, DataError
+from feddel.common.io import atomic_write_text, write_json
+from feddel.simulations.synth.center import CenterSummary, write_center
+from feddel.simulations.synth.plan import SCALES, CenterPlan, plan_federation
+from feddel.simulations.synth.preview import write_preview
 
 GENERATOR_VERSION = "1.0"
 MARKER = ".feddel-synth.json"  # written first: marks a folder (even half-written) as ours

@@ -12,7 +12,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from simulations.synth.noise import Fbm, smoothstep
+from feddel.simulations.synth.noise import Fbm, smoothstep
 
 MODES: tuple[str, ...] = ("normal", "polyp", "ulcer", "bleeding", "instrument", "diverticulum")
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulations.synth.disrupt import DISRUPTIONS
-from simulations.synth.modes import MODES
-from simulations.synth.style import DeviceStyle, sample_style
+from feddel.simulations.synth.disrupt import DISRUPTIONS
+from feddel.simulations.synth.modes import MODES
+from feddel.simulations.synth.style import DeviceStyle, sample_style
 
 RARE_MODE = "diverticulum"
 RARE_SHARE = 0.022  # of the federation's pool; the issue asks for under 3%

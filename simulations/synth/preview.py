@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from common.io import atomic_write_bytes, read_csv
-from simulations.synth.disrupt import DISRUPTIONS
-from simulations.synth.modes import MODES
-from simulations.synth.plan import mask_file
+from feddel.common.io import atomic_write_bytes, read_csv
+from feddel.simulations.synth.disrupt import DISRUPTIONS
+from feddel.simulations.synth.modes import MODES
+from feddel.simulations.synth.plan import mask_file
 
 EXAMPLES = 6
 MIN_TILE = 96

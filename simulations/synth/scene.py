@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from simulations.synth.modes import Geometry, Lesion, sample_lesion
-from simulations.synth.noise import Fbm, smoothstep
+from feddel.simulations.synth.modes import Geometry, Lesion, sample_lesion
+from feddel.simulations.synth.noise import Fbm, smoothstep
 
 
 class Pose(NamedTuple):

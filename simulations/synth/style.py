@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from simulations.synth.filters import gaussian_blur
+from feddel.simulations.synth.filters import gaussian_blur
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 

@@ -1,0 +1,1 @@
+"""feddel-center subcommands: embed, join, status (check lives in client/cli.py)."""

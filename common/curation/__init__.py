@@ -1,0 +1,1 @@
+"""The curation math, numpy only: quality flags, k-means, V-information, selection, methods."""

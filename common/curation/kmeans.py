@@ -1,0 +1,426 @@
+"""Federated k-means: per-center sufficient statistics, an exact merge, the server's update.
+
+A center runs `assign` and `cluster_stats` on its own embeddings and sends only the statistics;
+the server runs `merge_stats`, `update_centers` and `inertia_converged`. `lloyd` is that same loop
+over a list of shards, so the centralized and the federated paths share every line of arithmetic.
+
+Exactness: Lloyd over shards equals Lloyd over their concatenation bit for bit, whatever the shard
+sizes, the chunk sizes or the order in which centers reply, because
+- `assign` is row-deterministic. BLAS picks kernels by matrix shape, so a row's float32 score can
+  depend on the rows batched with it; the fast float32 matmul therefore decides a label only when
+  the gap to the runner-up exceeds a rounding bound, and the other rows (rare) and every squared
+  distance are computed row by row in float64.
+- `cluster_stats` sums values rounded to the grid 2**-30, so float64 addition is exact and
+  order-free while each |sum| < 2**23 (unit-norm embeddings: under 8 million members per
+  cluster); beyond that it degrades to ordinary float64 rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+from feddel.common.errors import ConfigError, DataError, ProtocolError
+
+log = logging.getLogger(__name__)
+
+SPLIT_SCALE = 0.1  # a re-seeded center sits 0.1 RMS radii away from the split cluster's center
+_GRID = 2.0**30  # cluster_stats rounds to multiples of 1/_GRID (see the module docstring)
+_ROW_BLOCK = 8192  # rows per float64 sub-block: temporaries stay ~ _ROW_BLOCK * max(d, k) * 8 B
+_UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
+LOCAL_INITS = 3  # k-means++ restarts of a center's local k-means (the best inertia wins)
+
+
+class Assignment(NamedTuple):
+    labels: np.ndarray  # (n,) int32: nearest center, ties -> lowest index
+    sqdist: np.ndarray  # (n,) float32: squared Euclidean distance to that center
+
+
+class ClusterStats(NamedTuple):
+    """What a center reports for one Lloyd round; additive over centers."""
+
+    count: np.ndarray  # (k,) int64 members per cluster
+    sum: np.ndarray  # (k, d) float64 sum of member embeddings
+    sqdist: np.ndarray  # (k,) float64 sum of members' squared distances to their center
+
+    @property
+    def inertia(self) -> float:
+        return float(self.sqdist.sum())
+
+
+class UpdatedCenters(NamedTuple):
+    centers: np.ndarray  # (k, d) float64
+    reseeded: list[int]  # clusters that were empty and re-seeded by a split
+    shift: float  # largest L2 move of a center from the previous round
+
+
+class LocalClusters(NamedTuple):
+    centers: np.ndarray  # (k', d) float64 means of the local clusters
+    counts: np.ndarray  # (k',) int64 members of each (every count >= 1)
+
+
+class KMeansResult(NamedTuple):
+    centers: np.ndarray  # (k, d) float64 after the last update
+    inertia_history: list[float]  # inertia of the centers each round started from
+    rounds: int
+
+
+def check_embeddings(X: np.ndarray, name: str = "X") -> np.ndarray:
+    """Return X (n >= 1, d >= 1) as an array without copying (np.memmap stays a memmap)."""
+    if not isinstance(X, np.ndarray):
+        X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"{name} has shape {X.shape}; expected a non-empty (n, d) embedding matrix")
+    if not np.issubdtype(X.dtype, np.floating):
+        raise DataError(f"{name} has dtype {X.dtype}; expected float embeddings")
+    return X
+
+
+def check_labels(labels: np.ndarray, n: int, k: int, name: str = "labels") -> np.ndarray:
+    """Return labels as an int64 (n,) array, every value in [0, k)."""
+    arr = np.asarray(labels)
+    if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"{name} has shape {arr.shape} and dtype {arr.dtype}; expected ({n},) ints")
+    if n and (arr.min() < 0 or arr.max() >= k):
+        raise DataError(f"{name} range [{arr.min()}, {arr.max()}] must lie in [0, {k - 1}] (k={k})")
+    return arr.astype(np.int64, copy=False)
+
+
+def check_centers(centers: np.ndarray, d: int, name: str = "centers") -> np.ndarray:
+    """Return centers as a finite float64 (k, d) array with k >= 1."""
+    arr = np.asarray(centers, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] != d:
+        raise DataError(f"{name} has shape {arr.shape}; expected (k, {d}) with k >= 1")
+    if not np.isfinite(arr).all():
+        raise DataError(f"{name} contain NaN or inf values")
+    return arr
+
+
+def _check_chunk(chunk_size: int) -> None:
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError(f"chunk_size={chunk_size!r} must be an integer >= 1")
+
+
+def assign(X: np.ndarray, centers: np.ndarray, chunk_size: int = 65536) -> Assignment:
+    """Nearest center of each row of X (n, d), read `chunk_size` rows at a time.
+
+    Labels come from float32 scores ||c||^2 - 2 x.c (one matmul per chunk) where the winner is
+    certain, else from float64 distances (ties -> lowest index); sqdist is ||x - c_label||^2
+    reduced per row in the precision of X (no cancellation, never negative). Extra memory
+    ~ chunk_size * (k + d) * 4 bytes.
+    """
+    X = check_embeddings(X)
+    C = check_centers(centers, X.shape[1])
+    _check_chunk(chunk_size)
+    n = X.shape[0]
+    labels = np.empty(n, dtype=np.int32)
+    sqdist = np.empty(n, dtype=np.float32)
+    C32 = C.astype(np.float32)
+    cc = np.einsum("ij,ij->i", C, C)
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        chunk = np.asarray(X[start:stop])
+        if not np.isfinite(chunk).all():
+            raise DataError(f"X rows {start}..{stop - 1} contain NaN or inf; re-embed them")
+        labels[start:stop] = _nearest(chunk, C, C32, cc)
+        same_precision = C if chunk.dtype == np.float64 else C32
+        sqdist[start:stop] = _row_sqdist(chunk, same_precision, labels[start:stop])
+    return Assignment(labels, sqdist)
+
+
+def _nearest(chunk: np.ndarray, C: np.ndarray, C32: np.ndarray, cc: np.ndarray) -> np.ndarray:
+    """Labels for one chunk; rows whose float32 winner is not certain are redone in float64."""
+    x32 = chunk.astype(np.float32, copy=False)
+    scores = x32 @ C32.T
+    scores *= -2.0
+    scores += cc.astype(np.float32)
+    labels = scores.argmin(axis=1)
+    if C.shape[0] == 1:
+        return labels
+    top2 = np.partition(scores, 1, axis=1)[:, :2]
+    gap = top2[:, 1] - top2[:, 0]
+    # Worst-case error of one float32 score (input casts, dot product of length d, the adds),
+    # doubled for slack; a gap above 2 bounds means the true winner is the float32 winner.
+    cmax = math.sqrt(float(cc.max()))
+    xnorm = 1.01 * np.sqrt(np.einsum("ij,ij->i", x32, x32))
+    bound = 2.0 * (C.shape[1] + 8) * _UNIT_ROUNDOFF * (2.0 * xnorm * cmax + cmax**2)
+    unsure = np.flatnonzero(gap <= 2.0 * bound)
+    if unsure.size:
+        limit = top2[unsure, 0].astype(np.float64) + 2.0 * bound[unsure].astype(np.float64)
+        labels[unsure] = _nearest_float64(chunk[unsure], C, scores[unsure], limit)
+    return labels
+
+
+def _nearest_float64(
+    x: np.ndarray, C: np.ndarray, scores: np.ndarray, limit: np.ndarray
+) -> np.ndarray:
+    """Labels (m,) of rows x (m, d) from float64 distances (ties -> lowest index), computed only
+    to the centers whose float32 score is <= limit (m,): any other center's score exceeds the
+    winner's by more than the float32 error bound, so it cannot win in float64 either."""
+    rows, cols = np.nonzero(scores.astype(np.float64) <= limit[:, None])
+    dist = np.empty(rows.size)
+    for lo in range(0, rows.size, _ROW_BLOCK):
+        r, c = rows[lo : lo + _ROW_BLOCK], cols[lo : lo + _ROW_BLOCK]
+        diff = x[r].astype(np.float64) - C[c]
+        dist[lo : lo + r.size] = (diff * diff).sum(axis=1)
+    order = np.lexsort((cols, dist, rows))
+    first = np.flatnonzero(np.diff(rows[order], prepend=-1))
+    return cols[order[first]]
+
+
+def _row_sqdist(chunk: np.ndarray, C: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """||x - c_label||^2 per row in the precision of C; a per-row reduction, so row-exact."""
+    out = np.empty(chunk.shape[0], dtype=np.float32)
+    for lo in range(0, chunk.shape[0], _ROW_BLOCK):
+        hi = lo + _ROW_BLOCK
+        diff = chunk[lo:hi] - C[labels[lo:hi]]
+        diff *= diff
+        out[lo:hi] = diff.sum(axis=1)
+    return out
+
+
+def cluster_stats(
+    X: np.ndarray, assignment: Assignment, k: int, chunk_size: int = 65536
+) -> ClusterStats:
+    """Per-cluster count, sum and squared-distance sum of X (n, d) under `assignment`."""
+    X = check_embeddings(X)
+    _check_chunk(chunk_size)
+    n, d = X.shape
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k={k!r} must be an integer >= 1")
+    labels = check_labels(assignment.labels, n, k)
+    sq = np.asarray(assignment.sqdist, dtype=np.float64)
+    if sq.shape != (n,):
+        raise DataError(f"assignment.sqdist has shape {sq.shape}; expected ({n},)")
+    sums = np.zeros((k, d))
+    step = min(chunk_size, _ROW_BLOCK)
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        order = np.argsort(labels[lo:hi], kind="stable")
+        grid_values = np.asarray(X[lo:hi], dtype=np.float64)[order]
+        grid_values *= _GRID
+        np.rint(grid_values, out=grid_values)
+        sorted_labels = labels[lo:hi][order]
+        starts = np.flatnonzero(np.diff(sorted_labels, prepend=-1))
+        # per-cluster segment sums, O(rows * d) whatever k; integer-valued: exact in any order
+        sums[sorted_labels[starts]] += np.add.reduceat(grid_values, starts, axis=0)
+    sqsum = np.bincount(labels, weights=np.rint(sq * _GRID), minlength=k)
+    count = np.bincount(labels, minlength=k).astype(np.int64)
+    return ClusterStats(count, sums / _GRID, sqsum / _GRID)
+
+
+def merge_stats(stats: Iterable[ClusterStats]) -> ClusterStats:
+    """Add the statistics of several centers (exact; independent of their order)."""
+    items = list(stats)
+    if not items:
+        raise ProtocolError("merge_stats got no statistics; at least one center must reply")
+    k, d = items[0].sum.shape
+    for i, item in enumerate(items):
+        if item.sum.shape != (k, d) or item.count.shape != (k,) or item.sqdist.shape != (k,):
+            raise ProtocolError(
+                f"statistics #{i} have k={item.count.shape[0]}, d={item.sum.shape[-1]}; "
+                f"expected k={k}, d={d} like #0"
+            )
+    count = np.sum([s.count for s in items], axis=0, dtype=np.int64)
+    total = np.sum([s.sum for s in items], axis=0, dtype=np.float64)
+    sqdist = np.sum([s.sqdist for s in items], axis=0, dtype=np.float64)
+    return ClusterStats(count, total, sqdist)
+
+
+def update_centers(
+    stats: ClusterStats, previous: np.ndarray, rng: np.random.Generator
+) -> UpdatedCenters:
+    """New centers = cluster means; an empty cluster is re-seeded by splitting the largest one.
+
+    Split rule: the donor is the cluster with the largest count (ties: lowest index); the empty
+    cluster gets donor_center + SPLIT_SCALE * sqrt(donor_sqdist / donor_count) * u, u a unit
+    vector drawn from `rng`. Each split halves the donor's count in this bookkeeping, so several
+    empty clusters split several large ones. A donor with zero spread gives a duplicate center,
+    which stays empty and is re-seeded again next round: harmless, and no division by zero.
+    """
+    k, d = stats.sum.shape
+    prev = check_centers(previous, d, "previous centers")
+    if prev.shape[0] != k:
+        raise ProtocolError(f"previous centers have k={prev.shape[0]}; statistics have k={k}")
+    count = stats.count
+    if count.sum() <= 0:
+        raise DataError("no sample was assigned to any cluster; every center reported zero counts")
+    centers = np.zeros((k, d))
+    full = count > 0
+    centers[full] = stats.sum[full] / count[full, None]
+    size = count.astype(np.float64)
+    radius2 = np.where(full, stats.sqdist / np.maximum(count, 1), 0.0)
+    reseeded = [int(j) for j in np.flatnonzero(~full)]
+    for j in reseeded:
+        donor = int(np.argmax(size))
+        direction = rng.standard_normal(d)
+        direction /= max(float(np.linalg.norm(direction)), np.finfo(np.float64).tiny)
+        centers[j] = centers[donor] + SPLIT_SCALE * math.sqrt(radius2[donor]) * direction
+        size[donor] /= 2.0
+        size[j], radius2[j] = size[donor], radius2[donor]
+    if reseeded:
+        log.info("re-seeded empty clusters %s by splitting the largest ones", reseeded)
+    shift = float(np.sqrt(((centers - prev) ** 2).sum(axis=1)).max())
+    return UpdatedCenters(centers, reseeded, shift)
+
+
+def inertia_converged(previous: float, current: float, tol: float) -> bool:
+    """True when |previous - current| / previous < tol (or both are zero)."""
+    if previous <= 0.0:
+        return current <= 0.0
+    return abs(previous - current) / previous < tol
+
+
+def weighted_kmeans_plusplus(
+    points: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Count-weighted k-means++ (k-FED seeding) over the union of local centroids.
+
+    points (m, d), weights (m,) >= 0 (member counts). The first center is drawn with probability
+    proportional to weight, each next one proportional to weight * D^2 (D: distance to the
+    nearest chosen center), greedily keeping the best of 2 + ln(k) draws as scikit-learn does.
+    Returns (k, d) float64.
+    """
+    P = np.asarray(points, dtype=np.float64)
+    if P.ndim != 2:
+        raise DataError(f"points have shape {P.shape}; expected (m, d) local centroids")
+    P = check_centers(P, P.shape[1], "points")
+    w = np.asarray(weights, dtype=np.float64)
+    m = P.shape[0]
+    if w.shape != (m,) or not np.isfinite(w).all() or (w < 0).any():
+        raise DataError(f"weights must be {m} finite values >= 0; got shape {w.shape}")
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k={k!r} must be an integer >= 1")
+    if m < k:
+        raise DataError(f"k-means++ needs at least k={k} points; got m={m} local centroids")
+    if np.count_nonzero(w) < k:
+        raise DataError(f"only {np.count_nonzero(w)} of m={m} points have weight > 0; need k={k}")
+    trials = 2 + int(math.log(k))
+    norms = np.einsum("ij,ij->i", P, P)
+    chosen = [int(_draw(w, 1, rng)[0])]
+    closest = _sqdist_to(P, norms, np.array(chosen))[0]
+    for _ in range(1, k):
+        potential = w * closest
+        if potential.sum() <= 0.0:  # the rest coincide with chosen centers: fall back to weight
+            potential = np.where(np.isin(np.arange(m), chosen), 0.0, w)
+        candidates = _draw(potential, trials, rng)
+        cand_d2 = _sqdist_to(P, norms, candidates)
+        best = int(np.argmin((w * np.minimum(closest, cand_d2)).sum(axis=1)))
+        chosen.append(int(candidates[best]))
+        closest = np.minimum(closest, cand_d2[best])
+    return P[chosen].copy()
+
+
+def _sqdist_to(P: np.ndarray, norms: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), m) squared distances from P[rows] to every point of P, clipped at 0."""
+    d2 = norms[rows, None] + norms[None, :] - 2.0 * (P[rows] @ P.T)
+    return np.maximum(d2, 0.0)
+
+
+def _draw(potential: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices drawn with probability proportional to `potential` (zeros are never drawn)."""
+    cumulative = np.cumsum(potential)
+    picks = np.searchsorted(cumulative, rng.random(size) * cumulative[-1], side="right")
+    return np.minimum(picks, potential.size - 1)
+
+
+def local_kmeans(
+    X: np.ndarray, k: int, seed: int, fit_size: int = 65536, chunk_size: int = 65536
+) -> LocalClusters:
+    """A center's local centroids for k-FED seeding: the best of LOCAL_INITS scikit-learn
+    KMeans fits, each started from our k-means++ (`weighted_kmeans_plusplus`, seeded).
+
+    Fits on at most `fit_size` rows drawn with `seed`, then assigns all of X to count members
+    and reports their means; k' = min(k, n) before clusters left without members are dropped.
+    The seeding is ours because scikit-learn's k-means++ re-converts float32 rows to float64
+    at every step: on a 65k-row center it took 90% of the fit.
+    """
+    X = check_embeddings(X)
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k={k!r} must be an integer >= 1")
+    if not isinstance(fit_size, int) or fit_size < 1:
+        raise ConfigError(f"fit_size={fit_size!r} must be an integer >= 1")
+    n = X.shape[0]
+    rows = np.arange(n)
+    if n > fit_size:
+        rows = np.sort(np.random.default_rng(seed).choice(n, fit_size, replace=False))
+    fit = np.asarray(X[rows], dtype=np.float32)
+    rng, weights, best = np.random.default_rng(seed), np.ones(len(fit)), None
+    for _ in range(LOCAL_INITS):
+        init = weighted_kmeans_plusplus(fit, weights, min(k, n), rng)
+        model = KMeans(n_clusters=len(init), init=init, n_init=1, random_state=seed).fit(fit)
+        if best is None or model.inertia_ < best.inertia_:
+            best = model
+    centers = best.cluster_centers_.astype(np.float64)
+    stats = cluster_stats(X, assign(X, centers, chunk_size), centers.shape[0], chunk_size)
+    used = stats.count > 0
+    return LocalClusters(stats.sum[used] / stats.count[used, None], stats.count[used])
+
+
+def lloyd(
+    shards: np.ndarray | Sequence[np.ndarray],
+    init: np.ndarray,
+    max_rounds: int,
+    tol: float,
+    rng: np.random.Generator,
+    chunk_size: int = 65536,
+) -> KMeansResult:
+    """Reference Lloyd loop over one matrix or a list of shards (one per center).
+
+    Each round: assign + cluster_stats per shard, merge_stats, update_centers; stop after
+    `max_rounds`, when inertia_converged(previous, current, tol), or when no center moved.
+    """
+    parts = [shards] if isinstance(shards, np.ndarray) else list(shards)
+    if not parts:
+        raise DataError("lloyd got no shards; pass at least one (n, d) matrix")
+    parts = [check_embeddings(p, f"shard {i}") for i, p in enumerate(parts)]
+    centers = check_centers(init, parts[0].shape[1], "init")
+    if not isinstance(max_rounds, int) or max_rounds < 1:
+        raise ConfigError(f"max_rounds={max_rounds!r} must be an integer >= 1")
+    if not math.isfinite(tol) or tol < 0:
+        raise ConfigError(f"tol={tol!r} must be a finite number >= 0")
+    k = centers.shape[0]
+
+    def pooled_stats(current: np.ndarray) -> ClusterStats:
+        return merge_stats(cluster_stats(p, assign(p, current, chunk_size), k) for p in parts)
+
+    return lloyd_rounds(pooled_stats, centers, max_rounds, tol, rng).result
+
+
+class LloydRun(NamedTuple):
+    result: KMeansResult
+    stats: ClusterStats  # merged statistics of the last round (of the centers it started from)
+
+
+def lloyd_rounds(
+    stats_of: Callable[[np.ndarray], ClusterStats],
+    init: np.ndarray,
+    max_rounds: int,
+    tol: float,
+    rng: np.random.Generator,
+) -> LloydRun:
+    """The Lloyd loop with the statistics supplied by `stats_of(centers)`.
+
+    The centralized reference passes a function over local shards; the coordinator passes
+    one that asks the centers for a secure sum. Same loop, same stopping rule: `max_rounds`,
+    inertia_converged(previous, current, tol), or no center moved.
+    """
+    centers = np.asarray(init, dtype=np.float64)
+    history: list[float] = []
+    stats = stats_of(centers)
+    for _ in range(max_rounds):
+        if history:
+            stats = stats_of(centers)
+        history.append(stats.inertia)
+        update = update_centers(stats, centers, rng)
+        centers = update.centers
+        if update.shift == 0.0 or (
+            len(history) > 1 and inertia_converged(history[-2], history[-1], tol)
+        ):
+            break
+    return LloydRun(KMeansResult(centers, history, len(history)), stats)

@@ -1,0 +1,188 @@
+"""One curation round's per-center computation, shared by the centralized and federated runs.
+
+A center holds unit-norm embeddings X (n, d). Given global centroids it assigns, drops outliers
+and near-duplicates, scores each candidate by cluster PVI, and summarizes the scores as
+per-cluster histograms. Given a plan it selects. The centralized reference calls the same
+functions on every center in one process; the Flower client calls them one phase at a time.
+Nothing here decides what may leave a center: that is `common/privacy/cells.py` and the protocol.
+
+Scores: cluster PVI (docs/science.md 2) = log2 g_x(y) - log2 pi_y with g_x = softmax(-d^2 / tau).
+Within a cluster the prior is constant, so ranking by PVI equals ranking by t = log2 g_x(y);
+because every sample is assigned to its nearest centroid, g_x(y) >= 1/k and t lies in
+[-log2 k, 0]. Histograms are therefore taken over t on fixed edges that every center can compute
+from k alone, with no data-dependent range to agree on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from feddel.common.curation.kmeans import assign
+from feddel.common.curation.selection import (
+    HISTOGRAM_BINS,
+    ClusterPlan,
+    apply_plan,
+    cosine_distance_to_centroid,
+    meddel_survivors_by_eta,
+    near_duplicate_mask,
+    outlier_mask,
+    plan_from_histograms,
+    score_edges,
+    score_histograms,
+    water_fill,
+)
+from feddel.common.curation.vinfo import cluster_pvi
+
+DEDUP_POOL_LIMIT = 50_000
+ETA_GRID = np.round(np.arange(0.50, 1.0001, 0.01), 2)
+
+
+class CenterScores(NamedTuple):
+    """Per-sample results of the score phase at one center (never sent anywhere)."""
+
+    labels: np.ndarray  # (n,) int32 global cluster of each sample
+    sqdist: np.ndarray  # (n,) float32 squared distance to that centroid
+    outlier: np.ndarray  # (n,) bool: cosine distance to centroid > eps
+    duplicate: np.ndarray  # (n,) bool: near-duplicate of a harder kept sample (cos > eta)
+    pvi: np.ndarray  # (n,) float64 cluster PVI in bits (low = hard)
+    log_gx: np.ndarray  # (n,) float64 t = log2 g_x(y), the histogram variable
+    candidate: np.ndarray  # (n,) bool: eligible, not outlier, not duplicate
+
+
+def pvi_edges(k: int, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """Fixed histogram edges over t = log2 g_x(y) in [-log2 k, 0] (see module docstring)."""
+    return score_edges(-math.log2(k) if k > 1 else -1.0, 0.0, bins)
+
+
+def auto_tau(inertia: float, count: int) -> float:
+    """Softmax temperature = mean squared distance to the assigned centroid.
+
+    With a fixed tau the softmax is either flat (tau too large: every t near -log2 k) or one-hot
+    (too small); scaling by the data's own spread keeps t informative for any encoder.
+    """
+    return max(inertia / max(count, 1), 1e-12)
+
+
+def smoothed_prior(counts: np.ndarray) -> np.ndarray:
+    """Global cluster prior pi = (count + 1) / (N + k): add-one so clusters whose every cell
+    was suppressed for privacy still have a finite PVI."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return (counts + 1.0) / (counts.sum() + counts.size)
+
+
+def score_center(
+    X: np.ndarray,
+    eligible: np.ndarray,
+    centers: np.ndarray,
+    prior: np.ndarray,
+    *,
+    tau: float,
+    eps: float,
+    eta: float,
+    keep: str,
+) -> CenterScores:
+    """Assign, drop outliers and near-duplicates among the eligible, and score by cluster PVI.
+
+    X: (n, d) unit rows; eligible: (n,) bool (e.g. not disruptive); centers: (k, d);
+    prior: (k,) global cluster prior.
+    """
+    assignment = assign(X, centers)
+    labels, sqdist = assignment.labels, assignment.sqdist
+    pvi = cluster_pvi(X, labels, centers, prior, tau)
+    log_gx = pvi + np.log2(prior[labels])
+    outlier = ~outlier_mask(cosine_distance_to_centroid(X, labels, centers), eps) & eligible
+    kept = eligible & ~outlier
+    duplicate = np.zeros(len(labels), dtype=bool)
+    if kept.any():
+        index = np.flatnonzero(kept)
+        survivors = near_duplicate_mask(
+            X, dedup_cells(labels[index]), eta, hardness=-pvi[index], keep=keep, rows=index
+        )
+        duplicate[index[~survivors]] = True
+    candidate = kept & ~duplicate
+    return CenterScores(labels, sqdist, outlier, duplicate, pvi, log_gx, candidate)
+
+
+def dedup_cells(labels: np.ndarray) -> np.ndarray:
+    """Cells within which a center removes near-duplicates: its whole pool up to
+    DEDUP_POOL_LIMIT samples, else its clusters (SemDeDup's blocking).
+
+    Frames of one video can fall on both sides of a cluster boundary, and those are exactly the
+    hard samples the selection prefers; deduplicating per cluster only would keep one frame per
+    side. A center may compare all of its own samples, so it does, while that stays cheap
+    (O(n * kept * d)); above the limit it falls back to per-cluster cells.
+    """
+    if len(labels) <= DEDUP_POOL_LIMIT:
+        return np.zeros(len(labels), dtype=labels.dtype)
+    return labels
+
+
+def candidate_histograms(scores: CenterScores, k: int, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """(k, bins) counts of candidate scores per cluster: the only form in which scores travel."""
+    mask = scores.candidate
+    return score_histograms(scores.log_gx[mask], scores.labels[mask], k, pvi_edges(k, bins))
+
+
+def meddel_survivors(
+    X: np.ndarray, scores: CenterScores, eligible: np.ndarray, keep: str
+) -> np.ndarray:
+    """Survivor counts of MedDEL's eps + eta dedup for every eta of ETA_GRID (score once,
+    threshold many), so the server can pick the eta that hits the target retention."""
+    kept = eligible & ~scores.outlier
+    index = np.flatnonzero(kept)
+    if index.size == 0:
+        return np.zeros(len(ETA_GRID), dtype=np.int64)
+    return meddel_survivors_by_eta(
+        X, scores.labels[index], ETA_GRID, keep=keep, hardness=-scores.pvi[index], rows=index
+    )
+
+
+def select_feddel(
+    scores: CenterScores,
+    sample_ids: list[str],
+    plans: list[ClusterPlan],
+    edges: np.ndarray,
+    seed: int,
+) -> np.ndarray:
+    """Apply the per-cluster plan (threshold bin + boundary fraction) to the candidates."""
+    selected = np.zeros(len(sample_ids), dtype=bool)
+    index = np.flatnonzero(scores.candidate)
+    if index.size:
+        chosen = apply_plan(
+            scores.log_gx[index],
+            scores.labels[index],
+            [sample_ids[i] for i in index],
+            edges,
+            plans,
+            seed,
+        )
+        selected[index[chosen]] = True
+    return selected
+
+
+def select_meddel(
+    X: np.ndarray, scores: CenterScores, eligible: np.ndarray, eta: float, keep: str
+) -> np.ndarray:
+    """MedDEL's selection: everything that survives eps outlier removal and the eta dedup."""
+    kept = eligible & ~scores.outlier
+    selected = np.zeros(len(kept), dtype=bool)
+    index = np.flatnonzero(kept)
+    if index.size:
+        survivors = near_duplicate_mask(
+            X, scores.labels[index], eta, hardness=-scores.pvi[index], keep=keep, rows=index
+        )
+        selected[index[survivors]] = True
+    return selected
+
+
+def plan_feddel(histograms: np.ndarray, budget_total: int) -> tuple[np.ndarray, list[ClusterPlan]]:
+    """Server side: water-fill the budget over clusters by their candidate counts, then turn each
+    cluster's quota into a threshold on its merged histogram (hardest bins first).
+
+    histograms: (k, bins) merged candidate counts. Returns (quotas (k,), plans).
+    """
+    quotas = water_fill(histograms.sum(axis=1), budget_total)
+    return quotas, plan_from_histograms(histograms, quotas)

@@ -1,0 +1,318 @@
+"""Decode one image file (PNG/JPEG/BMP/TIFF or DICOM) to 8-bit RGB, by content, read-only.
+
+Every format ends as the same thing the encoder and the quality metrics expect: an (h, w, 3)
+uint8 RGB array. The rules that get it there are fixed so that a center's pool does not depend on
+how a scanner exported its files:
+
+- grayscale is replicated to three channels; RGBA/LA/P with transparency are composited on black;
+- 16- and 32-bit grayscale (I;16, I, F) is min-max scaled to 0..255 by the image's own range (a
+  constant image is scaled by the full 16-bit range instead);
+- DICOM: the middle frame of a multi-frame object; palette colour through its LUT; monochrome
+  through the modality LUT (rescale slope/intercept) and the VOI LUT or window when present, then
+  min-max scaled, and MONOCHROME1 (high = dark) inverted so that bright is always dense tissue;
+  YBR colour is converted to RGB by pydicom.
+
+The format is read from the bytes, never the extension: a PNG named .jpg decodes as a PNG. EXIF
+orientation is not applied, so a mask stays aligned with its image's stored pixel grid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.pixels import pixel_array as dicom_pixel_array
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from feddel.common.errors import DataError
+
+MAX_PIXELS = 100_000_000  # decoding more than this at once risks the center's memory
+DICOM_MAGIC = b"DICM"
+DICOM_MAGIC_OFFSET = 128
+_PIXEL_ELEMENTS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_FORMAT_NAMES = {"MPO": "JPEG"}  # multi-picture JPEGs (some cameras) are JPEGs to a user
+
+REASON_ZERO_BYTES = "zero-byte file"
+REASON_CORRUPT = "truncated or corrupt image data"
+REASON_UNKNOWN_FORMAT = "not a recognized image format"
+REASON_NO_PIXELS = "DICOM without pixel data"
+REASON_CORRUPT_DICOM = "truncated or corrupt DICOM data"
+
+
+class UnreadableImage(DataError):
+    """A file that should be an image but cannot be decoded; `reason` is short and groupable."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[UnreadableImage], tuple[str, str]]:
+        # DataLoader workers pickle exceptions; the default would call __init__(message).
+        return (UnreadableImage, (self.path, self.reason))
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A fully decoded image: pixels (height, width, 3) uint8 RGB and where they came from."""
+
+    pixels: np.ndarray
+    modality: str  # "PNG", "JPEG", "TIFF", "BMP", ... or "DICOM:<Modality>"
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+def has_dicom_magic(path: str | os.PathLike[str]) -> bool:
+    """True when the file carries the DICOM Part 10 preamble marker ("DICM" at byte 128)."""
+    with open(path, "rb") as handle:
+        handle.seek(DICOM_MAGIC_OFFSET)
+        return handle.read(len(DICOM_MAGIC)) == DICOM_MAGIC
+
+
+def decode_file(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    """Decode a whole image file to RGB uint8 (see the module docstring for the rules).
+
+    Raises UnreadableImage (never anything else for a bad file) when the bytes cannot be decoded,
+    or when the image has more than `max_pixels` pixels, before allocating them.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImage(path, REASON_ZERO_BYTES)
+        if has_dicom_magic(path):
+            return _decode_dicom(path, max_pixels, force=False)
+        try:
+            return _decode_pil(path, max_pixels)
+        except UnreadableImage as exc:
+            if exc.reason == REASON_UNKNOWN_FORMAT and path.suffix.lower() == ".dcm":
+                return _decode_dicom(path, max_pixels, force=True)  # DICOM without preamble
+            raise
+    except OSError as exc:  # the file itself: permissions, vanished, I/O error
+        raise UnreadableImage(path, f"cannot open file ({exc.strerror or exc})") from exc
+
+
+def resize_square(pixels: np.ndarray, size: int, resample: Image.Resampling) -> np.ndarray:
+    """(h, w[, c]) uint8 -> (size, size[, c]) uint8.
+
+    Aspect ratio is not preserved: ViT inputs are square and every center must feed the encoder
+    the same geometry; stretching keeps the whole field of view (cropping would drop lesions at
+    the border, padding would waste patches on black).
+    """
+    return np.asarray(Image.fromarray(pixels).resize((size, size), resample))
+
+
+def load_image(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode and resize to (size, size, 3) uint8 RGB (PIL bilinear with antialiasing).
+
+    Raises UnreadableImage naming the file when it cannot be decoded.
+    """
+    _check_size(size)
+    return resize_square(decode_file(path, max_pixels).pixels, size, Image.Resampling.BILINEAR)
+
+
+def load_mask(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a segmentation mask to (size, size) bool, nearest-neighbour resized.
+
+    A pixel is foreground when its brightest channel is above half of the mask's maximum, so
+    0/1, 0/255 and JPEG-compressed (noisy) masks all give the same answer; all-zero is empty.
+    """
+    _check_size(size)
+    gray = decode_file(path, max_pixels).pixels.max(axis=2)
+    peak = int(gray.max())
+    binary = (gray > peak / 2) if peak > 0 else np.zeros_like(gray, dtype=bool)
+    resized = resize_square(binary.astype(np.uint8) * 255, size, Image.Resampling.NEAREST)
+    return resized > 0
+
+
+def _check_size(size: int) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise DataError(f"image size {size!r} must be a positive integer (pixels per side)")
+
+
+def _too_large(path: Path, width: int, height: int, max_pixels: int) -> UnreadableImage:
+    return UnreadableImage(
+        path, f"too large ({width}x{height} > {max_pixels} pixels; downscale it)"
+    )
+
+
+# --- PIL formats ------------------------------------------------------------------------------
+
+
+def _decode_pil(path: Path, max_pixels: int) -> DecodedImage:
+    with _bad_data(path, REASON_UNKNOWN_FORMAT):  # UnidentifiedImageError and plugin errors
+        image = _open_pil(path, max_pixels)
+    with image:
+        if image.width * image.height > max_pixels:
+            raise _too_large(path, image.width, image.height, max_pixels)
+        with _bad_data(path, REASON_CORRUPT):
+            image.load()
+        modality = _FORMAT_NAMES.get(image.format or "", image.format or "unknown")
+        return DecodedImage(_pil_to_rgb(image), modality)
+
+
+def _open_pil(path: Path, max_pixels: int) -> Image.Image:
+    """Image.open (lazy: header only) once the header's size is within `max_pixels`, so that
+    PIL's own bomb check (a warning on the user's terminal from 89 Mpx, an error from 179 Mpx)
+    only sees images this module would decode anyway."""
+    width, height = _header_size(path)
+    if width * height > max_pixels:
+        raise _too_large(path, width, height, max_pixels)
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as exc:  # only when max_pixels is above PIL's limit
+        raise _too_large(path, width, height, max_pixels) from exc
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(width, height) read by the format plugin alone, without PIL's bomb check in Image.open."""
+    Image.init()
+    with open(path, "rb") as handle:
+        prefix = handle.read(16)
+        for name in Image.ID:
+            factory, accept = Image.OPEN[name]
+            if accept is not None and not accept(prefix):
+                continue
+            handle.seek(0)
+            try:
+                return factory(handle, str(path)).size
+            except Exception:  # not this format; try the next one as Image.open does
+                continue
+    return (0, 0)
+
+
+def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return _gray_to_rgb(_scale_to_uint8(np.asarray(image), full_range=65535))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+        return (rgba[..., :3] * rgba[..., 3:] // 255).astype(np.uint8)
+    try:
+        return np.asarray(image.convert("RGB"))
+    except ValueError as exc:  # a mode PIL cannot convert (e.g. 16-bit colour TIFF)
+        raise UnreadableImage(image.filename, f"unsupported pixel mode {image.mode}") from exc
+
+
+# --- DICOM ------------------------------------------------------------------------------------
+
+
+def _decode_dicom(path: Path, max_pixels: int, force: bool) -> DecodedImage:
+    with _bad_data(path, REASON_UNKNOWN_FORMAT if force else REASON_CORRUPT_DICOM):
+        ds = pydicom.dcmread(path, defer_size="64 KB", force=force)
+    if not any(name in ds for name in _PIXEL_ELEMENTS) or "Rows" not in ds:
+        raise UnreadableImage(path, REASON_NO_PIXELS)
+    with _bad_data(path, REASON_CORRUPT_DICOM):  # malformed values: '1A' frames, ...
+        from_file = not force and "TransferSyntaxUID" in getattr(ds, "file_meta", {})
+        _set_transfer_syntax(ds)
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = max(1, int(ds.get("NumberOfFrames") or 1))
+        modality = f"DICOM:{ds.get('Modality') or 'unknown'}"
+    if rows * columns > max_pixels:
+        raise _too_large(path, columns, rows, max_pixels)
+    _check_decoder(path, ds)
+    with _bad_data(path, REASON_CORRUPT_DICOM):
+        # From the path, pydicom reads only the frame it decodes; a raw file (no preamble or no
+        # transfer syntax) needs the dataset, and so loads its whole pixel element.
+        frame = dicom_pixel_array(path if from_file else ds, index=frames // 2)
+        pixels = _dicom_to_rgb(frame, ds)
+    return DecodedImage(pixels, modality)
+
+
+def _set_transfer_syntax(ds: pydicom.Dataset) -> None:
+    """Give a raw dataset (no preamble or no syntax) the uncompressed syntax it was read with."""
+    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian
+            if implicit
+            else ExplicitVRLittleEndian
+            if little
+            else ExplicitVRBigEndian
+        )
+    ds.file_meta = meta
+
+
+def _check_decoder(path: Path, ds: pydicom.Dataset) -> None:
+    syntax = ds.file_meta.TransferSyntaxUID
+    try:
+        available = get_decoder(syntax).is_available
+    except NotImplementedError:
+        available = False
+    if not available:
+        raise UnreadableImage(
+            path,
+            f"unsupported DICOM compression ({syntax.name}); install pylibjpeg and its plugins",
+        )
+
+
+def _dicom_to_rgb(frame: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR":
+        frame = apply_color_lut(frame, ds)
+    if frame.ndim == 3:  # colour (YBR already converted to RGB by pydicom)
+        if frame.dtype == np.uint8:
+            return np.ascontiguousarray(frame[..., :3])
+        return _scale_to_uint8(frame[..., :3], full_range=None)
+    values = apply_voi_lut(apply_modality_lut(frame, ds), ds)
+    gray = _scale_to_uint8(values, full_range=None)
+    if photometric == "MONOCHROME1":
+        gray = 255 - gray
+    return _gray_to_rgb(gray)
+
+
+# --- shared helpers ---------------------------------------------------------------------------
+
+
+@contextmanager
+def _bad_data(path: Path, reason: str) -> Iterator[None]:
+    """Map whatever a third-party decoder raises on bad bytes to UnreadableImage(reason).
+
+    PIL and pydicom raise many exception types (ValueError, SyntaxError, struct.error, OSError
+    without errno, ...) on damaged files; a scan over a hospital's archive must not stop on one.
+    OS-level failures (an errno: permissions, I/O) propagate for decode_file to report.
+    """
+    try:
+        yield
+    except UnreadableImage:
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise UnreadableImage(path, reason) from exc
+
+
+# --- shared pixel arithmetic ------------------------------------------------------------------
+
+
+def _scale_to_uint8(values: np.ndarray, full_range: int | None) -> np.ndarray:
+    """Min-max scale any numeric array to uint8; a constant array maps by `full_range` (or 0)."""
+    low, high = float(np.min(values)), float(np.max(values))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        values = np.nan_to_num(values.astype(np.float32), posinf=0.0, neginf=0.0)
+        low, high = float(values.min()), float(values.max())
+    if high > low:
+        scaled = (values.astype(np.float32) - low) * (255.0 / (high - low))
+    elif full_range:
+        scaled = np.full(values.shape, low * 255.0 / full_range, dtype=np.float32)
+    else:
+        scaled = np.zeros(values.shape, dtype=np.float32)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=2)

@@ -1,0 +1,148 @@
+"""A center's local pool: its readable images, their quality flags and embeddings.
+
+`prepare_center` is phase 0 of a round (inventory): scan and hash the folder, decode every image
+once for the quality features, embed through the resumable cache. Everything it returns stays at
+the center; only the counts of `PoolCounts` are ever reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from feddel.common.curation.quality import QualityConfig, detect_disruptive, frame_features
+from feddel.common.data.scan import Inventory, Sample, UnreadableImage, load_image, scan_center
+from feddel.common.models.embed import EncoderSpec, encoder_fingerprint
+from feddel.common.models.embedcache import embed_center
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class PoolCounts:
+    """Center-level totals: the part of the inventory that may be reported."""
+
+    files: int
+    samples: int  # unique readable samples with an embedding
+    unreadable: int  # failed to decode at scan or at embedding time
+    duplicate_files: int  # extra byte-identical copies collapsed into one sample
+    disruptive: int
+
+
+@dataclass
+class CenterPool:
+    """What a center knows about its own images (never leaves the center)."""
+
+    name: str
+    root: Path
+    samples: list[Sample]  # rows of `embeddings`, in scan order
+    embeddings: np.ndarray  # (n, d) float32 unit rows (memory-mapped cache)
+    disruptive: np.ndarray  # (n,) bool
+    disruption: list[str]  # reason per sample, "" when clean
+    fingerprint: str
+    counts: PoolCounts
+    image_sum: np.ndarray  # (size, size, 3) float64, for the federated mean image
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return [sample.sample_id for sample in self.samples]
+
+    @property
+    def files(self) -> list[str]:
+        return [sample.file for sample in self.samples]
+
+    def eligible(self, method: str) -> np.ndarray:
+        """(n,) bool: samples `method` may cluster and select. FedDEL drops disruptive frames
+        up front; the baselines (MedDEL, random, full) see every readable sample, as published."""
+        if method == "feddel":
+            return ~self.disruptive
+        return np.ones(len(self.samples), dtype=bool)
+
+
+class DecodePass(NamedTuple):
+    disruptive: np.ndarray  # (n,) bool
+    reasons: list[str]  # "" when clean
+    failed: list[int]  # indices of samples that did not decode
+    image_sum: np.ndarray  # (size, size, 3) float64 sum of the decoded images
+
+
+def decode_pass(root: Path, samples: list[Sample], size: int, config: QualityConfig) -> DecodePass:
+    """Decode each sample once: quality features (flagged against the center's own
+    distribution) and the running sum of images for the federated mean image."""
+    features, failed = [], []
+    image_sum = np.zeros((size, size, 3), dtype=np.float64)
+    for index, sample in enumerate(samples):
+        try:
+            image = load_image(root / sample.file, size)
+        except UnreadableImage as exc:
+            log.warning("%s", exc)
+            failed.append(index)
+            continue
+        features.append(frame_features(image))
+        image_sum += image
+    bad = set(failed)
+    keep = [i for i in range(len(samples)) if i not in bad]
+    disruptive = np.zeros(len(samples), dtype=bool)
+    reasons = [""] * len(samples)
+    if keep:
+        result = detect_disruptive(np.asarray(features), config)
+        for row, index in enumerate(keep):
+            disruptive[index] = bool(result.disruptive[row])
+            reasons[index] = result.reason[row]
+    return DecodePass(disruptive, reasons, failed, image_sum)
+
+
+def prepare_center(
+    root: str | Path,
+    state_dir: str | Path,
+    spec: EncoderSpec,
+    *,
+    name: str | None = None,
+    batch_size: int = 64,
+    quality: QualityConfig | None = None,
+    progress: Progress | None = None,
+) -> CenterPool:
+    """Phase 0 at one center: scan, quality-flag and embed (cached under `state_dir`)."""
+    root = Path(root)
+    inventory: Inventory = scan_center(root)
+    decoded = decode_pass(root, inventory.samples, spec.image_size, quality or QualityConfig())
+    cached = embed_center(
+        inventory.samples, root, spec, Path(state_dir), batch_size=batch_size, progress=progress
+    )
+    undecodable = {inventory.samples[i].sample_id for i in decoded.failed}
+    position = {sample_id: row for row, sample_id in enumerate(cached.ids)}
+    rows = [
+        i
+        for i, sample in enumerate(inventory.samples)
+        if sample.sample_id in position and sample.sample_id not in undecodable
+    ]
+    samples = [inventory.samples[i] for i in rows]
+    embedding_rows = np.array([position[s.sample_id] for s in samples], dtype=np.int64)
+    embeddings = cached.embeddings
+    if len(embedding_rows) != len(cached.ids):
+        embeddings = np.asarray(embeddings)[embedding_rows]
+    lost = len(inventory.samples) - len(samples)
+    return CenterPool(
+        name=name or root.name,
+        root=root,
+        samples=samples,
+        embeddings=embeddings,
+        disruptive=decoded.disruptive[rows],
+        disruption=[decoded.reasons[i] for i in rows],
+        fingerprint=encoder_fingerprint(spec),
+        counts=PoolCounts(
+            files=inventory.n_files,
+            samples=len(samples),
+            unreadable=len(inventory.unreadable) + lost,
+            duplicate_files=sum(len(files) - 1 for files in inventory.duplicates.values()),
+            disruptive=int(decoded.disruptive[rows].sum()),
+        ),
+        image_sum=decoded.image_sum,
+    )

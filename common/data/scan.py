@@ -1,0 +1,334 @@
+"""A center's image folder: which files are images, which decode, which are copies, which masks.
+
+`scan_center` is the one place that decides what a center's pool is. It walks the folder
+read-only, hashes every candidate (the sample id is content-based, so renaming or moving a file
+does not change it), decodes every candidate fully so that corrupt files are found before any
+round starts, collapses byte-identical copies into one sample and pairs images with masks.
+
+Layout rules (the same at every depth):
+- hidden files and folders are skipped;
+- folders named `masks` hold masks, never pool images; folders named `test` hold the held-out
+  labeled split, which must never enter the curation pool (both case-insensitive);
+- the mask of `<dir>/<stem>.<ext>` is `<dir>/../masks/<stem>.<any image ext>` (the `masks`
+  folder beside the image's folder), or `<dir>/masks/...` for images at the center's root;
+- a candidate is a file with an image extension, or a file with no or an unknown extension
+  whose bytes carry the DICOM marker; everything else is counted as ignored.
+Folder symlinks are not followed (no cycles); file symlinks are read like files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import statistics
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from feddel.common.data.decode import (
+    MAX_PIXELS,
+    UnreadableImage,
+    decode_file,
+    has_dicom_magic,
+    load_image,
+    load_mask,
+)
+from feddel.common.errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
+    "Inventory",
+    "Sample",
+    "Unreadable",
+    "UnreadableImage",
+    "load_image",
+    "load_mask",
+    "scan_center",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
+RESERVED_DIRS = {"masks", "test"}  # compared lower-case
+MASKS_DIR = "masks"
+SAMPLE_ID_HEX = 16
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One unique, decodable image of the pool (the first file of its duplicate group)."""
+
+    sample_id: str  # first 16 hex chars of sha256 of the file bytes (stable, content-based)
+    file: str  # posix path relative to the center root
+    mask: str | None  # relative path of the matched mask, or None
+    width: int
+    height: int
+    modality: str  # "PNG", "JPEG", "TIFF", "BMP", or "DICOM:<Modality>"
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    file: str  # posix path relative to the center root
+    reason: str  # short and groupable, e.g. "zero-byte file"
+
+
+@dataclass
+class Inventory:
+    """What `scan_center` found: the pool (`samples`) and everything that did not make it."""
+
+    root: Path
+    samples: list[Sample]  # one per unique content, sorted by file
+    duplicates: dict[str, list[str]]  # sample_id -> all files (sorted, >= 2) with that content
+    unreadable: list[Unreadable]  # sorted by file
+    ignored: int  # non-image files skipped
+
+    @property
+    def n_files(self) -> int:
+        """Image candidates: readable files (copies included) plus unreadable ones."""
+        return self.n_readable + len(self.unreadable)
+
+    @property
+    def n_readable(self) -> int:
+        """Files that decoded, byte-identical copies included."""
+        return len(self.samples) + self.n_duplicate_files
+
+    @property
+    def n_duplicate_files(self) -> int:
+        """Extra copies beyond the first file of each duplicate group."""
+        return sum(len(files) - 1 for files in self.duplicates.values())
+
+    @property
+    def n_masks(self) -> int:
+        """Samples with a matched mask."""
+        return sum(sample.mask is not None for sample in self.samples)
+
+    def modalities(self) -> dict[str, int]:
+        """Samples per modality, most common first."""
+        return dict(Counter(sample.modality for sample in self.samples).most_common())
+
+    def unreadable_reasons(self) -> dict[str, int]:
+        """Unreadable files per reason, most common first."""
+        return dict(Counter(item.reason for item in self.unreadable).most_common())
+
+    def size_stats(self) -> dict[str, int] | None:
+        """{min,median,max}_{width,height} over the samples (median_low), None when empty."""
+        if not self.samples:
+            return None
+        stats: dict[str, int] = {}
+        for axis in ("width", "height"):
+            values = [getattr(sample, axis) for sample in self.samples]
+            stats[f"min_{axis}"] = min(values)
+            stats[f"median_{axis}"] = statistics.median_low(values)
+            stats[f"max_{axis}"] = max(values)
+        return stats
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """One candidate after hashing and decoding (worker output)."""
+
+    file: str
+    digest: str
+    width: int = 0
+    height: int = 0
+    modality: str = ""
+    reason: str | None = None  # set when unreadable
+
+
+def scan_center(
+    root: str | Path,
+    progress: Progress | None = None,
+    *,
+    workers: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> Inventory:
+    """Scan a center's folder read-only: candidates, content ids, decode check, copies, masks.
+
+    `progress(done, total)` is called after each candidate is decoded. `workers` threads decode
+    in parallel (PIL and hashlib release the GIL); default min(4, cores). The result does not
+    depend on `workers`. Raises DataError when `root` is missing, a file, or has no images.
+    """
+    root = _check_root(root)
+    threads = min(4, os.cpu_count() or 1) if workers is None else workers
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise DataError(f"workers={workers!r} must be a positive integer (decoding threads)")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise DataError(f"max_pixels={max_pixels!r} must be a positive integer")
+    candidates, ignored, masks = _walk(root)
+    if not candidates:
+        raise DataError(
+            f"no images found under {root} (looked for "
+            f"{', '.join(sorted(ext.lstrip('.') for ext in IMAGE_EXTENSIONS))} and DICOM, "
+            f"outside hidden, masks/ and test/ folders; {ignored} other files skipped); "
+            "pass the folder that holds the center's images"
+        )
+    checked = _check_all(root, candidates, progress, threads, max_pixels)
+    return _assemble(root, checked, ignored, masks)
+
+
+def _check_root(root: str | Path) -> Path:
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"data folder {path} does not exist; pass the folder that holds the center's images"
+        )
+    if not path.is_dir():
+        raise DataError(
+            f"data folder {path} is a file, not a folder; pass the folder that holds the "
+            "center's images"
+        )
+    return path
+
+
+def _walk(root: Path) -> tuple[list[str], int, dict[str, dict[str, str]]]:
+    """Sorted candidates, ignored count, and {folder holding a masks/: {stem: mask}}, relative."""
+    candidates: list[str] = []
+    masks: dict[str, dict[str, str]] = {}
+    ignored = 0
+    for folder, dirs, files in os.walk(root, onerror=_walk_error):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in [d for d in dirs if d.lower() == MASKS_DIR]:
+            index = masks.setdefault(here.relative_to(root).as_posix(), {})
+            for stem, mask in _mask_index(root, here / name).items():
+                index.setdefault(stem, mask)
+        dirs[:] = [d for d in dirs if d.lower() not in RESERVED_DIRS]
+        for name in files:
+            path = here / name
+            if name.startswith("."):
+                continue
+            if not path.is_file():  # a pipe, socket or dangling link: never opened
+                ignored += 1
+            elif _is_candidate(path):
+                candidates.append(path.relative_to(root).as_posix())
+            else:
+                ignored += 1
+    return sorted(candidates), ignored, masks
+
+
+def _walk_error(error: OSError) -> None:
+    log.warning("skipped unreadable folder %s: %s", error.filename, error.strerror)
+
+
+def _mask_index(root: Path, folder: Path) -> dict[str, str]:
+    """{stem: relative path} of the image files in one masks folder (first by name wins)."""
+    index: dict[str, str] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if path.is_file():
+            index.setdefault(path.stem, path.relative_to(root).as_posix())
+    return index
+
+
+def _is_candidate(path: Path) -> bool:
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    try:
+        return has_dicom_magic(path)
+    except OSError:
+        return False
+
+
+def _check_one(root: Path, file: str, max_pixels: int) -> _Checked:
+    path = root / file
+    try:
+        digest = _sha256(path)
+    except OSError as exc:
+        return _Checked(file, "", reason=f"cannot open file ({exc.strerror or exc})")
+    try:
+        decoded = decode_file(path, max_pixels)
+    except UnreadableImage as exc:
+        return _Checked(file, digest, reason=exc.reason)
+    return _Checked(file, digest, decoded.width, decoded.height, decoded.modality)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_all(
+    root: Path, files: list[str], progress: Progress | None, threads: int, max_pixels: int
+) -> list[_Checked]:
+    """Hash and decode every candidate; results in the order of `files`."""
+    results: list[_Checked] = [_Checked(file, "") for file in files]
+    for done, (index, item) in enumerate(_checked(root, files, threads, max_pixels), start=1):
+        results[index] = item
+        if progress:
+            progress(done, len(files))
+    return results
+
+
+def _checked(
+    root: Path, files: list[str], threads: int, max_pixels: int
+) -> Iterator[tuple[int, _Checked]]:
+    """(index, result) as each file finishes; on an interrupt, queued files are cancelled."""
+    if threads == 1:
+        for index, file in enumerate(files):
+            yield index, _check_one(root, file, max_pixels)
+        return
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="feddel-scan")
+    try:
+        futures = {pool.submit(_check_one, root, f, max_pixels): i for i, f in enumerate(files)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _assemble(
+    root: Path, checked: list[_Checked], ignored: int, masks: dict[str, dict[str, str]]
+) -> Inventory:
+    """Group readable files by content (the first file, sorted, is the sample) and pair masks."""
+    groups: dict[str, list[_Checked]] = {}
+    unreadable: list[Unreadable] = []
+    for item in checked:  # sorted by file
+        if item.reason is not None:
+            unreadable.append(Unreadable(item.file, item.reason))
+        else:
+            groups.setdefault(item.digest[:SAMPLE_ID_HEX], []).append(item)
+    samples = [
+        Sample(
+            sample_id,
+            first.file,
+            _find_mask(first.file, masks),
+            first.width,
+            first.height,
+            first.modality,
+        )
+        for sample_id, (first, *_) in groups.items()
+    ]
+    samples.sort(key=lambda sample: sample.file)
+    duplicates = {
+        sample_id: [item.file for item in items]
+        for sample_id, items in groups.items()
+        if len(items) > 1
+    }
+    inventory = Inventory(root, samples, duplicates, unreadable, ignored)
+    log.info(
+        "%s: %d files, %d samples, %d copies, %d unreadable, %d ignored",
+        root,
+        inventory.n_files,
+        len(samples),
+        inventory.n_duplicate_files,
+        len(unreadable),
+        ignored,
+    )
+    return inventory
+
+
+def _find_mask(file: str, masks: dict[str, dict[str, str]]) -> str | None:
+    """The mask in the `masks` folder beside the image's folder (at the root: inside it)."""
+    image = Path(file)
+    holder = image.parent.parent  # Path(".").parent is Path("."): root images use root/masks
+    return masks.get(holder.as_posix(), {}).get(image.stem)

@@ -1,0 +1,1 @@
+"""What a deployed coordinator and center share: certificates and keys, site files."""

@@ -1,0 +1,1 @@
+"""Neural networks (torch, timm): encoders and their embedding cache, MAE, segmentation head."""

@@ -1,0 +1,1 @@
+"""What crosses the wire: one typed request and reply per phase, to and from Flower records."""

@@ -1,0 +1,1 @@
+"""The curation round as the coordinator runs it: phases 0-4, aggregation, OptiDEL synthesis."""

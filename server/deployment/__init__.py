@@ -1,0 +1,1 @@
+"""A deployed coordinator: site settings, certificates, the SuperLink, submitted rounds."""

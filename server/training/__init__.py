@@ -1,0 +1,1 @@
+"""Phases 5-6: federated MAE pre-training (FedAvg, FedAdam/FedSGD) and downstream scoring."""

@@ -1,0 +1,1 @@
+"""feddel-sim subcommands: curate, demo, compare, bench (data lives in simulations/cli.py)."""

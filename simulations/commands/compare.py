@@ -1,0 +1,295 @@
+"""`feddel-sim compare`: curate, pre-train and evaluate every method x budget x seed.
+
+It runs simulations/pipeline.py on a simulated federation, one Flower run for all cells, and
+write RUN/results.{csv,md,png}. A finished cell is kept on disk, so a killed run started again
+with the same command continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.serverapp import Grid, ServerApp
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from feddel.common.cliutil import EXIT_OK, console
+from feddel.common.config import METHODS, CurationConfig, parse_overrides
+from feddel.common.errors import ConfigError, RunFailed
+from feddel.common.models.segmentation import HeadConfig
+from feddel.server.training.pretrain import CENTER_WEIGHTINGS
+from feddel.simulations.federated import ENGINES, run_apps, worker_threads
+from feddel.simulations.layout import center_dirs
+from feddel.simulations.pipeline import (
+    SCRATCH,
+    Cell,
+    Pipeline,
+    PipelineSettings,
+    Row,
+    discard_results,
+)
+from feddel.simulations.results import write_results
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """Pre-training and evaluation flags shared by `compare` and `demo`."""
+    defaults = PipelineSettings()
+    parser.add_argument(
+        "--rounds", type=int, default=defaults.rounds,
+        help=f"federated MAE rounds per cell (default {defaults.rounds})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--local-steps", type=int, default=defaults.local_steps,
+        help="optimizer steps per center per round; rounds x local-steps is the same for every "
+        f"budget (compute-matched; default {defaults.local_steps})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size,
+        help=f"images per local MAE step at each center (default {defaults.batch_size}; under "
+        "FedSGD a step's batch is this times --centers-per-round)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--centers-per-round", type=int, default=defaults.centers_per_round,
+        help="centers drawn to train in each round, from those holding training images; 0 = "
+        f"all (default {defaults.centers_per_round}: on shared CPUs few centers with more "
+        "local steps learn faster)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--warmup-rounds", type=int, default=defaults.warmup_rounds,
+        help="rounds of the MAE warm-up on a uniform sample that gives curation its encoder "
+        f"(default {defaults.warmup_rounds})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--curation-rounds", type=int, default=defaults.curation_rounds,
+        help="curate + pre-train repeats, each curating with the newest encoder (default 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lr", type=float, default=defaults.lr, help=f"MAE peak learning rate ({defaults.lr:g})"
+    )
+    parser.add_argument(
+        "--proximal-mu", type=float, default=defaults.proximal_mu,
+        help="FedProx: each center's local MAE steps pay mu/2 * ||w - w_global||^2 (default "
+        "0 = plain FedAvg). On the demo data it keeps the encoder near its start rather than "
+        "fixing drift; see the README's measurements",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fedadam", action=argparse.BooleanOptionalAction, default=defaults.fedadam,
+        help="FedAdam: centers take --local-steps plain SGD steps at --local-lr and the server "
+        "steps MAE's AdamW (--lr) with their averaged update. With --local-steps 1 this is "
+        "FedSGD with a server Adam: a round per optimizer step, each step's batch mixed "
+        "across centers (default: FedAvg)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--local-lr", type=float, default=defaults.local_lr,
+        help=f"the centers' SGD learning rate under --fedadam (default {defaults.local_lr:g})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--center-weighting", choices=CENTER_WEIGHTINGS, default=defaults.center_weighting,
+        help="how each round's centers weigh in the average: by their training images "
+        "(default, FedAvg) or equally (a center-balanced objective)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--head-steps", type=int, default=defaults.head.steps,
+        help=f"segmentation head training steps (default {defaults.head.steps})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--finetune", action=argparse.BooleanOptionalAction, default=defaults.head.finetune,
+        help="fine-tune the encoder with the head (default: frozen encoder)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="inprocess",
+        help="simulation engine: in-process (default; the same messages, no Ray) or Ray",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fresh", action="store_true",
+        help="discard the cells, warm-ups, center state and results that earlier runs left in "
+        "the output folder, then start over (its data/ is kept). Without it, finished cells are "
+        "reused when settings and code match, and refused when they do not",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a curation setting, e.g. --set k=64 (list: feddel-coordinator config)",
+    )  # fmt: skip
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="federation (feddel-sim data)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder for results.*")
+    parser.add_argument(
+        "--budgets", type=_floats, default=[0.05, 0.2, 1.0],
+        help="comma-separated budgets (default 0.05,0.2,1.0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--methods", type=_methods, default=["random", "meddel", "feddel"],
+        help=f"comma-separated, from {', '.join(METHODS)} (default random,meddel,feddel); "
+        "`full` runs once, at R = 1",
+    )  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument(
+        "--shard", type=_shard, default=(1, 1), metavar="K/N",
+        help="run only the seeds s with s mod N = K-1, so that N commands, identical but for "
+        "K, run side by side into one --out (a simulated federation keeps about one core busy). "
+        "Each writes the table of every cell finished so far: the last to finish writes the "
+        "whole table, and rerunning without --shard rewrites it (default 1/1: every seed)",
+    )  # fmt: skip
+    add_pipeline_arguments(parser)
+
+
+def compare_run(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds} must be >= 1")
+    shard, shards = args.shard
+    seeds = [seed for seed in range(args.seeds) if seed % shards == shard - 1]
+    if not seeds:
+        raise ConfigError(
+            f"--shard {shard}/{shards} holds none of the {args.seeds} seeds; "
+            f"use at most {args.seeds} shards"
+        )
+    if args.fresh and shards > 1:
+        raise ConfigError(
+            "--fresh with --shard would let each shard discard the cells of the others; "
+            "start the shards on an empty --out instead"
+        )
+    cells = [
+        # every method keeps everything at budget 1: one `full` cell stands for all of them
+        Cell("full", 1.0, seed) if method == "full" or budget >= 1.0 else Cell(method, budget, seed)
+        for seed in seeds
+        for method in args.methods
+        for budget in (args.budgets if method != "full" else [1.0])
+    ]
+    cells = list(dict.fromkeys(cells))
+    rows = run_pipeline(args, args.data, args.out, cells, keep_earlier=True)
+    if shards > 1:
+        console.print(
+            f"shard {shard}/{shards} ran seeds {', '.join(map(str, seeds))}; the table also "
+            "holds the cells other shards had finished"
+        )
+    console.print(results_table(rows, "comparison"))
+    console.print(f"results: {args.out}/results.csv, results.md, results.png")
+    return EXIT_OK
+
+
+def run_pipeline(
+    args: argparse.Namespace, data: Path, out: Path, cells: list[Cell], keep_earlier: bool = False
+) -> list[Row]:
+    """Run every cell in one simulated Flower run; write and return the rows. `keep_earlier`
+    adds the cells that earlier runs finished in `out` (same settings: Pipeline checks), so
+    `compare --methods optidel --budgets 0.05` after a larger comparison extends its table."""
+    settings = PipelineSettings(
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        centers_per_round=args.centers_per_round,
+        warmup_rounds=args.warmup_rounds,
+        curation_rounds=args.curation_rounds,
+        lr=args.lr,
+        proximal_mu=args.proximal_mu,
+        fedadam=args.fedadam,
+        local_lr=args.local_lr,
+        center_weighting=args.center_weighting,
+        head=HeadConfig(steps=args.head_steps, finetune=args.finetune),
+    )
+    base = CurationConfig.from_run_config(parse_overrides(args.set))
+    if args.fresh:
+        for path in discard_results(out):
+            console.print(f"--fresh: removed {path}")
+    centers = center_dirs(data)
+    state_root = out / "state"
+    rows: list[Row] = []
+    total = len(cells) + len({cell.seed for cell in cells})  # + one scratch row per seed
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("cells (curate, pre-train, evaluate)", total=total)
+
+        def on_row(row: Row) -> None:
+            rows.append(row)
+            bar.update(task, advance=1)
+            bar.console.print(
+                f"{row['method']} {row['budget']:g} seed {row['seed']}: R {row['R']:.3f}, "
+                f"mIoU {row['mIoU']:.4f}, NormDEL {row['NormDEL']:.4f}"
+            )
+
+        app = ServerApp()
+
+        @app.main()
+        def main(grid: Grid, _context: Any) -> None:
+            Pipeline(grid, base, settings, out, centers, state_root, on_row).run(cells)
+
+        if args.engine == "inprocess":
+            torch.set_num_threads(1)  # the simulated centers run side by side on threads
+        run_apps(app, centers, state_root, args.engine, workers=worker_threads(base.phase_timeout))
+    if len(rows) != total:
+        raise RunFailed(
+            f"the simulated run stopped after {len(rows)} of {total} cells (see the log above); "
+            "run the same command again to resume from the finished cells"
+        )
+    if keep_earlier:
+        rows += earlier_rows(out, rows)
+    write_results(rows, out, f"FedDEL comparison on {data.parent.name}/{data.name}")  # demo/data
+    return rows
+
+
+def earlier_rows(out: Path, rows: list[Row]) -> list[Row]:
+    """Rows of finished cells in `out` that are not among `rows`, by seed and cell name."""
+    have = {Cell(r["method"], r["budget"], r["seed"]).name for r in rows}
+    found = sorted(
+        (json.loads(path.read_text()) for path in out.glob("cells/*/row.json")),
+        key=lambda r: (r["seed"], Cell(r["method"], r["budget"], r["seed"]).name),
+    )
+    return [r for r in found if Cell(r["method"], r["budget"], r["seed"]).name not in have]
+
+
+def results_table(rows: list[Row], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("method", "budget", "seed", "R", "mIoU", "DEL", "NormDEL"):
+        table.add_column(column, justify="right")
+    table.add_column("disruptive", justify="right")
+    table.add_column("distinct videos / sel.", justify="right")
+    table.add_column("modes", justify="right")
+    for row in rows:
+        quality = (
+            ("-", "-", "-")
+            if row["method"] == SCRATCH
+            else (
+                f"{row.get('quality_disruptive_rate', 0):.2%}",
+                f"{row.get('quality_distinct_videos_per_selected', 0):.3f}",
+                f"{row.get('quality_mode_coverage', 0):.0%}",
+            )
+        )
+        table.add_row(
+            row["method"], f"{row['budget']:g}", str(row["seed"]), f"{row['R']:.3f}",
+            f"{row['mIoU']:.4f}", f"{row['DEL']:.4f}", f"{row['NormDEL']:.4f}", *quality,
+        )  # fmt: skip
+    return table
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers like 0.05,0.2,1.0") from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: budgets must lie in (0, 1]")
+    return values
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        shard, shards = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N, e.g. 2/3") from None
+    if not 1 <= shard <= shards:
+        raise argparse.ArgumentTypeError(f"{text!r}: K/N needs 1 <= K <= N, e.g. 2/3")
+    return shard, shards
+
+
+def _methods(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [v for v in values if v not in METHODS]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: methods must come from {', '.join(METHODS)}")
+    return values

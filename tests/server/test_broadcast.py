@@ -1,0 +1,118 @@
+"""The coordinator's broadcast over the in-process Grid: failures are named, quorum enforced."""
+
+import threading
+
+import numpy as np
+import pytest
+from flwr.app import Message
+from flwr.clientapp import ClientApp
+
+from feddel.common.privacy import secagg
+from feddel.common.wire.protocol import LloydReply, LloydRequest, SeedReply, roster_array
+from feddel.server.broadcast import Broadcaster, RoundFailed
+from feddel.simulations.inprocess import InProcessGrid
+
+K, D = 3, 4
+RELEASE = threading.Event()
+
+
+def _center_app(behaviour: dict[int, str]) -> ClientApp:
+    """Centers by partition: 'ok' answers, 'raise' crashes, 'hang' never answers in time,
+    'nan' sends a poisoned reply."""
+    app = ClientApp()
+
+    @app.query("seed")
+    def lloyd(message, context):
+        kind = behaviour.get(int(context.node_config["partition-id"]), "ok")
+        if kind == "raise":
+            raise RuntimeError("disk on fire")
+        if kind == "hang":
+            RELEASE.wait(5)
+        LloydRequest.from_record(message.content)
+        reply = SeedReply(
+            centroids=np.full((K, D), np.nan if kind == "nan" else 1.0), counts=np.full(K, 10)
+        )
+        return Message(reply.to_record(), reply_to=message)
+
+    return app
+
+
+def _request():
+    """Any request works here: the fake centers answer it with a SeedReply."""
+    return LloydRequest(
+        run="r", attempt=0, roster=np.zeros((1, 32), dtype=np.int64), method="feddel",
+        noise_sigma=0.0,
+        centers=np.zeros((K, D)),
+    )  # fmt: skip
+
+
+def test_broadcast_collects_all_replies_and_counts_bytes():
+    grid = InProcessGrid(_center_app({}), num_nodes=4)
+    cast = Broadcaster(grid, min_fraction=0.5, timeout=10, group="g")
+    replies = cast.ask(_request(), SeedReply)
+    grid.shutdown()
+    assert len(replies) == 4 and not cast.failures
+    assert cast.traffic.up["seed"] > 4 * K * D * 8
+    assert cast.traffic.down["seed"] > 4 * K * D * 8
+
+
+def test_broadcast_drops_crashing_hanging_and_poisoned_centers_by_name():
+    RELEASE.clear()
+    grid = InProcessGrid(_center_app({0: "raise", 1: "hang", 2: "nan"}), num_nodes=8, workers=8)
+    cast = Broadcaster(grid, min_fraction=0.5, timeout=1.0, group="g")
+    replies = cast.ask(_request(), SeedReply)
+    RELEASE.set()
+    grid.shutdown()
+    assert len(replies) == 5
+    reasons = {f.center: f.reason for f in cast.failures}
+    assert len(reasons) == 3 and all(f.phase == "seed" for f in cast.failures)
+    assert any("disk on fire" in r for r in reasons.values())
+    assert any("no reply within 1 s" in r for r in reasons.values())
+    assert any("NaN" in r for r in reasons.values())
+
+
+def test_broadcast_fails_the_round_below_min_fraction_naming_centers():
+    grid = InProcessGrid(_center_app({0: "raise", 1: "raise"}), num_nodes=3)
+    cast = Broadcaster(grid, min_fraction=0.5, timeout=10, group="g")
+    with pytest.raises(RoundFailed, match=r"only 1 of 3 centers remain.*disk on fire"):
+        cast.ask(_request(), SeedReply)
+    grid.shutdown()
+
+
+def _masking_app(private_keys: dict[int, bytes], crash_on_first_attempt: set[int]) -> ClientApp:
+    """Centers that contribute a vector of ones to a secure sum; some crash on attempt 0."""
+    app = ClientApp()
+
+    @app.query("lloyd")
+    def lloyd(message, context):
+        partition = int(context.node_config["partition-id"])
+        request = LloydRequest.from_record(message.content)
+        if request.attempt == 0 and partition in crash_on_first_attempt:
+            raise RuntimeError("power cut")
+        ctx = secagg.context(request.run, "lloyd", request.attempt)
+        masked = secagg.masked_vector(
+            np.ones(5), private_keys[partition], request.roster_keys(), ctx
+        )
+        return Message(LloydReply(masked=masked).to_record(), reply_to=message)
+
+    return app
+
+
+def test_secure_sum_retries_with_the_survivors_when_a_center_drops():
+    keys = {p: secagg.generate_private_key() for p in range(6)}
+    grid = InProcessGrid(_masking_app(keys, crash_on_first_attempt={2}), num_nodes=6)
+    cast = Broadcaster(grid, min_fraction=0.5, timeout=10, group="g")
+    nodes = sorted(grid.get_node_ids())
+    cast.public_keys = {node: secagg.public_key(keys[p]) for p, node in enumerate(nodes)}
+
+    def request(roster, attempt):
+        return LloydRequest(
+            run="r", attempt=attempt, roster=roster_array(roster), method="feddel",
+            noise_sigma=0.0,
+            centers=np.zeros((1, 1)),
+        )  # fmt: skip
+
+    total, replies = cast.secure_sum(request, LloydReply, length=5)
+    grid.shutdown()
+    np.testing.assert_allclose(total, np.full(5, 5.0), atol=1e-6)  # five survivors
+    assert len(replies) == 5 and [f.reason for f in cast.failures] == ["RuntimeError: power cut"]
