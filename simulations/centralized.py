@@ -41,7 +41,7 @@ from feddel.common.data.manifest import MANIFEST_COLUMNS, manifest_rows
 from feddel.common.data.pool import CenterPool, prepare_center
 from feddel.common.io import write_csv, write_json
 from feddel.common.models.embed import EncoderSpec
-from feddel.server.report import center_row
+from feddel.server.report import center_row, k_reduced_warning
 from feddel.simulations.evaluate import truth_measures
 from feddel.simulations.layout import center_dirs
 
@@ -167,6 +167,7 @@ def run_centralized(
         "per_center": {
             p.name: center_row(p.counts, int(m.sum())) for p, m in zip(pools, masks, strict=True)
         },
+        "warnings": [w for w in [k_reduced_warning(config.k, k)] if w],
         "config": config.to_run_config(),
     }
     selection = {

@@ -11,7 +11,7 @@ from rich.table import Table
 from feddel.client.state import CenterState
 from feddel.common.cliutil import EXIT_OK, console
 from feddel.common.config import METHODS, CurationConfig, parse_overrides
-from feddel.common.io import write_json
+from feddel.common.io import require_writable_folder, write_json
 from feddel.server.report_html import write_coordinator_report
 from feddel.simulations.centralized import run_centralized
 from feddel.simulations.evaluate import selected_files, truth_measures
@@ -80,6 +80,9 @@ def curate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def curate_run(args: argparse.Namespace) -> int:
+    require_writable_folder(args.out, "--out")
+    if args.state is not None:
+        require_writable_folder(args.state, "--state")
     summary = curate(args)
     print_summary(summary)
     console.print(f"summary: {args.out / 'summary.json'}   selection: {args.out / 'selection.csv'}")
@@ -89,8 +92,9 @@ def curate_run(args: argparse.Namespace) -> int:
 def _federated_truth(
     data: Path, out: Path, state_root: Path, summary: dict[str, Any], config: CurationConfig
 ) -> dict[str, Any] | None:
-    """Judge a federated round with the simulation's ground truth (never seen by the round)."""
-    centers = center_dirs(data)
+    """Judge a federated round with the simulation's ground truth (never seen by the round),
+    over the centers that finished it: one dropped (an empty folder, a crash) has no pool."""
+    centers = [folder for folder in center_dirs(data) if folder.name in summary["per_center"]]
     pool_ids = {}
     for folder in centers:
         pool = CenterState(state_root / folder.name).load_pool(out.name)
