@@ -51,8 +51,8 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_join(args: argparse.Namespace) -> int:
     site = load_center_site(args.config)
-    ca_expires = _check_site(site)
     require_writable_folder(site.state, "[center] state in center.toml")
+    ca_expires = _check_site(site)
     state = CenterState(site.state)
     env = flower_env(site.flwr_home)
     node_config = site.flwr_home / NODE_CONFIG_FILE

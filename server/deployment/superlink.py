@@ -75,8 +75,8 @@ def run_start(args: argparse.Namespace) -> int:
     site = load_site(
         args.config, certs=args.certs, state=args.state, host=args.host, port=args.port
     )
-    files = check_superlink_files(site.certs)
     require_writable_folder(site.state, "--state (or [coordinator] state)")
+    files = check_superlink_files(site.certs)
     _print_expiry(files)
     site.state.mkdir(parents=True, exist_ok=True, mode=0o700)
     env = write_connection(site.flwr_home, site.local_address, files.ca_cert)
