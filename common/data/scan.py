@@ -59,6 +59,7 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
 RESERVED_DIRS = {"masks", "test"}  # compared lower-case
 MASKS_DIR = "masks"
 SAMPLE_ID_HEX = 16
+CHECK_SIZE = 64  # the scan decodes every file to check it; a large one only this small
 
 Progress = Callable[[int, int], None]
 
@@ -265,7 +266,7 @@ def _check_one(root: Path, file: str, max_pixels: int) -> _Checked:
     except OSError as exc:
         return _Checked(file, "", reason=f"cannot open file ({exc.strerror or exc})")
     try:
-        decoded = decode_file(path, max_pixels)
+        decoded = decode_file(path, max_pixels, reduce_to=CHECK_SIZE)
     except UnreadableImage as exc:
         return _Checked(file, digest, reason=exc.reason)
     return _Checked(file, digest, decoded.width, decoded.height, decoded.modality)
