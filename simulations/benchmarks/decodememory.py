@@ -10,8 +10,9 @@ at full size (`decode_file`), the scan of the folder (4 threads), and the embedd
 (`embed_center`, after a warm-up embedding of the ordinary images, so torch's own memory is not
 counted); the embedding is measured in-process and with 2 DataLoader workers (largest worker).
 It uses only functions the code had before the pixel budget, so the same file measures any
-version: run it with another checkout's interpreter to compare (numbers: docs/design.md and
-common/data/budget.py). A benchmark: it prints and writes figures, it asserts nothing.
+version: run it with another checkout's interpreter to compare (the figures before and after
+the pixel budget of common/data/budget.py: README.md, Failure behaviour). A benchmark: it
+prints and writes figures, it asserts nothing.
 """
 
 from __future__ import annotations
