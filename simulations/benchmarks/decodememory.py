@@ -11,7 +11,7 @@ at full size (`decode_file`), the scan of the folder (4 threads), and the embedd
 counted); the embedding is measured in-process and with 2 DataLoader workers (largest worker).
 It uses only functions the code had before the pixel budget, so the same file measures any
 version: run it with another checkout's interpreter to compare (the figures before and after
-the pixel budget of common/data/budget.py: README.md, Failure behaviour). A benchmark: it
+the pixel budget of common/data/budget.py: docs/design.md section 9). A benchmark: it
 prints and writes figures, it asserts nothing.
 """
 
