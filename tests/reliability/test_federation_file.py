@@ -59,3 +59,13 @@ def test_not_utf8_is_a_json_error_too(data):
 def test_a_federation_file_of_the_right_shape_orders_the_centers(data):
     (data / "federation.json").write_text(json.dumps({"centers": [{"name": "b"}, {"name": "a"}]}))
     assert [folder.name for folder in center_dirs(data)] == ["b", "a"]
+
+
+def test_a_listed_center_folder_that_is_missing_is_named(data, capsys):
+    (data / "federation.json").write_text(json.dumps({"centers": [{"name": "a"}, {"name": "z"}]}))
+    out = data.parent / "run"
+    assert sim_cli(["curate", "--data", str(data), "--out", str(out), "--engine", "inprocess"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err == f"error: center folder(s) listed in {data / 'federation.json'} are missing: " + (
+        f"{data / 'z'}"
+    )
