@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.data import get_testdata_file
 
 from feddel.common.data.budget import (
     MAX_DECODE_BYTES,
@@ -95,7 +95,8 @@ def test_a_reduced_decode_still_reports_the_stored_size(bombs):
 
 
 def test_a_dicom_of_8_byte_pixels_is_refused_from_its_header(tmp_path):
-    ds = _dicom_dataset(tmp_path / "double.dcm")
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.PixelData
     ds.Rows, ds.Columns, ds.BitsAllocated = 7000, 8000, 64  # 56 Mpx: under the pixel limit
     ds.DoubleFloatPixelData = b"\0" * 8
     ds.save_as(tmp_path / "double.dcm", enforce_file_format=True)
@@ -134,29 +135,16 @@ def _images(folder: Path) -> dict[str, Path]:
     }
     for name, image in files.items():
         image.save(folder / name)
-    write_dicom_ramp(folder / "ct.dcm", _gradient(np.uint16, 4000))
+    write_ct(folder / "ct.dcm", _gradient(np.uint16, 4000))
     return {name: folder / name for name in [*files, "ct.dcm"]}
 
 
-def _dicom_dataset(path: Path) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    return ds
-
-
-def write_dicom_ramp(path: Path, pixels: np.ndarray) -> None:
-    """A CT-like DICOM: stored values, rescale to HU and a soft-tissue window."""
-    ds = _dicom_dataset(path)
+def write_ct(path: Path, pixels: np.ndarray) -> None:
+    """A CT slice of pydicom's test data with other pixels: rescale to HU, soft-tissue window."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     ds.set_pixel_data(pixels, photometric_interpretation="MONOCHROME2", bits_stored=16)
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.WindowCenter, ds.WindowWidth = 40, 400
-    ds.save_as(path, enforce_file_format=True)
+    ds.RescaleSlope, ds.RescaleIntercept, ds.WindowCenter, ds.WindowWidth = 1, -1024, 40, 400
+    ds.save_as(path)
 
 
 def test_every_mode_reduced_matches_the_full_decode_resized(tmp_path):
