@@ -21,6 +21,7 @@ from feddel.client.handlers import CenterPaths
 from feddel.client.state import CenterState
 from feddel.common.errors import ConfigError, FedDELError
 from feddel.common.wire.protocol import (
+    CENTER_ERROR,
     InventoryRequest,
     KeysRequest,
     LloydRequest,
@@ -32,8 +33,6 @@ from feddel.common.wire.protocol import (
 from feddel.common.wire.trainproto import EvaluateRequest, SynthesizeRequest, TrainRequest
 
 log = logging.getLogger(__name__)
-
-USER_ERROR = 1  # Error.code of a reply whose reason is a one-line, user-fixable message
 
 Resolver = Callable[[Context], CenterPaths]
 
@@ -89,7 +88,7 @@ def _wrap(
             log.error("%s phase %s failed: %s", name, request_type.ACTION, exc)
             if paths is not None:
                 CenterState(paths.state).record("error", phase=request_type.ACTION, reason=str(exc))
-            return Message(Error(code=USER_ERROR, reason=reason), reply_to=message)
+            return Message(Error(code=CENTER_ERROR, reason=reason), reply_to=message)
         return Message(reply.to_record(), reply_to=message)
 
     handle.__name__ = f"{request_type.ACTION}_handler"
