@@ -23,6 +23,7 @@ from feddel.client.redact import public_reason
 from feddel.client.state import CenterState
 from feddel.common.errors import ConfigError, FedDELError
 from feddel.common.wire.protocol import (
+    CENTER_ERROR,
     InventoryRequest,
     KeysRequest,
     LloydRequest,
@@ -34,8 +35,6 @@ from feddel.common.wire.protocol import (
 from feddel.common.wire.trainproto import EvaluateRequest, SynthesizeRequest, TrainRequest
 
 log = logging.getLogger(__name__)
-
-USER_ERROR = 1  # Error.code of a reply whose reason is a one-line, user-fixable message
 
 Resolver = Callable[[Context], CenterPaths]
 
@@ -89,7 +88,7 @@ def _wrap(
         except Exception as exc:  # any failure: a reply the round can go on without this center
             name = paths.name if paths else f"node {context.node_id}"
             reason = _report_error(exc, phase, name, paths)
-            return Message(Error(code=USER_ERROR, reason=f"{name}: {reason}"), reply_to=message)
+            return Message(Error(code=CENTER_ERROR, reason=f"{name}: {reason}"), reply_to=message)
         return Message(reply.to_record(), reply_to=message)
 
     handle.__name__ = f"{request_type.ACTION}_handler"
