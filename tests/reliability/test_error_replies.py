@@ -88,7 +88,7 @@ def test_error_replies_carry_no_path_or_file_name_of_the_center(federation, monk
         )  # fmt: skip
     reasons = {r.error.reason.split(": ", 1)[0]: r.error.reason for r in replies if r.has_error()}
     assert sorted(reasons) == ["center-01", "center-02", "center-03", "empty"]
-    assert summary["selected"] > 0 and sorted(summary["per_center"]) == ["center-00", "center-04"]
+    assert summary.selected > 0 and sorted(summary.per_center) == ["center-00", "center-04"]
 
     secrets = _names_under(federation / "data")
     for reason in reasons.values():

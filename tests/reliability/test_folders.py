@@ -209,7 +209,7 @@ def test_an_empty_center_is_named_and_curate_still_exits_0(curated_with_an_empty
     (failure,) = summary["failed_centers"]
     assert (failure["center"], failure["phase"]) == ("center-empty", "inventory")
     assert "no images found under <data folder>" in failure["reason"]
-    assert summary["centers"] == 3 and "quality" in summary  # judged over the 3 that ran
+    assert summary["centers"] == 3 and summary["quality"] is not None  # judged over the 3 that ran
     assert "failed center center-empty in inventory" in printed
 
 
