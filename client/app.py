@@ -2,8 +2,9 @@
 
 A deployed center (SuperNode) names its folders in the node config:
 `--node-config 'data-path="/data/endoscopy" state-path="/var/lib/feddel"'` (optionally
-`center-name`). In simulation, `build_client_app` takes a resolver that maps the virtual node's
-`partition-id` to a center folder. A user-fixable failure (FedDELError) becomes an error reply
+`center-name`, and `center-config`, its center.toml, whose [privacy] section sets its floor).
+In simulation, `build_client_app` takes a resolver that maps the virtual node's `partition-id`
+to a center folder. A user-fixable failure (FedDELError) becomes an error reply
 whose reason names the center and the problem; the server drops that center and goes on.
 """
 
@@ -18,13 +19,20 @@ from flwr.clientapp import ClientApp
 
 from feddel.client import handlers, training
 from feddel.client.handlers import CenterPaths
+from feddel.client.site import load_privacy_policy
 from feddel.client.state import CenterState
-from feddel.common.errors import ConfigError, FedDELError
+from feddel.common.errors import ConfigError, FedDELError, Refused
+from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.wire.protocol import (
     CENTER_ERROR,
+    CENTER_REFUSED,
+    CountsRequest,
+    HistogramRequest,
     InventoryRequest,
     KeysRequest,
     LloydRequest,
+    MeanImageRequest,
+    MomentsRequest,
     Payload,
     ScoreRequest,
     SeedRequest,
@@ -40,9 +48,13 @@ PHASES: dict[str, tuple[type[Payload], Callable[[Payload, CenterPaths], Payload]
     "inventory": (InventoryRequest, handlers.inventory),
     "keys": (KeysRequest, handlers.keys),
     "seed": (SeedRequest, handlers.seed),
+    "moments": (MomentsRequest, handlers.moments),
+    "counts": (CountsRequest, handlers.counts),
     "lloyd": (LloydRequest, handlers.lloyd),
     "score": (ScoreRequest, handlers.score),
+    "histograms": (HistogramRequest, handlers.histograms),
     "select": (SelectRequest, handlers.select),
+    "mean_image": (MeanImageRequest, handlers.mean_image),
     "mae": (TrainRequest, training.train),
     "segment": (EvaluateRequest, training.evaluate),
     "synthesize": (SynthesizeRequest, training.synthesize),
@@ -59,8 +71,10 @@ def paths_from_node_config(context: Context) -> CenterPaths:
             '--node-config \'data-path="/path/to/images" state-path="/path/to/state"\''
         )
     data = Path(str(config["data-path"]))
+    site_file = str(config.get("center-config", "")).strip()
+    policy = load_privacy_policy(site_file) if site_file else PrivacyPolicy()
     return CenterPaths(
-        str(config.get("center-name", data.name)), data, Path(str(config["state-path"]))
+        str(config.get("center-name", data.name)), data, Path(str(config["state-path"])), policy
     )
 
 
@@ -88,7 +102,8 @@ def _wrap(
             log.error("%s phase %s failed: %s", name, request_type.ACTION, exc)
             if paths is not None:
                 CenterState(paths.state).record("error", phase=request_type.ACTION, reason=str(exc))
-            return Message(Error(code=CENTER_ERROR, reason=reason), reply_to=message)
+            code = CENTER_REFUSED if isinstance(exc, Refused) else CENTER_ERROR
+            return Message(Error(code=code, reason=reason), reply_to=message)
         return Message(reply.to_record(), reply_to=message)
 
     handle.__name__ = f"{request_type.ACTION}_handler"

@@ -13,18 +13,23 @@
     [supernode]
     runtime-port = 9094                   # Flower's local ClientApp API, on 127.0.0.1 only
 
+    [privacy]                             # optional: this center's floor (safe defaults)
+    min-members = 10                      # see common/privacy/policy.py for every key
+
 Relative paths are taken relative to the file's folder, so the folder the coordinator hands
 over (centers/<name>/) can hold center.toml beside its keys.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from feddel.common.deployment.certs import check_center_name
 from feddel.common.deployment.sites import read_site_config
 from feddel.common.errors import ConfigError
+from feddel.common.privacy import policy
+from feddel.common.privacy.policy import PrivacyPolicy
 
 DEFAULT_RUNTIME_PORT = 9094
 
@@ -32,6 +37,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "center": {"name": str, "data": str, "state": str},
     "superlink": {"address": str, "ca": str, "key": str},
     "supernode": {"runtime-port": int},
+    policy.SECTION: policy.SCHEMA,
 }
 _REQUIRED = {"center": ("name", "data", "state"), "superlink": ("address", "ca", "key")}
 
@@ -45,6 +51,7 @@ class CenterSite:
     ca_cert: Path
     key: Path
     runtime_port: int
+    privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
 
     @property
     def flwr_home(self) -> Path:
@@ -78,7 +85,14 @@ def load_center_site(path: str | Path) -> CenterSite:
         ca_cert=_path(link["ca"], base),
         key=_path(link["key"], base),
         runtime_port=port,
+        privacy=PrivacyPolicy.from_section(sections[policy.SECTION]),
     )
+
+
+def load_privacy_policy(path: str | Path) -> PrivacyPolicy:
+    """Only the [privacy] section of a center.toml (defaults for what it leaves out): what the
+    ClientApp reads for every message, and what a simulated center reads from its folder."""
+    return PrivacyPolicy.from_section(read_site_config(Path(path), _SCHEMA)[policy.SECTION])
 
 
 def _check_address(file: Path, address: str) -> str:

@@ -7,6 +7,7 @@
     <state>/runs/<run>/masks.json       secure-sum contexts used, so none masks two vectors
     <state>/selection-<run>-<round>.csv phase 4: the manifest (sample id, path, cluster, score)
     <state>/events.jsonl                runs seen, manifests written, errors (feddel-center status)
+    <state>/noise.key                   the secret that keys the center's noise (mode 0600)
 
 Phases are separate messages (and, under Ray or after a restart, separate processes), so each
 phase reloads what it needs from here instead of keeping module-level caches.
@@ -30,6 +31,7 @@ from feddel.common.data.manifest import manifest_name
 from feddel.common.errors import DataError, ProtocolError
 from feddel.common.io import atomic_write_bytes, write_json
 from feddel.common.privacy import secagg
+from feddel.common.privacy.noise import SECRET_BYTES
 
 if TYPE_CHECKING:  # the pool's modules load torch: `feddel-center status` must start fast
     from feddel.common.curation.local import CenterScores
@@ -133,6 +135,18 @@ class CenterState:
         if not path.is_file():
             raise DataError(f"run '{run}' has no secure-aggregation key at this center ({path})")
         return path.read_bytes()
+
+    def noise_secret(self) -> bytes:
+        """The center's secret for keying its noise (common/privacy/noise.py), made once and
+        kept here only (mode 0600): the same question on the same data then gets the same
+        noise, in this run and after a restart, and the coordinator can never compute it."""
+        path = self.path / "noise.key"
+        if not path.is_file():
+            atomic_write_bytes(path, os.urandom(SECRET_BYTES), mode=0o600)
+        secret = path.read_bytes()
+        if len(secret) != SECRET_BYTES:
+            raise DataError(f"{path} holds {len(secret)} bytes, not {SECRET_BYTES}; delete it")
+        return secret
 
     def claim_mask(self, run: str, context: bytes, values: np.ndarray) -> None:
         """Refuse to mask different values under a context already used: the same masks on

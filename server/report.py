@@ -18,7 +18,7 @@ from feddel.server.report_html import write_coordinator_report
 
 SUMMARY_FILE = "summary.json"
 CENTROIDS_FILE = "centroids.npy"  # the round's global centroids (means of >= min-count samples)
-MEAN_IMAGE_FILE = "mean_image.npy"  # sum of images / count over centers with >= min-count
+MEAN_IMAGE_FILE = "mean_image.npy"  # optidel: the noisy federated image sum / count
 
 
 def _with_total(by_phase: dict[str, int]) -> dict[str, int]:
@@ -62,6 +62,7 @@ def round_summary(result: RoundResult) -> RoundSummary:
         synthesized=synthesized_summary(result) if config.selection_method.synthesizes else None,
         warnings=round_warnings(result),
         config=config.to_run_config(),
+        privacy=result.privacy.summary(),
     )
 
 

@@ -16,13 +16,12 @@ import numpy as np
 
 from feddel.common.config import CurationConfig
 from feddel.common.curation.kmeans import (
-    KMeansResult,
     assign,
     cluster_stats,
-    lloyd,
     merge_stats,
     weighted_kmeans_plusplus,
 )
+from feddel.common.curation.lloyd import KMeansResult, lloyd
 from feddel.common.curation.local import (
     auto_tau,
     candidate_histograms,

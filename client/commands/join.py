@@ -55,7 +55,7 @@ def run_join(args: argparse.Namespace) -> int:
     state = CenterState(site.state)
     env = flower_env(site.flwr_home)
     node_config = site.flwr_home / NODE_CONFIG_FILE
-    atomic_write_text(node_config, toml_document(node_config_values(site)))
+    atomic_write_text(node_config, toml_document(node_config_values(site, args.config)))
     console.print(
         f"center {site.name} joining {site.address} (CA expires {describe_expiry(ca_expires)}); "
         f"data {site.data} (read-only), state {site.state}"
@@ -75,12 +75,14 @@ def run_join(args: argparse.Namespace) -> int:
     raise (RunFailed if failure.retry else ConfigError)(failure.reason)
 
 
-def node_config_values(site: CenterSite) -> dict[str, str]:
-    """What the ClientApp reads from its node config (client/app.py paths_from_node_config)."""
+def node_config_values(site: CenterSite, config: Path) -> dict[str, str]:
+    """What the ClientApp reads from its node config (client/app.py paths_from_node_config):
+    the folders, the name, and center.toml itself, for its [privacy] floor."""
     return {
         "data-path": str(site.data),
         "state-path": str(site.state),
         "center-name": site.name,
+        "center-config": str(Path(config).resolve()),
     }
 
 

@@ -41,7 +41,7 @@ def _request():
     """Any request works here: the fake centers answer it with a SeedReply."""
     return LloydRequest(
         run="r", attempt=0, roster=np.zeros((1, 32), dtype=np.int64), method="feddel",
-        noise_sigma=0.0,
+        noise_sigma=0.0, count_sigma=0.0,
         centers=np.zeros((K, D)),
     )  # fmt: skip
 
@@ -108,7 +108,7 @@ def test_secure_sum_retries_with_the_survivors_when_a_center_drops():
     def request(roster, attempt):
         return LloydRequest(
             run="r", attempt=attempt, roster=roster_array(roster), method="feddel",
-            noise_sigma=0.0,
+            noise_sigma=0.0, count_sigma=0.0,
             centers=np.zeros((1, 1)),
         )  # fmt: skip
 
