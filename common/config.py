@@ -33,7 +33,7 @@ class CurationConfig:
     k_local: int = 8  # local centroids each center proposes for k-FED seeding
     min_count: int = 10  # privacy: no shared statistic but a count describes fewer samples
     noise_sigma: float = 0.05  # privacy: noise std in every shared sum of unit embeddings
-    image_noise: float = 4096.0  # privacy: noise std per pixel of the federated image sum
+    image_noise: float = 8192.0  # privacy: noise std per pixel of the federated image sum
     min_roster: int = 3  # privacy: centers in every secure sum, at least
     dp_epsilon: float = 0.0  # differential privacy over the whole round; 0 = off
     dp_delta: float = 1e-6

@@ -12,7 +12,7 @@ protected the same way; a hospital may raise them, and only a center can lower i
     max-image-size = 512      # pixels per side it embeds at, at most
     min-roster = 3            # centers in any secure sum it joins, at least
     min-noise-sigma = 0.05    # Gaussian noise in each embedding sum, at least (unit embeddings)
-    min-image-noise = 4096.0  # Gaussian noise per pixel of the federated image sum, at least
+    min-image-noise = 8192.0  # Gaussian noise per pixel of the federated image sum, at least
     share-mean-image = true   # add its images to the federated mean image (secure sum only)
 """
 
@@ -37,7 +37,7 @@ class PrivacyPolicy:
     max_image_size: int = 512
     min_roster: int = 3
     min_noise_sigma: float = 0.05
-    min_image_noise: float = 4096.0
+    min_image_noise: float = 8192.0
     share_mean_image: bool = True
 
     def __post_init__(self) -> None:
