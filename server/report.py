@@ -117,6 +117,8 @@ def round_warnings(result: RoundResult) -> list[str]:
             f"samples and add to the secure sums only (no local centroids, no mean image): "
             f"{', '.join(by_status['small'])}"
         )
+    if reduced := k_reduced_warning(config.k, len(result.centers)):
+        warnings.append(reduced)
     budget = math.ceil(config.budget * result.total_samples)
     candidates = int(result.candidates.sum())
     plans = config.selection_method.plans_by_histograms
@@ -134,6 +136,18 @@ def round_warnings(result: RoundResult) -> list[str]:
             "that failed after scoring took its share with it"
         )
     return warnings
+
+
+def k_reduced_warning(asked: int, used: int) -> str | None:
+    """A warning when k-means ran with fewer clusters than asked for, else None: the selection
+    then spreads its budget over fewer modes than the user planned."""
+    if used >= asked:
+        return None
+    return (
+        f"k={asked} was reduced to {used}: the pool cannot fill more clusters (a federated "
+        f"round seeds them from local centroids of at least min-count samples); ask for "
+        f"k <= {used}, or add data"
+    )
 
 
 def write_round(result: RoundResult, out_dir: str | Path) -> RoundSummary:

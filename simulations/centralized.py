@@ -34,7 +34,7 @@ from feddel.common.data.pool import prepare_center
 from feddel.common.io import write_csv, write_json
 from feddel.common.models.embed import EncoderSpec
 from feddel.common.reports.summary import RoundSummary
-from feddel.server.report import center_line
+from feddel.server.report import center_line, k_reduced_warning
 from feddel.simulations.evaluate import truth_measures
 from feddel.simulations.layout import center_dirs
 
@@ -132,6 +132,7 @@ def run_centralized(
         per_center={
             p.name: center_line(p.counts, int(m.sum())) for p, m in zip(pools, masks, strict=True)
         },
+        warnings=[w for w in [k_reduced_warning(config.k, k)] if w],
         config=config.to_run_config(),
         quality=truth_measures(centers, selection, pool_ids, config.budget, config.seed),
         wall_s=round(time.perf_counter() - started, 3),

@@ -36,7 +36,7 @@ from feddel.common.deployment.sites import (
     toml_document,
 )
 from feddel.common.errors import ConfigError, RunFailed
-from feddel.common.io import atomic_write_text
+from feddel.common.io import atomic_write_text, require_writable_folder
 from feddel.common.reports.summary import RoundSummary
 from feddel.server.deployment.flwrcli import CONNECTION, error_message, flwr_json, write_connection
 from feddel.server.deployment.site import load_site
@@ -78,6 +78,7 @@ def run_curate(args: argparse.Namespace) -> int:
     site = load_site(args.config, certs=args.certs, state=args.state)
     config = _round_config(args, site.round, site.runs)
     run_dir = Path(config.out) / config.run_name
+    require_writable_folder(config.out, "--out (or [coordinator] runs)")
     if (run_dir / SUMMARY_FILE).exists():
         raise ConfigError(f"{run_dir} already holds a round; choose another --run-name")
     address = args.superlink or site.local_address

@@ -21,6 +21,7 @@ from feddel.common.cliutil import EXIT_OK, console
 from feddel.common.config import CurationConfig, parse_overrides
 from feddel.common.curation.methods import FEDDEL, FULL, MEDDEL, METHOD_NAMES, RANDOM, method_named
 from feddel.common.errors import ConfigError, RunFailed
+from feddel.common.io import require_writable_folder
 from feddel.common.models.segmentation import HeadConfig
 from feddel.server.training.pretrain import CENTER_WEIGHTINGS
 from feddel.simulations.federated import ENGINES, run_apps, worker_threads
@@ -131,6 +132,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def compare_run(args: argparse.Namespace) -> int:
+    require_writable_folder(args.out, "--out")
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds} must be >= 1")
     shard, shards = args.shard

@@ -13,7 +13,7 @@ from feddel.client.state import CenterState
 from feddel.common.cliutil import EXIT_OK, console
 from feddel.common.config import CurationConfig, parse_overrides
 from feddel.common.curation.methods import FEDDEL, METHOD_HELP, METHOD_NAMES
-from feddel.common.io import write_json
+from feddel.common.io import require_writable_folder, write_json
 from feddel.common.reports.summary import RoundSummary
 from feddel.server.report_html import write_coordinator_report
 from feddel.simulations.centralized import run_centralized
@@ -72,7 +72,9 @@ def curate(args: argparse.Namespace) -> RoundSummary:
     summary = dataclasses.replace(
         summary,
         mode=f"federated ({args.engine})",
-        quality=_federated_truth(args.data, args.out, args.state or args.out / "centers", config),
+        quality=_federated_truth(
+            args.data, args.out, args.state or args.out / "centers", config, set(summary.per_center)
+        ),
     )
     write_json(args.out / "summary.json", summary.to_json())
     write_coordinator_report(summary.to_json(), args.out)
@@ -80,6 +82,9 @@ def curate(args: argparse.Namespace) -> RoundSummary:
 
 
 def curate_run(args: argparse.Namespace) -> int:
+    require_writable_folder(args.out, "--out")
+    if args.state is not None:
+        require_writable_folder(args.state, "--state")
     summary = curate(args)
     print_summary(summary)
     console.print(f"summary: {args.out / 'summary.json'}   selection: {args.out / 'selection.csv'}")
@@ -87,10 +92,11 @@ def curate_run(args: argparse.Namespace) -> int:
 
 
 def _federated_truth(
-    data: Path, out: Path, state_root: Path, config: CurationConfig
+    data: Path, out: Path, state_root: Path, config: CurationConfig, finished: set[str]
 ) -> dict[str, Any] | None:
-    """Judge a federated round with the simulation's ground truth (never seen by the round)."""
-    centers = center_dirs(data)
+    """Judge a federated round with the simulation's ground truth (never seen by the round),
+    over the centers that `finished` it: one dropped (an empty folder, a crash) has no pool."""
+    centers = [folder for folder in center_dirs(data) if folder.name in finished]
     pool_ids = {}
     for folder in centers:
         pool = CenterState(state_root / folder.name).load_pool(out.name)

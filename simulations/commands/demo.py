@@ -14,6 +14,7 @@ from pathlib import Path
 
 from feddel.common.cliutil import EXIT_OK, console
 from feddel.common.curation.methods import FEDDEL, FULL, RANDOM
+from feddel.common.io import require_writable_folder
 from feddel.simulations.commands.compare import (
     add_pipeline_arguments,
     cell_of,
@@ -38,6 +39,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def demo_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    require_writable_folder(args.out, "--out")
     data = args.out / "data"
     _ensure_demo_data(data, args.seed)
     console.print(f"demo federation: {data}")
