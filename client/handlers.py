@@ -33,7 +33,7 @@ from feddel.common.errors import FedDELError, ProtocolError
 from feddel.common.models.embed import EncoderSpec
 from feddel.common.privacy import secagg
 from feddel.common.privacy.cells import seed_proposal
-from feddel.common.privacy.noise import add_noise, noise_share, noisy_means
+from feddel.common.privacy.noise import add_noise, noise_context, noise_share, noisy_means
 from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.wire.protocol import (
     CountsReply,
@@ -120,7 +120,7 @@ def seed(request: SeedRequest, paths: CenterPaths) -> SeedReply:
     pool = state.load_pool(request.run)
     X = pool.embeddings[method_named(request.method).eligible(pool.disruptive)]
     centroids, counts = seed_proposal(X, request.k_local, request.min_count, request.seed)
-    context = secagg.context(request.run, request.ACTION, 0)
+    context = noise_context(request.ACTION, 0)
     noisy = noisy_means(state.noise_secret(), context, centroids, counts, request.noise_sigma)
     return SeedReply(centroids=noisy, counts=counts)
 
@@ -143,7 +143,9 @@ def _masked(
     context = secagg.context(request.run, request.ACTION, request.attempt)
     state.claim_mask(request.run, context, values)
     scales = noise_share(1.0, len(roster)) * noise_scales(layout, request)
-    noisy = add_noise(state.noise_secret(), context, values, scales)
+    noisy = add_noise(
+        state.noise_secret(), noise_context(request.ACTION, request.attempt), values, scales
+    )
     return secagg.masked_vector(noisy, private, roster, context)
 
 

@@ -9,12 +9,13 @@ runs whose data differ by one image, reveal that member exactly (the TAR attack,
 - A statistic a center sends alone (its k-FED local centroids) carries the whole sigma.
 
 The noise is drawn from a PRG keyed by HMAC-SHA256(the center's secret, what is being shared):
-the context of the secure sum (run, phase, sequence number), the roster size, sigma, and a hash
-of the exact values. The coordinator does not know the secret, so to it the noise is Gaussian
-and independent of everything else; yet the same question on the same data gives the same
-noise, so a coordinator that is restarted and asks again gets the same answer (the same
-selection), and repeating a question cannot average the noise away. Different values (another
-round, one more image) draw independent noise.
+the phase and the secure sum's sequence number in its run (`noise_context`), the noise scales
+(sigma and the roster size) and a hash of the exact values. The coordinator does not know the
+secret, so to it every release of a run carries fresh Gaussian noise, independent of
+everything else (as the DP accounting assumes). The run's name is left out on purpose: a
+coordinator that reruns a curation on unchanged data, under any name, gets the very same
+answers (a resumed round selects what an uninterrupted one would) and cannot average the
+noise away; once one image differs, the values differ and the noise is new.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ import math
 import numpy as np
 
 SECRET_BYTES = 32
+
+
+def noise_context(phase: str, sequence: int) -> bytes:
+    """What keys a release's noise besides the values: its phase and sequence number."""
+    return f"feddel/noise/{phase}/{sequence}".encode()
 
 
 def noise_share(sigma: float, roster: int) -> float:
@@ -41,7 +47,7 @@ def keyed_gaussian(
     values = np.ascontiguousarray(values, dtype=np.float64)
     scales = np.broadcast_to(np.asarray(scales, dtype=np.float64), values.shape)
     digest = hashlib.sha256(values.tobytes() + np.ascontiguousarray(scales).tobytes()).digest()
-    key = hmac.new(secret, b"feddel/noise/" + context + b"/" + digest, hashlib.sha256).digest()
+    key = hmac.new(secret, context + b"/" + digest, hashlib.sha256).digest()
     rng = np.random.Generator(np.random.PCG64(int.from_bytes(key, "big")))
     return rng.standard_normal(values.shape) * scales
 
