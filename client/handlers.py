@@ -165,18 +165,26 @@ def _cell_stats(X: np.ndarray, centers: np.ndarray) -> ClusterStats:
 
 
 def counts(request: CountsRequest, paths: CenterPaths) -> CountsReply:
-    """How many of its eligible samples each center's cell holds (masked)."""
+    """How many of its eligible samples each center's cell holds (masked); the centers are
+    kept for the statistics request that follows."""
     _, X = _eligible_rows(request.method, paths, request.run)
     k = len(request.centers)
     stats = _cell_stats(X, request.centers)
+    CenterState(paths.state).save_cells(request.run, request.centers)
     return CountsReply(masked=_masked(request, paths, counts_layout(k), count=stats.count))
 
 
 def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
+    """Count, sum and squared distance of the open cells (masked), every eligible sample
+    assigned to its nearest open center."""
     paths.policy.check_noise(request.noise_sigma)
     _, X = _eligible_rows(request.method, paths, request.run)
-    k, d = request.centers.shape
-    stats = _cell_stats(X, request.centers)
+    cells = CenterState(paths.state).load_cells(request.run, request.cells)
+    if len(request.open) != len(cells):
+        raise ProtocolError(f"{len(request.open)} open flags for {len(cells)} counted cells")
+    centers = cells[request.open > 0]
+    k, d = centers.shape
+    stats = _cell_stats(X, centers)
     layout = lloyd_layout(k, d)
     parts = {"count": stats.count, "sum": stats.sum, "sqdist": stats.sqdist}
     return LloydReply(masked=_masked(request, paths, layout, **parts))

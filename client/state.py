@@ -3,6 +3,7 @@
     <state>/embeddings/<fingerprint>/   resumable embedding cache (common/models/embedcache.py)
     <state>/runs/<run>/pool.json        phase 0: the samples, quality flags and encoder of a run
     <state>/runs/<run>/pool.npz         phase 0: per-sample flags, mean-image sum
+    <state>/runs/<run>/cells.npy        phase 2: the centers of the last cell-count request
     <state>/runs/<run>/scores.npz       phase 3: per-sample labels and scores
     <state>/runs/<run>/masks.json       secure-sum contexts used, so none masks two vectors
     <state>/selection-<run>-<round>.csv phase 4: the manifest (sample id, path, cluster, score)
@@ -107,6 +108,26 @@ class CenterState:
             counts=PoolCounts(**meta["counts"]),
             image_sum=arrays["image_sum"],
         )
+
+    # --- phase 2: the centers a Lloyd round's statistics refer to --------------------------
+
+    def save_cells(self, run: str, centers: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(centers, dtype=np.float64))
+        atomic_write_bytes(self.run_dir(run) / "cells.npy", buffer.getvalue())
+
+    def load_cells(self, run: str, digest: str) -> np.ndarray:
+        """The centers of the last counts request, if they are the ones `digest` names."""
+        from feddel.common.wire.protocol import centers_digest  # Flower: not for `status`
+
+        path = self.run_dir(run) / "cells.npy"
+        centers = np.load(path) if path.is_file() else None
+        if centers is None or centers_digest(centers) != digest:
+            raise ProtocolError(
+                f"the Lloyd statistics refer to centers {digest} that this center was not asked "
+                "to count last; the coordinator must ask the cell counts first"
+            )
+        return centers
 
     # --- phase 3 output --------------------------------------------------------------------
 

@@ -145,8 +145,8 @@ def k_reduced_warning(asked: int, used: int) -> str | None:
         return None
     return (
         f"k={asked} was reduced to {used}: the pool cannot fill more clusters (a federated "
-        f"round seeds them from local centroids of at least min-count samples); ask for "
-        f"k <= {used}, or add data"
+        f"round keeps only clusters of at least min-count members, merging smaller ones into "
+        f"their neighbours); ask for k <= {used}, or add data"
     )
 
 

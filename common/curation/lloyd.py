@@ -45,12 +45,13 @@ PATIENCE = 2  # rounds without beating the best centers before the loop counts a
 class LloydSource(Protocol):
     """Where a Lloyd round's aggregates come from."""
 
-    def counts(self, centers: np.ndarray) -> np.ndarray:
+    def counts(self, cells: np.ndarray) -> np.ndarray:
         """(k,) members of each center's cell."""
         ...
 
-    def stats(self, centers: np.ndarray) -> ClusterStats:
-        """Per-cell count, sum and squared distance, every sample assigned to `centers`."""
+    def stats(self, cells: np.ndarray, open_cells: np.ndarray) -> ClusterStats:
+        """Per-cell count, sum and squared distance, every sample assigned to its nearest of
+        cells[open_cells] (the cells just counted, those that reached min-count)."""
         ...
 
 
@@ -106,8 +107,8 @@ def lloyd_rounds(
             )
         if not open_cells.all():
             log.info("merged %d cell(s) under min-count into their neighbours", np.sum(~open_cells))
+        stats = source.stats(centers, open_cells)
         centers = centers[open_cells]
-        stats = source.stats(centers)
         history.append(stats.inertia)
         improved = best is None or stats.inertia < best.stats.inertia * (1.0 - tol)
         if best is None or stats.inertia < best.stats.inertia:
@@ -190,7 +191,14 @@ class PooledSource:
         self.chunk_size = chunk_size
         self._last: tuple[np.ndarray, ClusterStats] | None = None
 
-    def stats(self, centers: np.ndarray) -> ClusterStats:
+    def counts(self, cells: np.ndarray) -> np.ndarray:
+        return self.pooled(cells).count
+
+    def stats(self, cells: np.ndarray, open_cells: np.ndarray) -> ClusterStats:
+        return self.pooled(cells[open_cells])
+
+    def pooled(self, centers: np.ndarray) -> ClusterStats:
+        """Every shard's statistics of `centers`, merged (the last ones are reused)."""
         if self._last is not None and np.array_equal(self._last[0], centers):
             return self._last[1]
         k = len(centers)
@@ -200,9 +208,6 @@ class PooledSource:
         )
         self._last = (np.array(centers), stats)
         return stats
-
-    def counts(self, centers: np.ndarray) -> np.ndarray:
-        return self.stats(centers).count
 
 
 def lloyd(

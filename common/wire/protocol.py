@@ -12,6 +12,7 @@ This is the only module of `common` that imports Flower.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import typing
 from dataclasses import dataclass, field
@@ -428,17 +429,30 @@ def counts_layout(k: int) -> dict[str, tuple[int, ...]]:
 
 @dataclass(frozen=True, kw_only=True)
 class LloydRequest(Masked):
-    """The open cells' statistics: every eligible sample assigned to its nearest of `centers`
-    (the open ones), so each cell holds at least the members its count showed."""
+    """The open cells' statistics: every eligible sample assigned to its nearest open center,
+    so each cell holds at least the members its count showed. The centers are those of the
+    counts request just before (`cells`: their digest), so they are not sent twice; `open`
+    flags the ones whose cell reached min-count."""
 
     ACTION: ClassVar[str] = "lloyd"
     method: str
-    centers: np.ndarray = array_field("f", 2)  # (k, d)
+    cells: str  # centers_digest of the counts request's centers
+    open: np.ndarray = array_field("i", 1, nonnegative=True)  # (k,) 0 or 1
 
     def check(self) -> None:
         super().check()
-        _check_choice("LloydRequest", "method", self.method, SELECTION_NAMES)
-        _check_centers("LloydRequest", self.centers)
+        name = "LloydRequest"
+        _check_choice(name, "method", self.method, SELECTION_NAMES)
+        if not 1 <= len(self.open) <= MAX_CLUSTERS or self.open.max(initial=0) > 1:
+            raise ProtocolError(f"{name}: open must be 1 to {MAX_CLUSTERS} flags of 0 or 1")
+        if not self.open.any():
+            raise ProtocolError(f"{name}: no cell is open")
+
+
+def centers_digest(centers: np.ndarray) -> str:
+    """A short name for a set of centers, so a request can refer to the ones sent before."""
+    data = np.ascontiguousarray(centers, dtype=np.float64)
+    return hashlib.sha256(repr(data.shape).encode() + data.tobytes()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -53,6 +53,7 @@ from feddel.common.wire.protocol import (
     SeedRequest,
     SelectReply,
     SelectRequest,
+    centers_digest,
     counts_layout,
     histogram_layout,
     lloyd_layout,
@@ -228,11 +229,12 @@ class SecureLloyd:
         self.sums.check_counts("counts", parts["count"], expected, exact=True)
         return np.rint(parts["count"]).astype(np.int64)
 
-    def stats(self, centers: np.ndarray) -> ClusterStats:
-        k, d = centers.shape
+    def stats(self, cells: np.ndarray, open_cells: np.ndarray) -> ClusterStats:
+        """The centers just counted are not sent again: the request names them by digest."""
+        k, d = int(open_cells.sum()), cells.shape[1]
         parts, replies = self.sums.ask(
-            LloydRequest, LloydReply, lloyd_layout(k, d),
-            method=self.sums.method, centers=centers,
+            LloydRequest, LloydReply, lloyd_layout(k, d), method=self.sums.method,
+            cells=centers_digest(cells), open=open_cells.astype(np.int64),
         )  # fmt: skip
         expected = sum(self.eligible[n] for n in replies)
         self.sums.check_counts("lloyd", parts["count"], expected, exact=True)

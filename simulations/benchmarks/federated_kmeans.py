@@ -129,7 +129,8 @@ class _MaskedSums:
             "count": cluster_stats(shard, assign(shard, centers), k).count})  # fmt: skip
         return np.rint(parts["count"]).astype(np.int64)
 
-    def stats(self, centers: np.ndarray) -> ClusterStats:
+    def stats(self, cells: np.ndarray, open_cells: np.ndarray) -> ClusterStats:
+        centers = cells[open_cells]
         k, d = centers.shape
 
         def values_of(shard: np.ndarray) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ SuperNode's output becomes one sentence, and `feddel-center status`.
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -279,6 +280,10 @@ def test_deployed_round_matches_the_inprocess_simulation(site, processes, superl
         deployed_rows |= {(name, row["sample_id"]) for row in read_csv(manifest)}
 
     config = CurationConfig.from_run_config({**ROUND, "budget": BUDGET, "method": "feddel"})
+    for name in CENTERS:  # the same centers: the same secret keys their noise in both rounds
+        (tmp_path / "state" / name).mkdir(parents=True)
+        secret = root / "state" / name / "noise.key"
+        shutil.copyfile(secret, tmp_path / "state" / name / secret.name)
     reference = run_federated(
         root / "data", tmp_path / RUN, config, engine="inprocess", state_root=tmp_path / "state"
     )
@@ -327,9 +332,9 @@ def test_center_site_resolves_relative_paths_next_to_the_file(tmp_path):
         tmp_path / "images", tmp_path / "state", tmp_path / "center.key",
     )  # fmt: skip
     assert site.flwr_home == tmp_path / "state" / "flwr"
-    assert node_config_values(site) == {
+    assert node_config_values(site, toml) == {
         "data-path": str(tmp_path / "images"), "state-path": str(tmp_path / "state"),
-        "center-name": "hospital-a",
+        "center-name": "hospital-a", "center-config": str(toml.resolve()),
     }  # fmt: skip
 
 

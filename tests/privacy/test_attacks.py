@@ -25,12 +25,14 @@ from feddel.common.errors import Refused, RunFailed
 from feddel.common.privacy import secagg
 from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.wire.protocol import (
+    CountsRequest,
     InventoryReply,
     InventoryRequest,
     KeysRequest,
     LloydRequest,
     MeanImageRequest,
     SeedRequest,
+    centers_digest,
     lloyd_layout,
     mean_image_layout,
     roster_array,
@@ -62,14 +64,18 @@ def _eligible(state, run):
 
 @pytest.fixture(scope="module")
 def coordinator_view(federation):
-    """One default round; every secure sum the coordinator unmasked, with what it asked."""
-    seen = []
+    """One default round; every secure sum the coordinator unmasked, with what it asked and,
+    for the Lloyd phases, the centers the sum was about."""
+    seen, counted = [], []
     original = broadcast.Broadcaster.secure_sum
 
     def spy(self, make_request, reply_type, length, *args, **kwargs):
         total, replies = original(self, make_request, reply_type, length, *args, **kwargs)
         request = make_request([self.public_keys[n] for n in sorted(replies)], 0)
-        seen.append((reply_type.ACTION, request, total.copy(), sorted(replies)))
+        if reply_type.ACTION == "counts":
+            counted.append(request.centers)
+        centers = counted[-1][request.open > 0] if reply_type.ACTION == "lloyd" else None
+        seen.append((reply_type.ACTION, request, total.copy(), sorted(replies), centers))
         return total, replies
 
     broadcast.Broadcaster.secure_sum = spy
@@ -88,8 +94,8 @@ def _tar(seen, X):
     by one gives (sum difference) = the one embedding that moved. Returns, per such cell where
     exactly one sample truly moved: (error of the raw estimate, error of a shrunk estimate,
     distance of the sample to its centroid), all to the sample that moved."""
-    rounds = [(request.centers, unpack(lloyd_layout(*request.centers.shape), total))
-              for action, request, total, _ in seen if action == "lloyd"]  # fmt: skip
+    rounds = [(centers, unpack(lloyd_layout(*centers.shape), total))
+              for action, _, total, _, centers in seen if action == "lloyd"]  # fmt: skip
     results = []
     for (c0, a), (c1, b) in itertools.pairwise(rounds):
         labels0, labels1 = assign(X, c0).labels, assign(X, c1).labels
@@ -134,10 +140,10 @@ def test_no_sum_of_a_cell_under_min_count_is_ever_unmasked(coordinator_view):
     samples; every secure sum had a roster of >= min-roster centers."""
     seen, _ = coordinator_view
     assert {action for action, *_ in seen} >= {"counts", "lloyd", "score", "histograms", "select"}
-    for action, request, total, roster in seen:
+    for action, request, total, roster, centers in seen:
         assert len(roster) >= CONFIG.min_roster
         if action == "lloyd":
-            counts = unpack(lloyd_layout(*request.centers.shape), total)["count"]
+            counts = unpack(lloyd_layout(*centers.shape), total)["count"]
             assert (np.rint(counts) >= CONFIG.min_count).all()
         if action == "histograms":
             rows = total.reshape(len(request.open), -1).sum(axis=1)
@@ -173,12 +179,12 @@ def test_a_secure_sum_over_one_center_is_refused(federation, coordinator_view):
     center = _centers(federation)[0]
     private = CenterState(federation / "state" / center.name).secagg_key("run")
     roster = roster_array([secagg.public_key(private)])
-    request = LloydRequest(
-        run="run", attempt=10_000, roster=roster, noise_sigma=CONFIG.noise_sigma, count_sigma=0.0,
+    request = CountsRequest(
+        run="run", attempt=10_000, roster=roster, noise_sigma=0.0, count_sigma=0.0,
         method="feddel", centers=np.zeros((2, next(iter(coordinator_view[1])).size)),
     )  # fmt: skip
     with pytest.raises(Refused, match="secure sum over 1 center"):
-        handlers.lloyd(request, _paths(federation, center))
+        handlers.counts(request, _paths(federation, center))
 
 
 def _mean_image_sums(federation, data, state, run):
@@ -253,6 +259,19 @@ def test_a_one_image_center_adds_nothing_to_the_mean_image(federation, tmp_path)
     assert not secagg.decode(masked - own_mask).any()  # zeros: its image never enters a sum
 
 
+def _lloyd_replies(paths, centers, attempt):
+    """Every member's masked Lloyd statistics of `centers`, as the coordinator would ask them:
+    the cell counts first (sequence `attempt`), then the statistics (`attempt` + 1)."""
+    keys = roster_array([secagg.public_key(CenterState(p.state).secagg_key("run")) for p in paths])
+    asked = dict(run="run", roster=keys, noise_sigma=CONFIG.noise_sigma, count_sigma=0.0,
+                 method="feddel")  # fmt: skip
+    for path in paths:
+        handlers.counts(CountsRequest(**asked, attempt=attempt, centers=centers), path)
+    stats = LloydRequest(**asked, attempt=attempt + 1, cells=centers_digest(centers),
+                         open=np.ones(len(centers), dtype=np.int64))  # fmt: skip
+    return [handlers.lloyd(stats, path).masked for path in paths]
+
+
 def test_a_single_centers_contribution_cannot_be_isolated(federation, coordinator_view):
     """What the coordinator holds of one Lloyd round: one masked vector per center and their
     sum. Any single vector, and the sum of any strict subset of the roster, decode to values
@@ -260,25 +279,24 @@ def test_a_single_centers_contribution_cannot_be_isolated(federation, coordinato
     sum decodes, and it carries the noise. The stated distance: a decoded value within 1 of
     the truth would reveal it; here every one is off by more than 1e6."""
     seen, _ = coordinator_view
-    _, request, _, roster = next(item for item in seen if item[0] == "lloyd")
+    *_, roster, centers = next(item for item in seen if item[0] == "lloyd")
     paths = [_paths(federation, c) for c in _centers(federation)]
     assert len(paths) == len(roster) >= 3
-    fresh = LloydRequest(**{**request.__dict__, "attempt": 50_000})  # a replay: new masks
-    masked = [handlers.lloyd(fresh, p).masked for p in paths]
-    layout = lloyd_layout(*request.centers.shape)
+    masked = _lloyd_replies(paths, centers, 50_000)  # a replay: new masks
+    layout = lloyd_layout(*centers.shape)
     truths = []
     for path in paths:
         X = _eligible(path.state, "run")
         truths.append(np.concatenate([
-            np.bincount(assign(X, request.centers).labels, minlength=len(request.centers)),
-            np.zeros(sum(int(np.prod(s)) for s in layout.values()) - len(request.centers)),
+            np.bincount(assign(X, centers).labels, minlength=len(centers)),
+            np.zeros(sum(int(np.prod(s)) for s in layout.values()) - len(centers)),
         ]))  # fmt: skip
     for subset in ([0], [1, 2], [0, 1, 2, 3, 4]):
         decoded = secagg.unmasked_sum([masked[i] for i in subset])
         truth = np.sum([truths[i] for i in subset], axis=0)
-        assert np.abs(decoded - truth)[: len(request.centers)].min() > 1e6
+        assert np.abs(decoded - truth)[: len(centers)].min() > 1e6
     whole = unpack(layout, secagg.unmasked_sum(masked))
-    counts = np.sum([t[: len(request.centers)] for t in truths], axis=0)
+    counts = np.sum([t[: len(centers)] for t in truths], axis=0)
     np.testing.assert_allclose(whole["count"], counts, atol=1e-6)  # counts: exact, aggregate
     bits = np.unpackbits(np.concatenate(masked).view(np.uint8))
     assert abs(bits.mean() - 0.5) < 0.01
@@ -294,19 +312,17 @@ def test_subset_differencing_by_a_coordinator_that_asks_twice_meets_the_noise(
     isolated per-cluster sum is off by at least half that, so even a cluster of one member at
     that center (its sum is one embedding) is not recovered."""
     seen, X = coordinator_view
-    _, request, _, _ = next(item for item in seen if item[0] == "lloyd")
+    centers = next(item for item in seen if item[0] == "lloyd")[-1]
     paths = [_paths(federation, c) for c in _centers(federation)]
-    layout = lloyd_layout(*request.centers.shape)
+    layout = lloyd_layout(*centers.shape)
     sums = []
-    for attempt, members in ((60_000, paths), (60_001, paths[:-1])):
-        keys = [secagg.public_key(CenterState(p.state).secagg_key("run")) for p in members]
-        ask = LloydRequest(**{**request.__dict__, "attempt": attempt, "roster": roster_array(keys)})
-        sums.append(unpack(layout, secagg.unmasked_sum([handlers.lloyd(ask, p).masked
-                                                        for p in members])))  # fmt: skip
+    for attempt, members in ((60_000, paths), (60_010, paths[:-1])):
+        masked = _lloyd_replies(members, centers, attempt)
+        sums.append(unpack(layout, secagg.unmasked_sum(masked)))
     isolated = sums[0]["sum"] - sums[1]["sum"]
     Xc = _eligible(paths[-1].state, "run")
-    labels = assign(Xc, request.centers).labels
-    truth = np.array([Xc[labels == j].sum(axis=0) for j in range(len(request.centers))])
+    labels = assign(Xc, centers).labels
+    truth = np.array([Xc[labels == j].sum(axis=0) for j in range(len(centers))])
     error = np.linalg.norm(isolated - truth, axis=1)
     expected = CONFIG.noise_sigma * np.sqrt(2 * X.shape[1])
     assert (error > 0.5 * expected).all(), error

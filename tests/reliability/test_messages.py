@@ -273,7 +273,7 @@ def test_hostile_replies_are_rejected_with_the_reason(cls, record, message):
 def _lloyd_request(**changes):
     values = dict(
         run="r", attempt=0, roster=np.zeros((1, 32), dtype=np.int64), method="feddel",
-        noise_sigma=0.0, count_sigma=0.0, centers=np.zeros((2, 4)),
+        noise_sigma=0.0, count_sigma=0.0, cells="c", open=np.ones(2, dtype=np.int64),
     )  # fmt: skip
     values.update(changes)
     return LloydRequest(**values).to_record()
@@ -325,7 +325,8 @@ HOSTILE_REQUESTS = [
         HistogramRequest, _histogram_request(open=np.array([1, 2])), "flags of 0 or 1", id="open"
     ),
     pytest.param(LloydRequest, _lloyd_request(method="all"), "must be one of", id="method"),
-    pytest.param(LloydRequest, _lloyd_request(centers=np.zeros((0, 4))), "1 <= k", id="no-k"),
+    pytest.param(LloydRequest, _lloyd_request(open=np.zeros(0, np.int64)), "1 to", id="no-k"),
+    pytest.param(LloydRequest, _lloyd_request(open=np.zeros(2, np.int64)), "no cell", id="closed"),
     pytest.param(
         SelectRequest, _select_request(threshold_bins=np.array([1, 8])), "< bins=8", id="bins"
     ),

@@ -51,7 +51,7 @@ def _request():
     return LloydRequest(
         run="r", attempt=0, roster=np.zeros((1, 32), dtype=np.int64), method="feddel",
         noise_sigma=0.0, count_sigma=0.0,
-        centers=np.zeros((K, D)),
+        cells="c", open=np.ones(K, dtype=np.int64),
     )  # fmt: skip
 
 
@@ -118,7 +118,7 @@ def test_secure_sum_retries_with_the_survivors_when_a_center_drops():
         return LloydRequest(
             run="r", attempt=attempt, roster=roster_array(roster), method="feddel",
             noise_sigma=0.0, count_sigma=0.0,
-            centers=np.zeros((1, 1)),
+            cells="c", open=np.ones(1, dtype=np.int64),
         )  # fmt: skip
 
     total, replies = cast.secure_sum(request, LloydReply, length=5)

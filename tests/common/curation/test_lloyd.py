@@ -23,12 +23,12 @@ class Recording(PooledSource):
         super().__init__(shards)
         self.calls = []
 
-    def counts(self, centers):
-        self.calls.append(("counts", len(centers)))
-        return PooledSource.stats(self, centers).count
+    def counts(self, cells):
+        self.calls.append(("counts", len(cells)))
+        return self.pooled(cells).count
 
-    def stats(self, centers):
-        stats = PooledSource.stats(self, centers)
+    def stats(self, cells, open_cells):
+        stats = self.pooled(cells[open_cells])
         self.calls.append(("stats", stats.count.copy()))
         return stats
 

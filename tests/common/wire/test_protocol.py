@@ -130,7 +130,8 @@ def test_protocol_roster_must_be_32_byte_keys():
         method="feddel",
         noise_sigma=0.0,
         count_sigma=0.0,
-        centers=np.zeros((2, 2)),
+        cells="c",
+        open=np.ones(2, dtype=np.int64),
     )
     with pytest.raises(ProtocolError, match="roster must be"):
         LloydRequest.from_record(request.to_record()).roster_keys()

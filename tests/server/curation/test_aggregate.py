@@ -82,8 +82,8 @@ class NoisySums(PooledSource):
         super().__init__(shards)
         self.rng, self.sigma = rng, sigma
 
-    def stats(self, centers):
-        exact = super().stats(centers)
+    def stats(self, cells, open_cells):
+        exact = super().stats(cells, open_cells)
         noise = self.rng.normal(0.0, self.sigma, exact.sum.shape)
         sqdist = exact.sqdist + self.rng.normal(0.0, 4 * self.sigma, exact.sqdist.shape)
         return ClusterStats(exact.count, exact.sum + noise, sqdist)
