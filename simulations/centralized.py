@@ -148,7 +148,7 @@ def run_centralized(
     rows = [
         row
         for p, s, m in zip(pools, scores, masks, strict=True)
-        for row in manifest_rows(p.name, p.files, p.sample_ids, s.labels, s.pvi, m)
+        for row in manifest_rows(p.name, p.files, p.sample_ids, s.labels, s.pvi, m, p.frames)
     ]
     write_csv(out / "selection.csv", MANIFEST_COLUMNS, rows)
     total = sum(len(p.samples) for p in pools)
@@ -170,9 +170,10 @@ def run_centralized(
         "config": config.to_run_config(),
     }
     selection = {
-        p.name: [p.files[i] for i in np.flatnonzero(m)] for p, m in zip(pools, masks, strict=True)
+        p.name: [p.locators[i] for i in np.flatnonzero(m)]
+        for p, m in zip(pools, masks, strict=True)
     }
-    pool_ids = {p.name: (p.sample_ids, p.files) for p in pools}
+    pool_ids = {p.name: (p.sample_ids, p.locators) for p in pools}
     quality = truth_measures(centers, selection, pool_ids, config.budget, config.seed)
     if quality is not None:
         summary["quality"] = quality

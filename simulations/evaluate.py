@@ -9,16 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from feddel.common.curation.selection import random_selection
+from feddel.common.data.manifest import row_frame
+from feddel.common.data.scan import locator
 from feddel.common.io import read_csv
 from feddel.common.reports.metrics import curation_quality
 from feddel.simulations.layout import load_truth
 
 
 def selected_files(selection_csv: str | Path) -> dict[str, list[str]]:
-    """Center name -> selected files, from a RUN/selection.csv."""
+    """Center name -> selected files (`file#frame` for a frame of a multi-frame file, as truth
+    names it), from a RUN/selection.csv."""
     by_center: dict[str, list[str]] = {}
     for row in read_csv(selection_csv):
-        by_center.setdefault(row["center"], []).append(row["file"])
+        by_center.setdefault(row["center"], []).append(locator(row["file"], row_frame(row)))
     return by_center
 
 

@@ -58,6 +58,15 @@ class CenterPool:
     def files(self) -> list[str]:
         return [sample.file for sample in self.samples]
 
+    @property
+    def frames(self) -> list[int | None]:
+        return [sample.frame for sample in self.samples]
+
+    @property
+    def locators(self) -> list[str]:
+        """`file` or `file#frame` per sample: how evaluation and reports name a sample."""
+        return [sample.locator for sample in self.samples]
+
     def eligible(self, method: str) -> np.ndarray:
         """(n,) bool: samples `method` may cluster and select. FedDEL drops disruptive frames
         up front; the baselines (MedDEL, random, full) see every readable sample, as published."""
@@ -80,7 +89,7 @@ def decode_pass(root: Path, samples: list[Sample], size: int, config: QualityCon
     image_sum = np.zeros((size, size, 3), dtype=np.float64)
     for index, sample in enumerate(samples):
         try:
-            image = load_image(root / sample.file, size)
+            image = load_image(root / sample.file, size, frame=sample.frame)
         except UnreadableImage as exc:
             log.warning("%s", exc)
             failed.append(index)

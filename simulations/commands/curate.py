@@ -94,7 +94,7 @@ def _federated_truth(
     pool_ids = {}
     for folder in centers:
         pool = CenterState(state_root / folder.name).load_pool(out.name)
-        pool_ids[folder.name] = (pool.sample_ids, pool.files)
+        pool_ids[folder.name] = (pool.sample_ids, pool.locators)
     return truth_measures(
         centers, selected_files(out / "selection.csv"), pool_ids, config.budget, config.seed
     )
