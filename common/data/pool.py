@@ -82,9 +82,19 @@ class DecodePass(NamedTuple):
     image_sum: np.ndarray  # (size, size, 3) float64 sum of the decoded images
 
 
+def quality_group(sample: Sample) -> str:
+    """The group whose statistics a sample's quality is judged against: its modality (DICOM
+    Modality, NIfTI, or the file format) under its top-level folder. Hospitals export by
+    department or modality (ct/, us/, fundus/), and an MR series, an ultrasound cine and a
+    fundus photograph differ more than a good frame and a bad one of the same kind do."""
+    top = sample.file.split("/", 1)[0] if "/" in sample.file else "."
+    return f"{sample.modality} in {top}"
+
+
 def decode_pass(root: Path, samples: list[Sample], size: int, config: QualityConfig) -> DecodePass:
-    """Decode each sample once: quality features (flagged against the center's own
-    distribution) and the running sum of images for the federated mean image."""
+    """Decode each sample once: quality features (flagged against the statistics of the
+    sample's `quality_group` and series at this center) and the running sum of images for the
+    federated mean image."""
     features, failed = [], []
     image_sum = np.zeros((size, size, 3), dtype=np.float64)
     for index, sample in enumerate(samples):
@@ -101,7 +111,10 @@ def decode_pass(root: Path, samples: list[Sample], size: int, config: QualityCon
     disruptive = np.zeros(len(samples), dtype=bool)
     reasons = [""] * len(samples)
     if keep:
-        result = detect_disruptive(np.asarray(features), config)
+        kept = [samples[i] for i in keep]
+        groups = [quality_group(sample) for sample in kept]
+        series = [sample.series or sample.sample_id for sample in kept]
+        result = detect_disruptive(np.asarray(features), config, groups, series)
         for row, index in enumerate(keep):
             disruptive[index] = bool(result.disruptive[row])
             reasons[index] = result.reason[row]

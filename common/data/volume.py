@@ -7,8 +7,9 @@ every center's encoder sees:
   else the axis with the thickest voxels (ties: the last spatial axis);
 - a 4-D series (fMRI, diffusion) contributes its first volume only: later volumes repeat the
   same anatomy and would fill the pool with near-copies;
-- CT (the volume holds air, values below -500, so it is in Hounsfield units) is windowed at
-  soft tissue, level 40 / width 400 HU; anything else (MR, PET, ...) at the 0.5th and 99.5th
+- CT (at least 1% of the voxels are air, below -500, so it is in Hounsfield units; a stray
+  negative voxel of an MR volume does not count) is windowed at soft tissue, level 40 / width
+  400 HU; anything else (MR, PET, ...) at the 0.5th and 99.5th
   percentiles of the whole volume, so a slice keeps its brightness relative to its neighbours
   (an empty end slice stays dark instead of being stretched into noise);
 - a slice is shown with its first axis running left to right (np.rot90), as viewers do.
@@ -29,6 +30,7 @@ import numpy as np
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 CT_AIR_HU = -500.0  # a volume with values below this holds air in Hounsfield units: CT
+CT_AIR_PERCENTILE = 1.0  # ... when at least this percentage of its voxels does
 CT_WINDOW = (-160.0, 240.0)  # level 40, width 400 HU: soft tissue
 PERCENTILE_WINDOW = (0.5, 99.5)
 _CACHED_VOLUMES = 2
@@ -93,7 +95,7 @@ def slice_axis(image: nib.spatialimages.SpatialImage) -> int:
 def window(volume: np.ndarray) -> np.ndarray:
     """A volume's values -> uint8 by the module's rules (CT: HU window; else percentiles)."""
     values = np.nan_to_num(volume.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    if values.size and float(values.min()) < CT_AIR_HU:
+    if values.size and float(np.percentile(values, CT_AIR_PERCENTILE)) < CT_AIR_HU:
         low, high = CT_WINDOW
     else:
         low, high = (float(v) for v in np.percentile(values, PERCENTILE_WINDOW))

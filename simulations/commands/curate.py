@@ -22,7 +22,9 @@ MODES = ("federated", "centralized")
 QUALITY_ROWS = (
     ("disruptive_rate", "disruptive rate in selection", "{:.2%}"),
     ("distinct_videos_per_selected", "distinct videos / selected", "{:.3f}"),
+    ("distinct_series_per_selected", "distinct series / selected", "{:.3f}"),
     ("mode_coverage", "semantic modes covered", "{:.0%}"),
+    ("modes_covered", "semantic modes covered (count)", "{}"),
     ("mode_entropy", "mode entropy (bits)", "{:.2f}"),
     ("corrupt_selected", "corrupt files selected", "{}"),
     ("duplicate_files_selected", "exact duplicates selected", "{}"),
@@ -133,6 +135,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         compare.add_column("random, same R", justify="right")
         baseline = quality.get("random_baseline", {})
         for key, label, form in QUALITY_ROWS:
+            if key not in quality["selection"]:  # the truth has no such column
+                continue
             compare.add_row(
                 label,
                 form.format(quality["selection"][key]),
