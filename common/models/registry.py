@@ -7,7 +7,7 @@ masked quarter of the image from 4 far-apart patches rewards global colour and l
 lets each token forget its own patch, so the pre-trained tokens segmented worse than random
 ones (lesion IoU 0.07 vs 0.45 on the demo federation). With 8-px patches (64 tokens, 16
 visible) neighbouring patches are informative and MAE pre-training helps; 6 blocks keep a
-training step near the 16-px, 12-block model's cost (README, "Choice of encoder").
+training step near the 16-px, 12-block model's cost (docs/experiments.md, "Choice of encoder").
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT, PROGRESS = "checkpoint.pt", "progress.json"
 # How the round's centers weigh in the average: by training images (McMahan et al.), or each
-# center alike, a center-balanced objective (README, "What we measured")
+# center alike, a center-balanced objective (docs/experiments.md, "FedSGD through the pipeline")
 CENTER_WEIGHTINGS = ("examples", "equal")
 
 

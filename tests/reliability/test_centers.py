@@ -3,8 +3,8 @@
 One module-wide federation holds three ordinary synthetic centers and five odd ones (an empty
 folder, a folder of unreadable files, one image, three images, three black frames); the
 shared state root keeps the embedding caches warm, so every round after the first is quick.
-tests/test_failures.py covers one center raising or hanging in each phase; here: a failure in a
-later Lloyd round, the quorum lost to hangs, mismatched encoders.
+tests/reliability/test_failures.py covers one center raising or hanging in each phase; here: a
+failure in a later Lloyd round, the quorum lost to hangs, mismatched encoders.
 """
 
 import shutil

@@ -4,8 +4,8 @@ One folder holds what hospital exports contain: corrupt, truncated and zero-byte
 text file and a PNG under image names of another format, 16-bit, grayscale, RGBA, CMYK,
 bi-level and float images, decompression bombs of every format (20,000 px headers over a
 few bytes), DICOM without pixel data or cut short, a file name that is not UTF-8, a pipe and a
-dangling link. tests/test_data.py checks each decoder rule on its own; here the whole folder
-goes through the scan, `feddel-center check`, a curation round, and a memory bound.
+dangling link. tests/common/data/test_scan.py checks each decoder rule on its own; here the whole
+folder goes through the scan, `feddel-center check`, a curation round, and a memory bound.
 """
 
 import io
