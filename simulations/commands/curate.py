@@ -154,8 +154,9 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def federation_table(federation: dict) -> Table:
     keys = ("pool", "test", "disruptive", "duplicates", "corrupt")
+    kind = "real-image" if federation.get("source") == "packages" else "synthetic"
     table = Table(
-        title=f"synthetic federation (scale {federation['scale']}, seed {federation['seed']}, "
+        title=f"{kind} federation (scale {federation['scale']}, seed {federation['seed']}, "
         f"{federation['size']} px)"
     )
     table.add_column("center")
