@@ -20,7 +20,7 @@ from feddel.common.errors import ConfigError, DataError
 TRUTH_COLUMNS = ("file", "mode", "disruptive", "duplicate_of", "corrupt")
 # optional groupings: frames of one video (synthetic endoscopy), slices of one series (DICOM,
 # volumes, cine); each present column gives its distinct-per-selected measure
-GROUP_COLUMNS = ("video", "series")
+GROUP_COLUMNS = {"video": "distinct_videos_per_selected", "series": "distinct_series_per_selected"}
 _FALSE_FLAGS = ("", "0", "false", "no", "none")
 
 
@@ -76,10 +76,9 @@ def curation_quality(
         "disruptive_rate": _rate(sum(truth_flag(r["disruptive"]) for _, r in chosen), n),
         "pool_disruptive_rate": _rate(sum(truth_flag(r["disruptive"]) for _, r in pool), len(pool)),
     }
-    for column in GROUP_COLUMNS:
+    for column, measure in GROUP_COLUMNS.items():
         if pool and all(column in row for _, row in pool):
-            distinct = len({(c, r[column]) for c, r in chosen})
-            measures[f"distinct_{column}s_per_selected"] = _rate(distinct, n)
+            measures[measure] = _rate(len({(c, r[column]) for c, r in chosen}), n)
     return measures | {
         "mode_coverage": _rate(covered, len(pool_modes)),
         "modes_covered": covered,
