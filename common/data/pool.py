@@ -67,13 +67,6 @@ class CenterPool:
         """`file` or `file#frame` per sample: how evaluation and reports name a sample."""
         return [sample.locator for sample in self.samples]
 
-    def eligible(self, method: str) -> np.ndarray:
-        """(n,) bool: samples `method` may cluster and select. FedDEL drops disruptive frames
-        up front; the baselines (MedDEL, random, full) see every readable sample, as published."""
-        if method == "feddel":
-            return ~self.disruptive
-        return np.ones(len(self.samples), dtype=bool)
-
 
 class DecodePass(NamedTuple):
     disruptive: np.ndarray  # (n,) bool

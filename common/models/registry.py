@@ -19,7 +19,8 @@ from timm.models.vision_transformer import VisionTransformer, _create_vision_tra
 
 from feddel.common.config import DEFAULT_MODEL
 
-# No weights to download: the config only names the input normalization (timm's ViT default).
+# timm's register_model reads this module's `default_cfgs` for the model's pretrained config (no
+# weights to download: it only names the input normalization, timm's ViT default).
 default_cfgs = {
     DEFAULT_MODEL: {
         "url": "",

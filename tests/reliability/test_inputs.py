@@ -221,9 +221,9 @@ def test_round_over_a_center_of_bad_files_selects_and_names_files_as_on_disk(bad
     out = bad_center.parent.parent / "run"
     config = CurationConfig(image_size=32, k=2, k_local=2, min_count=2, method="full")
     summary = run_federated(bad_center.parent, out, config, engine="inprocess")
-    row = summary["per_center"]["bad-center"]
-    assert (row["files"], row["unreadable"], row["duplicate_files"]) == (24, 12, 1)
-    assert row["samples"] == row["selected"] == 11
+    row = summary.per_center["bad-center"]
+    assert (row.files, row.unreadable, row.duplicate_files) == (24, 12, 1)
+    assert row.samples == row.selected == 11
     selected = {r["file"] for r in read_csv(out / "selection.csv")}
     assert selected == set(CONVERTED)
     assert all((bad_center / file).is_file() for file in selected)
