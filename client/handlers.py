@@ -139,6 +139,7 @@ def score(request: ScoreRequest, paths: CenterPaths) -> ScoreReply:
         scores = score_center(
             pool.embeddings, eligible, request.centers, request.prior,
             tau=request.tau, eps=request.eps, eta=request.eta, keep=request.keep,
+            series=pool.series_codes(), series_share=request.series_share,
         )  # fmt: skip
     else:
         scores = _no_scores()

@@ -90,6 +90,7 @@ def run_centralized(
     stats = merge_stats(cluster_stats(x, assign(x, kmeans.centers), k) for x in shards)
     prior = smoothed_prior(stats.count)
     tau = config.tau or auto_tau(stats.inertia, int(stats.count.sum()))
+    series_share = method.series_share(config.series_cap, config.budget)
     scores = [
         score_center(
             p.embeddings,
@@ -100,6 +101,8 @@ def run_centralized(
             eps=config.eps,
             eta=config.eta,
             keep=config.keep,
+            series=p.series_codes(),
+            series_share=series_share,
         )
         for p, e in zip(pools, eligible, strict=True)
     ]

@@ -32,11 +32,17 @@ from feddel.common.curation.selection import (
     plan_from_histograms,
     score_edges,
     score_histograms,
+    series_cap_mask,
     water_fill,
 )
 from feddel.common.curation.vinfo import cluster_pvi
 
 DEDUP_POOL_LIMIT = 50_000
+# Across series, two samples are near-duplicates only when the encoder can hardly tell them
+# apart (a re-export, a resave): with the random-init encoder 5% of the pairs of *different*
+# modes of the real-image federation lie above cos 0.99, and a center-wide threshold of 0.98
+# cost FedDEL whole modes there.
+CROSS_SERIES_ETA = 0.999
 ETA_GRID = np.round(np.arange(0.50, 1.0001, 0.01), 2)
 
 
@@ -46,7 +52,7 @@ class CenterScores(NamedTuple):
     labels: np.ndarray  # (n,) int32 global cluster of each sample
     sqdist: np.ndarray  # (n,) float32 squared distance to that centroid
     outlier: np.ndarray  # (n,) bool: cosine distance to centroid > eps
-    duplicate: np.ndarray  # (n,) bool: near-duplicate of a harder kept sample (cos > eta)
+    duplicate: np.ndarray  # (n,) bool: a harder kept sample's near-duplicate, or over the cap
     pvi: np.ndarray  # (n,) float64 cluster PVI in bits (low = hard)
     log_gx: np.ndarray  # (n,) float64 t = log2 g_x(y), the histogram variable
     candidate: np.ndarray  # (n,) bool: eligible, not outlier, not duplicate
@@ -83,11 +89,18 @@ def score_center(
     eps: float,
     eta: float,
     keep: str,
+    series: np.ndarray | None = None,
+    series_share: float = 0.0,
 ) -> CenterScores:
     """Assign, drop outliers and near-duplicates among the eligible, and score by cluster PVI.
 
     X: (n, d) unit rows; eligible: (n,) bool (e.g. not disruptive); centers: (k, d);
-    prior: (k,) global cluster prior.
+    prior: (k,) global cluster prior. `series` (n,) codes (the center's own grouping of its
+    samples into acquisitions, common/data/scan.py) make near-duplicates a matter of one series:
+    cos > eta within a series, cos > max(eta, CROSS_SERIES_ETA) across series; without them the
+    whole center is one series. `series_share` > 0 then caps each series' candidates at its
+    share of the budget (`series_cap_mask`), so that the slices of one volume or the frames of
+    one cine cannot fill a cluster's quota.
     """
     assignment = assign(X, centers)
     labels, sqdist = assignment.labels, assignment.sqdist
@@ -96,13 +109,22 @@ def score_center(
     outlier = ~outlier_mask(cosine_distance_to_centroid(X, labels, centers), eps) & eligible
     kept = eligible & ~outlier
     duplicate = np.zeros(len(labels), dtype=bool)
-    if kept.any():
-        index = np.flatnonzero(kept)
-        survivors = near_duplicate_mask(
-            X, dedup_cells(labels[index]), eta, hardness=-pvi[index], keep=keep, rows=index
-        )
-        duplicate[index[~survivors]] = True
+    passes: list[tuple[float, np.ndarray | None]] = [(eta, None)]  # one series: the center
+    if series is not None:  # within each series, then across them
+        passes = [(eta, np.asarray(series)), (max(eta, CROSS_SERIES_ETA), None)]
+    for threshold, within in passes:
+        index = np.flatnonzero(kept & ~duplicate)
+        if index.size:
+            survivors = near_duplicate_mask(
+                X, dedup_cells(labels[index]), threshold, hardness=-pvi[index], keep=keep,
+                groups=None if within is None else within[index], rows=index,
+            )  # fmt: skip
+            duplicate[index[~survivors]] = True
     candidate = kept & ~duplicate
+    if series is not None and series_share > 0:
+        capped = series_cap_mask(series, candidate, eligible, -pvi, series_share, keep)
+        duplicate |= candidate & ~capped
+        candidate = capped
     return CenterScores(labels, sqdist, outlier, duplicate, pvi, log_gx, candidate)
 
 

@@ -21,6 +21,7 @@ HISTOGRAM_BINS = 64
 KEEP_CHOICES = ("hard", "easy")
 _DEDUP_BLOCK = 1024  # candidates compared at once; the kept set is scanned 16384 rows at a time
 _KEPT_BLOCK = 16384
+SERIES_CAP_GROWTH = 1.25  # how fast series_cap_mask raises its cap when a center falls short
 
 
 def cosine_distance_to_centroid(
@@ -207,6 +208,54 @@ def _greedy_within(B: np.ndarray, eta: float) -> np.ndarray:
         if keep[i]:
             keep[later[i]] = False
     return keep
+
+
+def series_cap_mask(
+    series: np.ndarray,
+    candidate: np.ndarray,
+    eligible: np.ndarray,
+    hardness: np.ndarray,
+    share: float,
+    keep: str = "hard",
+) -> np.ndarray:
+    """The candidates a center keeps when no series may dominate: (n,) bool.
+
+    A series (a volume, a cine, a DICOM series: `series` (n,) int codes) of s eligible samples
+    keeps at most max(1, floor(f * share * s)) of its candidates, the hardest first (easiest for
+    keep="easy"), where `share` is the budget's share of the pool (0 = no cap) and f starts at 1:
+    every series gets at most its proportional share, a short one at least one. Deduplication
+    can leave some series under their share; f then grows by SERIES_CAP_GROWTH until the center
+    keeps ceil(share * eligible) candidates (or all it has), so the cap never makes a center
+    fall short of its share of the budget.
+    """
+    codes = np.asarray(series)
+    cand = np.asarray(candidate, dtype=bool)
+    n = cand.size
+    if codes.shape != (n,) or np.asarray(eligible).shape != (n,) or np.shape(hardness) != (n,):
+        raise DataError(f"series, eligible and hardness must have one entry per sample ({n})")
+    if not math.isfinite(share) or not 0.0 <= share <= 1.0:
+        raise ConfigError(f"series share={share!r} must be in [0, 1] (0 = no cap)")
+    if keep not in KEEP_CHOICES:
+        raise ConfigError(f"keep={keep!r} must be 'hard' or 'easy'")
+    if share == 0.0 or not cand.any():
+        return cand.copy()
+    codes = np.unique(codes, return_inverse=True)[1].reshape(n)
+    sizes = np.bincount(codes, weights=np.asarray(eligible, dtype=np.float64))
+    index = np.flatnonzero(cand)
+    h = np.asarray(hardness, dtype=np.float64)[index]
+    order = index[np.lexsort((index, -h if keep == "hard" else h, codes[index]))]
+    first = np.searchsorted(codes[order], codes[order], side="left")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(order.size) - first
+    counts = np.bincount(codes[index], minlength=sizes.size)
+    need = min(index.size, math.ceil(share * float(np.asarray(eligible, dtype=bool).sum())))
+    factor = 1.0
+    while True:
+        caps = np.maximum(1, np.floor(factor * share * sizes)).astype(np.int64)
+        if np.minimum(counts, caps).sum() >= need:
+            break
+        factor *= SERIES_CAP_GROWTH
+    return cand & (rank < caps[codes])
 
 
 def water_fill(eligible: np.ndarray, budget: int) -> np.ndarray:

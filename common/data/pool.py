@@ -62,6 +62,11 @@ class CenterPool:
     def frames(self) -> list[int | None]:
         return [sample.frame for sample in self.samples]
 
+    def series_codes(self) -> np.ndarray:
+        """(n,) int64: equal codes for the samples of one series (scan.py says what one is)."""
+        labels = [sample.series for sample in self.samples]
+        return np.unique(np.array(labels, dtype=object), return_inverse=True)[1].astype(np.int64)
+
     @property
     def locators(self) -> list[str]:
         """`file` or `file#frame` per sample: how evaluation and reports name a sample."""

@@ -432,6 +432,7 @@ class ScoreRequest(Masked):
     eps: float
     eta: float
     keep: str
+    series_share: float  # the share of a series a center may keep as candidates; 0 = no cap
     bins: int
     centers: np.ndarray = array_field("f", 2)  # (k, d)
     prior: np.ndarray = array_field("f", 1, nonnegative=True)  # (k,)
@@ -439,6 +440,7 @@ class ScoreRequest(Masked):
     def check(self) -> None:
         super().check()
         name = "ScoreRequest"
+        check_range(name, "series_share", self.series_share, 0.0, 1.0)
         _check_choice(name, "method", self.method, SELECTION_NAMES)
         _check_choice(name, "keep", self.keep, KEEP_CHOICES)
         check_range(name, "tau", self.tau, np.finfo(np.float64).tiny, np.inf)

@@ -274,12 +274,14 @@ def _score(
     k = len(centers)
     layout = score_layout(k, HISTOGRAM_BINS, len(ETA_GRID))
 
+    method = config.selection_method.selection
+    series_share = method.series_share(config.series_cap, config.budget)
+
     def request(roster: list[bytes], attempt: int) -> ScoreRequest:
         return ScoreRequest(
             run=config.run_name, attempt=attempt, roster=roster_array(roster),
-            method=config.selection_method.selection.name, tau=tau, eps=config.eps, eta=eta,
-            keep=config.keep,
-            bins=HISTOGRAM_BINS, centers=centers, prior=prior,
+            method=method.name, tau=tau, eps=config.eps, eta=eta, keep=config.keep,
+            series_share=series_share, bins=HISTOGRAM_BINS, centers=centers, prior=prior,
         )  # fmt: skip
 
     total, replies = cast.secure_sum(request, ScoreReply, sum(map(_size, layout.values())))
