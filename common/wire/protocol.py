@@ -295,9 +295,11 @@ class InventoryReply(Payload):
     def check(self) -> None:
         name = "InventoryReply"
         check_center_name(name, self.center)
-        if self.files != self.samples + self.unreadable + self.duplicate_files:
+        # every file is a sample, unreadable or a copy; a multi-frame file (a volume, a cine)
+        # is several samples, so samples may outnumber the files they come from
+        if self.files > self.samples + self.unreadable + self.duplicate_files:
             raise ProtocolError(
-                f"{name}: files={self.files} must equal samples + unreadable + duplicate_files "
+                f"{name}: files={self.files} exceeds samples + unreadable + duplicate_files "
                 f"({self.samples} + {self.unreadable} + {self.duplicate_files})"
             )
         if self.disruptive > self.samples:
