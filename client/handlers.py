@@ -20,6 +20,7 @@ from feddel.common.curation.kmeans import ClusterStats, assign, cluster_stats
 from feddel.common.curation.local import (
     ETA_GRID,
     CenterScores,
+    beyond_share_counts,
     candidate_histograms,
     score_center,
 )
@@ -151,6 +152,7 @@ def score(request: ScoreRequest, paths: CenterPaths) -> ScoreReply:
         score_layout(k, request.bins, len(ETA_GRID)),
         histograms=candidate_histograms(scores, k, request.bins),
         eta_survivors=survivors,
+        beyond_share=beyond_share_counts(scores, k),
     )
     return ScoreReply(masked=_masked(request, paths, values))
 
@@ -169,7 +171,7 @@ def _no_scores() -> CenterScores:
     return CenterScores(
         labels=np.zeros(0, dtype=np.int32), sqdist=empty.astype(np.float32),
         outlier=empty.astype(bool), duplicate=empty.astype(bool), pvi=empty, log_gx=empty,
-        candidate=empty.astype(bool),
+        candidate=empty.astype(bool), beyond_share=empty.astype(bool),
     )  # fmt: skip
 
 

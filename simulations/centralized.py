@@ -25,6 +25,7 @@ from feddel.common.curation.kmeans import (
 )
 from feddel.common.curation.local import (
     auto_tau,
+    beyond_share_counts,
     candidate_histograms,
     score_center,
     smoothed_prior,
@@ -64,6 +65,7 @@ def pooled_plan(method: Method, views: list[CenterView], k: int, config: Curatio
         np.sum([candidate_histograms(view.scores, k) for view in views], axis=0),
         np.sum([method.survivors(view, config.keep) for view in views], axis=0),
         config.eta,
+        np.sum([beyond_share_counts(view.scores, k) for view in views], axis=0),
     )
     return method.plan(merged, math.ceil(config.budget * total), config.budget)
 

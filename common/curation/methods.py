@@ -69,6 +69,7 @@ class Merged(NamedTuple):
     histograms: np.ndarray  # (k, bins) candidate counts over t = log2 g_x(y)
     survivors: np.ndarray  # (len(ETA_GRID),) MedDEL survivor counts per eta, else zeros
     eta: float  # the near-duplicate threshold the candidates were deduplicated at
+    beyond_share: np.ndarray | None = None  # (k,) candidates past their series' share
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class FedDEL(Method):
     eta_ladder: tuple[float, ...] = ETA_LADDER
 
     def plan(self, merged: Merged, budget: int, budget_share: float) -> Plan:
-        quotas, plans = plan_feddel(merged.histograms, budget)
+        quotas, plans = plan_feddel(merged.histograms, budget, merged.beyond_share)
         return Plan(
             quotas,
             np.array([p.threshold_bin for p in plans], dtype=np.int64),

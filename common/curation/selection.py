@@ -21,7 +21,6 @@ HISTOGRAM_BINS = 64
 KEEP_CHOICES = ("hard", "easy")
 _DEDUP_BLOCK = 1024  # candidates compared at once; the kept set is scanned 16384 rows at a time
 _KEPT_BLOCK = 16384
-SERIES_CAP_GROWTH = 1.25  # how fast series_cap_mask raises its cap when a center falls short
 
 
 def cosine_distance_to_centroid(
@@ -210,7 +209,7 @@ def _greedy_within(B: np.ndarray, eta: float) -> np.ndarray:
     return keep
 
 
-def series_cap_mask(
+def within_series_share(
     series: np.ndarray,
     candidate: np.ndarray,
     eligible: np.ndarray,
@@ -218,15 +217,12 @@ def series_cap_mask(
     share: float,
     keep: str = "hard",
 ) -> np.ndarray:
-    """The candidates a center keeps when no series may dominate: (n,) bool.
+    """(n,) bool: the candidates within their series' share, the hardest first.
 
-    A series (a volume, a cine, a DICOM series: `series` (n,) int codes) of s eligible samples
-    keeps at most max(1, floor(f * share * s)) of its candidates, the hardest first (easiest for
-    keep="easy"), where `share` is the budget's share of the pool (0 = no cap) and f starts at 1:
-    every series gets at most its proportional share, a short one at least one. Deduplication
-    can leave some series under their share; f then grows by SERIES_CAP_GROWTH until the center
-    keeps ceil(share * eligible) candidates (or all it has), so the cap never makes a center
-    fall short of its share of the budget.
+    A series (`series`: (n,) codes of a volume, a cine, a DICOM series) of s eligible samples
+    holds max(1, floor(share * s)) of its candidates within its share, taken hardest first
+    (easiest for keep="easy"): at most its proportional share of the budget, a short series one.
+    `share` = 0 puts every candidate within.
     """
     codes = np.asarray(series)
     cand = np.asarray(candidate, dtype=bool)
@@ -241,20 +237,13 @@ def series_cap_mask(
         return cand.copy()
     codes = np.unique(codes, return_inverse=True)[1].reshape(n)
     sizes = np.bincount(codes, weights=np.asarray(eligible, dtype=np.float64))
+    caps = np.maximum(1, np.floor(share * sizes)).astype(np.int64)
     index = np.flatnonzero(cand)
     h = np.asarray(hardness, dtype=np.float64)[index]
     order = index[np.lexsort((index, -h if keep == "hard" else h, codes[index]))]
     first = np.searchsorted(codes[order], codes[order], side="left")
-    rank = np.empty(n, dtype=np.int64)
+    rank = np.full(n, np.iinfo(np.int64).max)
     rank[order] = np.arange(order.size) - first
-    counts = np.bincount(codes[index], minlength=sizes.size)
-    need = min(index.size, math.ceil(share * float(np.asarray(eligible, dtype=bool).sum())))
-    factor = 1.0
-    while True:
-        caps = np.maximum(1, np.floor(factor * share * sizes)).astype(np.int64)
-        if np.minimum(counts, caps).sum() >= need:
-            break
-        factor *= SERIES_CAP_GROWTH
     return cand & (rank < caps[codes])
 
 

@@ -463,7 +463,7 @@ class ScoreReply(MaskedReply):
 
 
 def score_layout(k: int, bins: int, etas: int) -> dict[str, tuple[int, ...]]:
-    return {"histograms": (k, bins), "eta_survivors": (etas,)}
+    return {"histograms": (k, bins), "eta_survivors": (etas,), "beyond_share": (k,)}
 
 
 # --- phase 4: selection (securely summed per-cluster counts) ------------------------------
