@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from feddel.common.curation.kmeans import (
     weighted_kmeans_plusplus,
 )
 from feddel.common.curation.local import (
+    CenterScores,
     auto_tau,
     beyond_share_counts,
     candidate_histograms,
@@ -32,7 +34,7 @@ from feddel.common.curation.local import (
 )
 from feddel.common.curation.methods import CenterView, Merged, Method, Plan
 from feddel.common.data.manifest import MANIFEST_COLUMNS, manifest_rows
-from feddel.common.data.pool import prepare_center
+from feddel.common.data.pool import CenterPool, prepare_center
 from feddel.common.io import write_csv, write_json
 from feddel.common.models.embed import EncoderSpec
 from feddel.common.reports.summary import RoundSummary
@@ -70,6 +72,17 @@ def pooled_plan(method: Method, views: list[CenterView], k: int, config: Curatio
     return method.plan(merged, math.ceil(config.budget * total), config.budget)
 
 
+class PooledRound(NamedTuple):
+    """What the centralized reference decided for prepared pools."""
+
+    kmeans: KMeansResult
+    inertia: float  # of the pooled eligible embeddings to the final centers
+    tau: float
+    scores: list[CenterScores]
+    plan: Plan
+    masks: list[np.ndarray]  # per center, (n,) bool: selected
+
+
 def run_centralized(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -84,6 +97,45 @@ def run_centralized(
     centers = center_dirs(data_dir)
     spec = encoder_spec(config)
     pools = [prepare_center(folder, state / folder.name, spec) for folder in centers]
+    kmeans, inertia, tau, scores, plan, masks = curate_pools(pools, config)
+    rows = [
+        row
+        for p, s, m in zip(pools, scores, masks, strict=True)
+        for row in manifest_rows(p.name, p.files, p.sample_ids, s.labels, s.pvi, m, p.frames)
+    ]
+    write_csv(out / "selection.csv", MANIFEST_COLUMNS, rows)
+    selection = {
+        p.name: [p.locators[i] for i in np.flatnonzero(m)]
+        for p, m in zip(pools, masks, strict=True)
+    }
+    pool_ids = {p.name: (p.sample_ids, p.locators) for p in pools}
+    k = len(kmeans.centers)
+    summary = RoundSummary(
+        mode="centralized",
+        method=config.method,
+        budget=config.budget,
+        total_samples=sum(len(p.samples) for p in pools),
+        selected=len(rows),
+        k=k,
+        kmeans_rounds=kmeans.rounds,
+        inertia=inertia,
+        tau=tau,
+        eta=plan.eta,
+        per_center={
+            p.name: center_line(p.counts, int(m.sum())) for p, m in zip(pools, masks, strict=True)
+        },
+        warnings=[w for w in [k_reduced_warning(config.k, k)] if w],
+        config=config.to_run_config(),
+        quality=truth_measures(centers, selection, pool_ids, config.budget, config.seed),
+        wall_s=round(time.perf_counter() - started, 3),
+    )
+    write_json(out / "summary.json", summary.to_json())
+    return summary
+
+
+def curate_pools(pools: list[CenterPool], config: CurationConfig) -> PooledRound:
+    """The round on prepared pools: pooled k-means, every center's scores (with its series),
+    the method's plan from the pooled aggregates, and every center's selection."""
     method = config.selection_method.selection
     eligible = [method.eligible(p.disruptive) for p in pools]
     shards = [np.asarray(p.embeddings)[e] for p, e in zip(pools, eligible, strict=True)]
@@ -114,35 +166,4 @@ def run_centralized(
     ]
     plan = pooled_plan(method, views, k, config)
     masks = method.select_pooled(views, plan, config.seed, config.keep)
-    rows = [
-        row
-        for p, s, m in zip(pools, scores, masks, strict=True)
-        for row in manifest_rows(p.name, p.files, p.sample_ids, s.labels, s.pvi, m, p.frames)
-    ]
-    write_csv(out / "selection.csv", MANIFEST_COLUMNS, rows)
-    selection = {
-        p.name: [p.locators[i] for i in np.flatnonzero(m)]
-        for p, m in zip(pools, masks, strict=True)
-    }
-    pool_ids = {p.name: (p.sample_ids, p.locators) for p in pools}
-    summary = RoundSummary(
-        mode="centralized",
-        method=config.method,
-        budget=config.budget,
-        total_samples=sum(len(p.samples) for p in pools),
-        selected=len(rows),
-        k=k,
-        kmeans_rounds=kmeans.rounds,
-        inertia=float(stats.inertia),
-        tau=tau,
-        eta=plan.eta,
-        per_center={
-            p.name: center_line(p.counts, int(m.sum())) for p, m in zip(pools, masks, strict=True)
-        },
-        warnings=[w for w in [k_reduced_warning(config.k, k)] if w],
-        config=config.to_run_config(),
-        quality=truth_measures(centers, selection, pool_ids, config.budget, config.seed),
-        wall_s=round(time.perf_counter() - started, 3),
-    )
-    write_json(out / "summary.json", summary.to_json())
-    return summary
+    return PooledRound(kmeans, float(stats.inertia), tau, scores, plan, masks)

@@ -230,7 +230,7 @@ def detect_disruptive(
     codes = _codes(acquisitions)
     severity = np.zeros((len(feats), len(REASONS)))  # (n, reasons), >= 1 fires
     for name, rows in _natures(feats, labels):
-        where = _describe(labels, rows)
+        where = "the center" if groups is None else f"group {labels[rows[0]]}"
         severity[rows] = _severities(feats[rows], codes[rows], config, name, where)
     fired = severity >= 1.0
     last_resort = np.array([reason == "blur" for reason in REASONS])
@@ -277,11 +277,6 @@ def _codes(labels: list[Hashable]) -> np.ndarray:
     """(n,) int codes of hashable labels, equal labels equal codes."""
     index: dict[Hashable, int] = {}
     return np.array([index.setdefault(label, len(index)) for label in labels], dtype=np.int64)
-
-
-def _describe(labels: list[Hashable], rows: np.ndarray) -> str:
-    names = sorted({str(labels[i]) for i in rows})
-    return "the center" if names == ["0"] else f"group {', '.join(names)}"
 
 
 def _severities(
