@@ -10,6 +10,8 @@ whose reason names the center and the problem; the server drops that center and 
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from flwr.clientapp import ClientApp
 
 from feddel.client import handlers, training
 from feddel.client.handlers import CenterPaths
+from feddel.client.policy import admit
 from feddel.client.state import CenterState
 from feddel.common.errors import ConfigError, FedDELError
 from feddel.common.wire.protocol import (
@@ -60,9 +63,21 @@ def paths_from_node_config(context: Context) -> CenterPaths:
             '--node-config \'data-path="/path/to/images" state-path="/path/to/state"\''
         )
     data = Path(str(config["data-path"]))
+    _log_to_stdout()
     return CenterPaths(
         str(config.get("center-name", data.name)), data, Path(str(config["state-path"]))
     )
+
+
+def _log_to_stdout() -> None:
+    """A deployed center logs each phase (center, phase, run, seconds) to stdout, which
+    reaches `feddel-center join`'s output and the journal; set up once per process."""
+    center_log = logging.getLogger("feddel.client")
+    if not center_log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("feddel %(message)s"))
+        center_log.addHandler(handler)
+        center_log.setLevel(logging.INFO)
 
 
 def build_client_app(resolve: Resolver) -> ClientApp:
@@ -80,9 +95,12 @@ def _wrap(
 ) -> Callable[[Message, Context], Message]:
     def handle(message: Message, context: Context) -> Message:
         paths = None
+        started = time.monotonic()
         try:
             paths = resolve(context)
-            reply = handler(request_type.from_record(message.content), paths)
+            admit(context, paths.state, request_type.ACTION)  # the center's [policy], audited
+            request = request_type.from_record(message.content)
+            reply = handler(request, paths)
         except FedDELError as exc:
             name = paths.name if paths else f"node {context.node_id}"
             reason = f"{name}: {exc}"
@@ -90,6 +108,12 @@ def _wrap(
             if paths is not None:
                 CenterState(paths.state).record("error", phase=request_type.ACTION, reason=str(exc))
             return Message(Error(code=USER_ERROR, reason=reason), reply_to=message)
+        seconds = time.monotonic() - started
+        CenterState(paths.state).record(
+            "phase", run=request.run, phase=request_type.ACTION, seconds=round(seconds, 2)
+        )
+        log.info("center %s: phase %s of run %s done in %.1f s", paths.name,
+                 request_type.ACTION, request.run, seconds)  # fmt: skip
         return Message(reply.to_record(), reply_to=message)
 
     handle.__name__ = f"{request_type.ACTION}_handler"

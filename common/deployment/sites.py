@@ -18,10 +18,13 @@ import math
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,6 +70,18 @@ def flower_program(name: str) -> str:
     return found
 
 
+def superlink_health(address: str, ca_cert: str | Path, timeout: float = 5.0) -> str | None:
+    """None when the SuperLink at HOST:PORT answers GET /health over TLS (trusting only
+    `ca_cert`), else why not, in a few words. /health is open to every TLS client."""
+    url = f"https://{address}/health"
+    try:
+        context = ssl.create_default_context(cafile=str(ca_cert))
+        with urllib.request.urlopen(url, context=context, timeout=timeout):
+            return None
+    except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+        return f"not answering at {url} ({getattr(exc, 'reason', exc)})"
+
+
 # --- site configuration files --------------------------------------------------------------
 
 
@@ -75,8 +90,8 @@ def read_site_config(
 ) -> dict[str, dict[str, Any]]:
     """Read a TOML site file; reject unknown sections and keys and wrong types by name.
 
-    `schema` maps section -> key -> type (str, int, float or bool). Missing keys are left out,
-    so callers apply defaults and say which required keys are missing.
+    `schema` maps section -> key -> type (str, int, float, bool, or list: a list of strings).
+    Missing keys are left out, so callers apply defaults and say which required keys are missing.
     """
     file = Path(path)
     if not file.is_file():
@@ -132,13 +147,21 @@ def _check_type(file: Path, section: str, key: str, value: Any, kind: type) -> N
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         ok = True
+    if kind is list:
+        ok = ok and all(isinstance(item, str) for item in value)
     if not ok:
         raise ConfigError(
             f"{file}: [{section}] {key} = {value!r} must be {_KIND_NAMES.get(kind, kind.__name__)}"
         )
 
 
-_KIND_NAMES = {str: "a quoted string", int: "an integer", float: "a number", bool: "true or false"}
+_KIND_NAMES = {
+    str: "a quoted string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: 'a list of quoted strings, e.g. ["a", "b"]',
+}
 
 
 # --- supervised Flower programs -------------------------------------------------------------

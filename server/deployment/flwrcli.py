@@ -4,7 +4,8 @@ In Flower 1.41 `flwr` reaches a SuperLink only through a named connection in
 $FLWR_HOME/config.toml (the pyproject `[tool.flwr.federations]` table is legacy), and
 registering a SuperNode's public key is a Control API call (`flwr supernode register`) against
 a running SuperLink. The Control API is served on the same TLS port as the Fleet API, so the
-connection trusts our CA like the centers do.
+connection trusts our CA like the centers do, and FedDEL's SuperLink answers it only with an
+operator token (server/deployment/operators.py), stored where `flwr` reads it.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from typing import Any
 from feddel.common.deployment.sites import flower_env, flower_program, toml_document
 from feddel.common.errors import RunFailed
 from feddel.common.io import atomic_write_text
+from feddel.server.deployment.operators import write_cli_credentials
 
 CONNECTION = "feddel"  # the connection name in config.toml
 CLI_TIMEOUT = 120.0  # seconds for one `flwr` call (it retries while the SuperLink starts)
 
 
-def write_connection(flwr_home: Path, address: str, ca_cert: Path) -> dict[str, str]:
-    """Write $FLWR_HOME/config.toml with one TLS connection; return the environment for `flwr`."""
+def write_connection(flwr_home: Path, address: str, ca_cert: Path, token: str) -> dict[str, str]:
+    """Write $FLWR_HOME/config.toml with one TLS connection and the operator token `flwr`
+    sends on it; return the environment for `flwr`."""
     env = flower_env(flwr_home)
+    write_cli_credentials(env["FLWR_HOME"], address, token)
     text = (
         f"[superlink]\n{toml_document({'default': CONNECTION})}\n"
         f"[superlink.{CONNECTION}]\n"
