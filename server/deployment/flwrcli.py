@@ -63,3 +63,20 @@ def error_message(reply: dict[str, Any]) -> str:
     """The last line of a failed reply's message (Flower prefixes the connection it used)."""
     lines = str(reply.get("error-message", "no answer")).strip().splitlines()
     return lines[-1] if lines else "no answer"
+
+
+def boxed_error(output: str) -> str:
+    """The message of the last error box `flwr` draws (╭─ Error ─╮ │ text │ ╰─╯) on one line,
+    else the last non-empty line of `output`."""
+    lines = [line.strip() for line in output.splitlines()]
+    tops = [i for i, line in enumerate(lines) if line.startswith("╭")]
+    if tops:
+        body = []
+        for line in lines[tops[-1] + 1 :]:
+            if line.startswith("╰"):
+                break
+            body.append(line.strip("│").strip())
+        if text := " ".join(part for part in body if part):
+            return text
+    filled = [line for line in lines if line]
+    return filled[-1] if filled else "no output"

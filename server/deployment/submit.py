@@ -38,7 +38,13 @@ from feddel.common.deployment.sites import (
 from feddel.common.errors import ConfigError, RunFailed
 from feddel.common.io import atomic_write_text
 from feddel.server.deployment.fab import OPERATOR_KEY, write_app
-from feddel.server.deployment.flwrcli import CONNECTION, error_message, flwr_json, write_connection
+from feddel.server.deployment.flwrcli import (
+    CONNECTION,
+    boxed_error,
+    error_message,
+    flwr_json,
+    write_connection,
+)
 from feddel.server.deployment.operators import add_operator_token_argument, operator_token
 from feddel.server.deployment.site import CoordinatorSite, load_site
 from feddel.server.deployment.superlink import add_site_arguments
@@ -152,7 +158,7 @@ def _run_and_stream(app: Path, overrides: Path, env: dict[str, str]) -> str:
         raise KeyboardInterrupt
     if not run_ids:
         raise RunFailed(f"flwr run could not start the round (exit code {code}): "
-                        f"{process.last_line()}")  # fmt: skip
+                        f"{boxed_error(process.output())}")  # fmt: skip
     return run_ids[0]
 
 

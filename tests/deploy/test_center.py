@@ -20,31 +20,25 @@ from feddel.common.config import METHODS
 from feddel.common.deployment import certs
 from feddel.common.deployment.audit import AuditLog
 from feddel.common.deployment.metrics import render
-from feddel.common.deployment.sites import toml_document
 from feddel.common.errors import ConfigError, DataError, Refused
 
 
-def write_center_toml(path, policy=None, **values):
-    """A center.toml; values: name, data, state, address, ca, key, port."""
-    text = (
-        f"[center]\n{toml_document({k: values[k] for k in ('name', 'data', 'state')})}"
-        f"[superlink]\n{toml_document({k: values[k] for k in ('address', 'ca', 'key')})}"
-        f"[supernode]\n{toml_document({'runtime-port': values['port']})}"
-    )
-    path.write_text(text + (f"[policy]\n{policy}\n" if policy else ""))
-    return path
+@pytest.fixture
+def _toml(center_toml):
+    """center.toml in a folder, with defaults for every key."""
 
+    def write(folder, policy=None, **overrides):
+        values = dict(name="hospital-a", data="images", state="state", address="link:9093",
+                      ca="/k/ca.crt", key="/k/center.key", port=9094)  # fmt: skip
+        return center_toml(folder / "center.toml", policy, **{**values, **overrides})
 
-def _toml(tmp_path, policy=None, **overrides):
-    values = dict(name="hospital-a", data="images", state="state", address="link:9093",
-                  ca="/k/ca.crt", key="/k/center.key", port=9094)  # fmt: skip
-    return write_center_toml(tmp_path / "center.toml", policy, **{**values, **overrides})
+    return write
 
 
 # --- center.toml ----------------------------------------------------------------------------
 
 
-def test_center_site_resolves_relative_paths_next_to_the_file(tmp_path):
+def test_center_site_resolves_relative_paths_next_to_the_file(tmp_path, _toml):
     toml = _toml(tmp_path, ca="ca.crt", key="center.key")
     site = load_center_site(toml)
     assert (site.data, site.state, site.key) == (
@@ -75,12 +69,12 @@ def test_center_site_names_what_is_wrong(tmp_path, text, message):
 
 
 @pytest.mark.parametrize("address", ["link.example.org", "https://link:9093", "link:port", ":9"])
-def test_center_site_rejects_addresses_that_are_not_host_port(tmp_path, address):
+def test_center_site_rejects_addresses_that_are_not_host_port(tmp_path, address, _toml):
     with pytest.raises(ConfigError, match="must"):
         load_center_site(_toml(tmp_path, address=address))
 
 
-def test_policy_section_is_read_and_checked(tmp_path):
+def test_policy_section_is_read_and_checked(tmp_path, _toml):
     site = load_center_site(_toml(tmp_path, 'methods = ["feddel"]\nmax-budget = 0.2\n'
                                             'operators = ["alice"]'))  # fmt: skip
     assert site.policy == RoundPolicy(("feddel",), 0.2, ("alice",))
@@ -120,7 +114,7 @@ def _context(toml, **run):
                    run_config=run_config)  # fmt: skip
 
 
-def test_admit_audits_each_accepted_round_once_and_refuses_with_one_line(tmp_path):
+def test_admit_audits_each_accepted_round_once_and_refuses_with_one_line(tmp_path, _toml):
     toml = _toml(tmp_path, 'methods = ["feddel"]\noperators = ["alice"]')
     state = tmp_path / "state"
     admit(_context(toml), state, "inventory")
@@ -139,7 +133,7 @@ def test_admit_audits_each_accepted_round_once_and_refuses_with_one_line(tmp_pat
     assert "\n" not in entries[1]["reason"]
 
 
-def test_a_policy_change_applies_to_the_next_round_without_a_restart(tmp_path):
+def test_a_policy_change_applies_to_the_next_round_without_a_restart(tmp_path, _toml):
     toml = _toml(tmp_path)
     admit(_context(toml, method="random"), tmp_path / "state", "inventory")
     _toml(tmp_path, 'methods = ["feddel"]')
@@ -193,7 +187,9 @@ _DUPLICATE = _UNREGISTERED.replace(
          "the SuperNode stopped: ERROR : Exit Code: 999 something new more"),
     ],
 )  # fmt: skip
-def test_explain_failure_turns_flowers_output_into_one_sentence(tmp_path, output, retry, expected):
+def test_explain_failure_turns_flowers_output_into_one_sentence(
+    tmp_path, output, retry, expected, _toml
+):
     failure = explain_failure(output, load_center_site(_toml(tmp_path)))
     assert expected in failure.reason and "\n" not in failure.reason
     assert failure.retry is retry
@@ -212,7 +208,7 @@ def test_connection_watch_records_each_change_once(tmp_path):
     assert events == [("connected", "42"), ("connection-lost", None), ("connected", None)]
 
 
-def test_join_refuses_an_expired_ca_in_one_line(tmp_path, monkeypatch, capsys):
+def test_join_refuses_an_expired_ca_in_one_line(tmp_path, monkeypatch, capsys, _toml):
     now = datetime.datetime.now(datetime.UTC)
     monkeypatch.setattr(certs, "_now", lambda: now - datetime.timedelta(days=4000))
     authority = certs.init_authority(tmp_path / "certs", certs.parse_hosts("127.0.0.1"))
