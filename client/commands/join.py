@@ -40,8 +40,10 @@ from feddel.common.deployment.certs import (
 )
 from feddel.common.deployment.sites import (
     FlowerProcess,
+    add_hold_argument,
     flower_env,
     flower_program,
+    hold_on_error,
     stop_on_signals,
     toml_document,
 )
@@ -56,15 +58,20 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", type=Path, required=True, metavar="FILE",
         help="center.toml: name, data and state folders, SuperLink address, CA and key",
     )  # fmt: skip
+    add_hold_argument(parser)
 
 
 def run_join(args: argparse.Namespace) -> int:
-    site = load_center_site(args.config)
+    return hold_on_error(args.hold_on_error, lambda: _join(args.config))
+
+
+def _join(config: Path) -> int:
+    site = load_center_site(config)
     ca_expires = _check_site(site)
     state = CenterState(site.state)
     env = flower_env(site.flwr_home)
     node_config = site.flwr_home / NODE_CONFIG_FILE
-    atomic_write_text(node_config, toml_document(node_config_values(site, args.config)))
+    atomic_write_text(node_config, toml_document(node_config_values(site, config)))
     console.print(
         f"center {site.name} joining {site.address} (CA expires {describe_expiry(ca_expires)}); "
         f"data {site.data} (read-only), state {site.state}"

@@ -13,6 +13,7 @@ asked for them). No Flower import here; only its command-line programs are used.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import math
 import os
@@ -30,7 +31,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from feddel.common.errors import ConfigError
+from rich.text import Text
+
+from feddel.common.cliutil import EXIT_USER_ERROR, err_console
+from feddel.common.errors import ConfigError, FedDELError, RunFailed
 
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",  # Flower sends usage events unless told not to
@@ -251,3 +255,28 @@ def stop_on_signals() -> Iterator[threading.Event]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def add_hold_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--hold-on-error", action="store_true",
+        help="on a configuration error (exit 2), print it and stay up until stopped instead "
+        "of exiting: for containers, whose restart policy cannot tell exit 2 from a crash",
+    )  # fmt: skip
+
+
+def hold_on_error(enabled: bool, command: Callable[[], int]) -> int:
+    """Run `command`; with `enabled`, a user error (ConfigError, DataError: exit 2) is printed
+    and the process then waits for SIGTERM, so a container does not restart in a loop on a
+    mistake that only a person can fix. Failures that may pass by themselves (RunFailed,
+    exit 1) still end the process, for the restart policy to retry."""
+    try:
+        return command()
+    except FedDELError as exc:
+        if not enabled or isinstance(exc, RunFailed):
+            raise
+        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)))
+        err_console.print("holding until stopped (--hold-on-error): fix the above, then restart")
+        with stop_on_signals() as stop:
+            stop.wait()
+        return EXIT_USER_ERROR

@@ -40,7 +40,13 @@ from feddel.common.deployment.certs import (
     describe_expiry,
     registered_centers,
 )
-from feddel.common.deployment.sites import FlowerProcess, stop_on_signals, superlink_health
+from feddel.common.deployment.sites import (
+    FlowerProcess,
+    add_hold_argument,
+    hold_on_error,
+    stop_on_signals,
+    superlink_health,
+)
 from feddel.common.errors import RunFailed
 from feddel.common.io import write_json
 from feddel.server.deployment.flwrcli import (
@@ -78,9 +84,14 @@ def add_start_arguments(parser: argparse.ArgumentParser) -> None:
     add_site_arguments(parser)
     parser.add_argument("--host", help="address to listen on (default 0.0.0.0: all interfaces)")
     parser.add_argument("--port", type=int, help="HTTPS port centers dial (default 9093)")
+    add_hold_argument(parser)
 
 
 def run_start(args: argparse.Namespace) -> int:
+    return hold_on_error(args.hold_on_error, lambda: _start(args))
+
+
+def _start(args: argparse.Namespace) -> int:
     site = load_site(
         args.config, certs=args.certs, state=args.state, host=args.host, port=args.port
     )

@@ -1,8 +1,12 @@
 """Site files and the SuperLink health probe (common/deployment/sites.py)."""
 
 import http.server
+import signal
 import ssl
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -33,7 +37,7 @@ def test_read_site_config_takes_lists_of_strings_only(tmp_path):
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         self.send_response(200 if self.path == "/health" else 404)
         self.end_headers()
 
@@ -62,3 +66,37 @@ def test_superlink_health_trusts_only_the_federations_ca(tls_server, tmp_path):
     assert problem.startswith(f"not answering at https://{address}/health")
     assert "CERTIFICATE_VERIFY_FAILED" in problem
     assert "Connection refused" in superlink_health("127.0.0.1:9", ca_cert, timeout=2)
+
+
+_HELD = """
+from feddel.common.cliutil import run_cli
+from feddel.common.deployment.sites import hold_on_error
+from feddel.common.errors import ConfigError, RunFailed
+import sys
+def command():
+    raise {error}("center.toml: [superlink] address = 'x' must be HOST:PORT")
+sys.exit(run_cli(lambda argv: hold_on_error({enabled}, command)))
+"""
+
+
+def _held(error: str, enabled: bool) -> subprocess.Popen:
+    code = _HELD.format(error=error, enabled=enabled)
+    return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+
+
+def test_hold_on_error_keeps_a_user_error_up_until_stopped():
+    held = _held("ConfigError", enabled=True)
+    first = held.stderr.readline()
+    assert first.startswith("error: center.toml: [superlink] address = 'x' must be HOST:PORT")
+    assert "holding until stopped" in held.stderr.readline()
+    time.sleep(0.5)
+    assert held.poll() is None  # still up: a container's restart policy sees nothing to redo
+    held.send_signal(signal.SIGTERM)
+    assert held.wait(10) == 2
+
+
+@pytest.mark.parametrize(("error", "enabled", "code"), [("ConfigError", False, 2),
+                                                        ("RunFailed", True, 1)])  # fmt: skip
+def test_without_hold_or_for_a_failure_that_may_pass_the_command_exits(error, enabled, code):
+    done = _held(error, enabled)
+    assert done.wait(30) == code and "holding" not in done.stderr.read()
