@@ -10,7 +10,6 @@ whose reason names the center and the problem; the server drops that center and 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from feddel.client import handlers, training
 from feddel.client.handlers import CenterPaths
 from feddel.client.policy import admit
 from feddel.client.state import CenterState
+from feddel.common.deployment.sites import log_to_stdout
 from feddel.common.errors import ConfigError, FedDELError
 from feddel.common.wire.protocol import (
     InventoryRequest,
@@ -63,21 +63,10 @@ def paths_from_node_config(context: Context) -> CenterPaths:
             '--node-config \'data-path="/path/to/images" state-path="/path/to/state"\''
         )
     data = Path(str(config["data-path"]))
-    _log_to_stdout()
+    log_to_stdout("feddel.client")  # each phase, named by center and run, in the journal
     return CenterPaths(
         str(config.get("center-name", data.name)), data, Path(str(config["state-path"]))
     )
-
-
-def _log_to_stdout() -> None:
-    """A deployed center logs each phase (center, phase, run, seconds) to stdout, which
-    reaches `feddel-center join`'s output and the journal; set up once per process."""
-    center_log = logging.getLogger("feddel.client")
-    if not center_log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("feddel %(message)s"))
-        center_log.addHandler(handler)
-        center_log.setLevel(logging.INFO)
 
 
 def build_client_app(resolve: Resolver) -> ClientApp:

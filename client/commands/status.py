@@ -28,10 +28,9 @@ from feddel.client.site import load_center_site
 from feddel.client.state import CenterState
 from feddel.common.cliutil import EXIT_FAILED, EXIT_OK, console
 from feddel.common.deployment.audit import AuditLog
-from feddel.common.deployment.metrics import Gauge, write_prometheus
+from feddel.common.deployment.metrics import Gauge, write_status_files
 from feddel.common.deployment.sites import superlink_health
 from feddel.common.errors import DataError
-from feddel.common.io import write_json
 
 # Connection events `join` records, and what the last of them means.
 CONNECTION_STATES = {
@@ -68,12 +67,7 @@ def run_status(args: argparse.Namespace) -> int:
         state_dir, name = args.state, args.state.name
     status = center_status(state_dir, name, probe)
     _print_status(status)
-    if args.json:
-        write_json(args.json, status)
-        console.print(f"wrote {args.json}")
-    if args.prometheus:
-        write_prometheus(args.prometheus, center_gauges(status))
-        console.print(f"wrote {args.prometheus}")
+    write_status_files(status, center_gauges, args.json, args.prometheus)
     if args.check and status["connection"]["state"] != "connected":
         return EXIT_FAILED
     return EXIT_OK

@@ -383,11 +383,20 @@ def describe_expiry(moment: datetime.datetime) -> str:
 
 
 def check_center_name(name: str) -> None:
-    if not _NAME.match(name):
+    check_name(name, "center")
+
+
+def check_name(name: str, what: str) -> None:
+    """Center and operator names: safe as folder names, in logs and in TOML."""
+    if not is_name(name):
         raise ConfigError(
-            f"center name {name!r} must be 1-63 letters, digits, '.', '_' or '-', "
+            f"{what} name {name!r} must be 1-63 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
+
+
+def is_name(name: str) -> bool:
+    return bool(_NAME.match(name))
 
 
 # --- private helpers (inputs already validated) ------------------------------------------

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from feddel.common.cliutil import console
 from feddel.common.errors import ConfigError
-from feddel.common.io import atomic_write_text
+from feddel.common.io import atomic_write_text, write_json
 
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -49,6 +51,22 @@ def render(gauges: Iterable[Gauge]) -> str:
 
 def write_prometheus(path: str | Path, gauges: Iterable[Gauge]) -> Path:
     return atomic_write_text(path, render(gauges))
+
+
+def write_status_files(
+    status: dict[str, Any],
+    gauges: Callable[[dict[str, Any]], list[Gauge]],
+    json_path: Path | None,
+    prometheus_path: Path | None,
+) -> None:
+    """What both status commands write beside their text, when asked: the status as JSON and
+    its gauges for Prometheus."""
+    if json_path:
+        write_json(json_path, status)
+        console.print(f"wrote {json_path}")
+    if prometheus_path:
+        write_prometheus(prometheus_path, gauges(status))
+        console.print(f"wrote {prometheus_path}")
 
 
 def _labels(labels: Mapping[str, str]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import logging
 import math
 import os
 import shutil
@@ -84,6 +85,21 @@ def superlink_health(address: str, ca_cert: str | Path, timeout: float = 5.0) ->
             return None
     except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
         return f"not answering at {url} ({getattr(exc, 'reason', exc)})"
+
+
+def log_to_stdout(logger: str, fmt: str = "feddel %(message)s") -> None:
+    """Send `logger`'s INFO and higher lines to stdout in `fmt`, once per process: a
+    deployed process's stdout is what `start`, `join` and `flwr run --stream` relay to the
+    operator and the journal, while FedDEL's loggers are otherwise silent below WARNING."""
+    target = logging.getLogger(logger)
+    if any(getattr(h, "feddel_stdout", False) for h in target.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.feddel_stdout = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter(fmt))
+    target.addHandler(handler)
+    target.setLevel(logging.INFO)
+    target.propagate = False
 
 
 # --- site configuration files --------------------------------------------------------------

@@ -112,7 +112,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
         f"private keys ({authority.server_key}, {args.out / 'ca.key'}) are mode 0600; ca.key "
         "is only needed to issue certificates and can be kept offline"
     )
-    console.print(f"next: feddel-coordinator certs add-center NAME --out {args.out}")
+    console.print(
+        f"next: each center runs `feddel-center keygen` and sends center.pub; admit it with "
+        f"`feddel-coordinator certs add-center NAME --out {args.out} --public-key center.pub`"
+    )
     return EXIT_OK
 
 

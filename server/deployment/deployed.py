@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +21,7 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from feddel.common.config import CurationConfig
+from feddel.common.deployment.sites import log_to_stdout
 from feddel.common.io import write_json
 from feddel.server.app import build_server_app
 from feddel.server.deployment.fab import OPERATOR_KEY, curation_settings
@@ -101,14 +101,6 @@ class ProgressGrid:
         return replies
 
 
-def _log_progress() -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("feddel %(message)s"))
-    server_log = logging.getLogger("feddel.server")
-    server_log.addHandler(handler)
-    server_log.setLevel(logging.INFO)
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
@@ -118,7 +110,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    _log_progress()
+    log_to_stdout("feddel.server")
     config = _config(context)
     progress = Progress(
         Path(config.out) / config.run_name / PROGRESS_FILE,

@@ -40,6 +40,7 @@ from flwr.superlink.cli.flower_superlink import (
 from flwr.superlink.main import create_app
 
 from feddel.common.deployment.audit import AuditLog
+from feddel.common.deployment.sites import log_to_stdout
 from feddel.server.deployment.gate import Gate, GateSettings
 from feddel.server.deployment.operators import OperatorRegistry
 from feddel.server.deployment.site import operator_networks
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ours, flower_args = parse_args(sys.argv[1:] if argv is None else argv)
     for name in _BYPASSING_ENV:
         os.environ.pop(name, None)
-    _log_to_stdout()
+    log_to_stdout(log.name, "%(levelname)-8s: feddel %(message)s")
 
     sys.argv = ["flower-superlink", *flower_args]  # Flower parses its flags from sys.argv
     config = _parse_superlink_lifespan_config()
@@ -157,16 +158,6 @@ class OperatorTokens(ControlAuthnPlugin):
         self, metadata: Sequence[tuple[str, str | bytes]]
     ) -> tuple[Sequence[tuple[str, str | bytes]] | None, AccountInfo | None]:
         return None, None
-
-
-def _log_to_stdout() -> None:
-    """The gate's lines go to stdout beside Flower's, which `start` relays to the journal."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(levelname)-8s: feddel %(message)s"))
-    gate_log = logging.getLogger("feddel.server.deployment.gate")
-    gate_log.addHandler(handler)
-    gate_log.setLevel(logging.INFO)
-    gate_log.propagate = False
 
 
 if __name__ == "__main__":

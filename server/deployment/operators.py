@@ -29,6 +29,7 @@ import secrets
 from pathlib import Path
 
 from feddel.common.cliutil import EXIT_OK, console
+from feddel.common.deployment.certs import check_name, is_name
 from feddel.common.errors import ConfigError
 from feddel.common.io import atomic_write_bytes
 from feddel.server.deployment.site import load_site
@@ -37,13 +38,12 @@ OPERATORS_FILE = "operators.json"
 SERVICE_OPERATOR = "coordinator"
 SERVICE_TOKEN_FILE = "operator.token"
 CREDENTIALS_FILE = "credentials.yaml"  # the flwr CLI's credential store in $FLWR_HOME
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{32,}$")
 
 
 def add_operator(state: str | Path, name: str, *, force: bool = False) -> str:
     """Create operator `name` and return its token (shown once: only its hash is kept)."""
-    _check_name(name)
+    check_name(name, "operator")
     operators = _load(state)
     if name in operators and not force:
         raise ConfigError(
@@ -105,7 +105,7 @@ def read_token(path: str | Path) -> str:
     except UnicodeDecodeError:
         token = ""
     name, _, secret = token.partition(":")
-    if not (_NAME.match(name) and _SECRET.match(secret)):
+    if not (is_name(name) and _SECRET.match(secret)):
         raise ConfigError(f"{file} is not an operator token (one line, NAME:SECRET)")
     return token
 
@@ -207,14 +207,6 @@ def add_operator_token_argument(parser: argparse.ArgumentParser) -> None:
 def operator_token(args: argparse.Namespace, state: Path) -> str:
     """The token of --operator-token, else the service's own in `state`."""
     return read_token(args.operator_token or state / SERVICE_TOKEN_FILE)
-
-
-def _check_name(name: str) -> None:
-    if not _NAME.match(name):
-        raise ConfigError(
-            f"operator name {name!r} must be 1-63 letters, digits, '.', '_' or '-', starting "
-            "with a letter or digit"
-        )
 
 
 def _digest(secret: str) -> str:

@@ -22,9 +22,8 @@ from rich.table import Table
 from feddel.common.cliutil import EXIT_FAILED, EXIT_OK, console
 from feddel.common.deployment.audit import AuditLog
 from feddel.common.deployment.certs import registered_centers
-from feddel.common.deployment.metrics import Gauge, write_prometheus
+from feddel.common.deployment.metrics import Gauge, write_status_files
 from feddel.common.deployment.sites import superlink_health
-from feddel.common.io import write_json
 from feddel.server.deployment.deployed import PROGRESS_FILE
 from feddel.server.deployment.flwrcli import CONNECTION, error_message, flwr_json, write_connection
 from feddel.server.deployment.operators import add_operator_token_argument, operator_token
@@ -57,12 +56,7 @@ def run_status(args: argparse.Namespace) -> int:
         return EXIT_FAILED if health else EXIT_OK
     status = coordinator_status(site, health, lambda: operator_token(args, site.state))
     _print_status(status)
-    if args.json:
-        write_json(args.json, status)
-        console.print(f"wrote {args.json}")
-    if args.prometheus:
-        write_prometheus(args.prometheus, coordinator_gauges(status))
-        console.print(f"wrote {args.prometheus}")
+    write_status_files(status, coordinator_gauges, args.json, args.prometheus)
     return EXIT_FAILED if health else EXIT_OK
 
 

@@ -131,6 +131,7 @@ def _site(root: Path, uid: int) -> dict[str, str]:
     return env
 
 
+@pytest.mark.integration
 def test_compose_runs_a_round_with_a_coordinator_and_two_centers(engine, tmp_path):
     env = {**os.environ, **_site(tmp_path, os.getuid())}
     project = f"feddel-smoke-{os.getpid()}"
