@@ -4,8 +4,10 @@ round (client/policy.py), how `join` reads Flower's output, and `feddel-center s
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from flwr.app import Context, RecordDict
@@ -208,16 +210,23 @@ def test_connection_watch_records_each_change_once(tmp_path):
     assert events == [("connected", "42"), ("connection-lost", None), ("connected", None)]
 
 
-def test_join_refuses_an_expired_ca_in_one_line(tmp_path, monkeypatch, capsys, _toml):
+def test_join_refuses_an_expired_ca_in_one_line(tmp_path, monkeypatch, _toml):
     now = datetime.datetime.now(datetime.UTC)
     monkeypatch.setattr(certs, "_now", lambda: now - datetime.timedelta(days=4000))
     authority = certs.init_authority(tmp_path / "certs", certs.parse_hosts("127.0.0.1"))
     private, _ = certs.make_center_key(tmp_path / "keys", "hospital-a")
     (tmp_path / "images").mkdir()
-    toml = _toml(tmp_path, ca=str(authority.ca_cert), key=str(private))
-    assert center(["join", "--config", str(toml)]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("error: CA certificate") and "expired on" in error
+    toml = _toml(tmp_path, ca=str(authority.ca_cert), key=str(private), address="127.0.0.1:1")
+    join = subprocess.Popen([str(Path(sys.executable).parent / "feddel-center"), "join",
+                             "--config", str(toml)], stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        code = join.wait(120)  # a join that went on to Flower would retry forever
+    except subprocess.TimeoutExpired:
+        os.killpg(join.pid, signal.SIGKILL)
+        pytest.fail("join started the SuperNode with an expired CA instead of refusing")
+    error = join.stderr.read().strip()
+    assert code == 2 and error.startswith("error: CA certificate") and "expired on" in error
     assert "get the current ca.crt from the coordinator" in error and "\n" not in error
 
 

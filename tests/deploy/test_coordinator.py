@@ -23,6 +23,7 @@ from feddel.server.deployment.fab import (
     curation_settings,
     write_app,
 )
+from feddel.server.deployment.flwrcli import boxed_error
 from feddel.server.deployment.site import load_site
 from feddel.server.deployment.status import coordinator_gauges, coordinator_status
 from feddel.server.deployment.submit import round_config
@@ -249,3 +250,15 @@ def test_registrar_follows_added_and_removed_key_folders(site, monkeypatch, tmp_
     assert registrar.sync() == 1
     assert flwr.calls[-1] == ["supernode", "unregister", "99"]
     assert json.loads((site.state / "registered.json").read_text()).keys() == {"hospital-a"}
+
+
+def test_flwr_errors_are_read_out_of_their_box():
+    output = """Using SuperLink: feddel (127.0.0.1:9093)
+╭─ Error ──────────────────────────────────────────╮
+│ operator authentication failed: this call needs  │
+│ an operator token                                 │
+╰──────────────────────────────────────────────────╯"""
+    assert boxed_error(output) == (
+        "operator authentication failed: this call needs an operator token"
+    )
+    assert boxed_error("line one\n\nlast words\n") == "last words"
