@@ -100,10 +100,12 @@ def _start(args: argparse.Namespace) -> int:
     site.state.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = service_token(site.state)
     env = write_connection(site.flwr_home, site.local_address, files.ca_cert, token)
+    started = _now()
     link = FlowerProcess(superlink_argv(site, files), env, echo=sys.stdout)
     with stop_on_signals() as stop:
         try:
             if _wait_until_healthy(link, site, files.ca_cert, stop):
+                stop_orphaned_runs(env, started)
                 _serve(link, Registrar(site, env), site, stop)
         finally:
             code = link.stop()
@@ -116,9 +118,7 @@ def _start(args: argparse.Namespace) -> int:
 def _serve(
     link: FlowerProcess, registrar: Registrar, site: CoordinatorSite, stop: threading.Event
 ) -> None:
-    """Stop runs orphaned by a restart, register the keys, say so, then keep the registrations
-    in step until stopped."""
-    stop_orphaned_runs(registrar.env)
+    """Register the keys, say so, then keep the registrations in step until stopped."""
     count = registrar.sync(verify=True)
     console.print(
         f"SuperLink ready on {site.host}:{site.port}: {count} center(s) registered; new keys "
@@ -131,9 +131,10 @@ def _serve(
         last_sweep = time.monotonic() if sweep else last_sweep
 
 
-def stop_orphaned_runs(env: dict[str, str]) -> list[str]:
-    """Mark stopped every run the database says is starting or running: right after the
-    SuperLink started, none can be (a ServerApp dies with its SuperLink). Returns their ids."""
+def stop_orphaned_runs(env: dict[str, str], started: datetime.datetime) -> list[str]:
+    """Mark stopped every run submitted before this SuperLink `started` that the database
+    still says is starting or running: its ServerApp died with the previous SuperLink. (A run
+    submitted since, in the seconds before this check, is left alone.) Returns their ids."""
     reply = flwr_json(["list", CONNECTION], env)
     if not reply.get("success"):
         raise RunFailed(f"could not list the SuperLink's runs: {error_message(reply)}")
@@ -141,6 +142,7 @@ def stop_orphaned_runs(env: dict[str, str]) -> list[str]:
         str(run["run-id"])
         for run in reply.get("runs", [])
         if str(run.get("status", "")).split(":")[0] in ("starting", "running")
+        and _timestamp(run.get("pending-at")) < started
     ]
     for run_id in orphans:
         outcome = flwr_json(["stop", run_id, CONNECTION], env)
@@ -297,3 +299,11 @@ def _print_expiry(files: SuperLinkFiles) -> None:
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def _timestamp(text: object) -> datetime.datetime:
+    """`flwr list`'s "2026-03-01 12:00:00Z"; an unreadable one counts as long ago."""
+    try:
+        return datetime.datetime.fromisoformat(str(text))
+    except ValueError:
+        return datetime.datetime.min.replace(tzinfo=datetime.UTC)

@@ -2,6 +2,7 @@
 submits, `config --config`, the round's FAB, progress and `feddel-coordinator status`, and the
 registrar's decisions (with `flwr` replaced by a recorder)."""
 
+import datetime
 import json
 import tomllib
 from pathlib import Path
@@ -218,12 +219,17 @@ class FlwrRecorder:
 
 
 def test_start_stops_runs_its_restart_orphaned(monkeypatch):
-    flwr = FlwrRecorder(runs=[{"run-id": "1", "status": "finished:completed"},
-                              {"run-id": "2", "status": "running"},
-                              {"run-id": "3", "status": "starting"},
-                              {"run-id": "4", "status": "pending"}])  # fmt: skip
+    before, after = "2026-03-01 11:59:00Z", "2026-03-01 12:00:05Z"
+    flwr = FlwrRecorder(runs=[
+        {"run-id": "1", "status": "finished:completed", "pending-at": before},
+        {"run-id": "2", "status": "running", "pending-at": before},
+        {"run-id": "3", "status": "starting", "pending-at": before},
+        {"run-id": "4", "status": "pending", "pending-at": before},
+        {"run-id": "5", "status": "starting", "pending-at": after},  # submitted just now
+    ])  # fmt: skip
     monkeypatch.setattr(superlink, "flwr_json", flwr)
-    assert superlink.stop_orphaned_runs({}) == ["2", "3"]
+    started = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
+    assert superlink.stop_orphaned_runs({}, started) == ["2", "3"]
     assert flwr.calls[1:] == [["stop", "2"], ["stop", "3"]]
 
 
