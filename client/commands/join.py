@@ -26,6 +26,7 @@ import datetime
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -78,18 +79,8 @@ def _join(config: Path) -> int:
     )
     state.record("join", superlink=site.address, pid=os.getpid())
     watch = ConnectionWatch(state, site.address)
-    argv = supernode_argv(site, node_config)
     with stop_on_signals() as stop:
-        for attempt in range(2):
-            node = FlowerProcess(argv, env, echo=sys.stdout, on_line=watch.line)
-            while node.poll() is None and not stop.wait(0.5):
-                pass
-            code = node.stop()
-            if stop.is_set() or attempt or _GRACEFUL not in node.output():
-                break
-            # The SuperLink let the node go (e.g. its key was unregistered): start again once,
-            # so that the SuperLink says why when it refuses the activation.
-            watch.lost()
+        node, code = _supervise(supernode_argv(site, node_config), env, watch, stop)
     if stop.is_set():
         state.record("leave", superlink=site.address)
         console.print(f"center {site.name} left the federation")
@@ -97,6 +88,23 @@ def _join(config: Path) -> int:
     failure = explain_failure(node.output(), site)
     state.record("error", phase="connect", reason=failure.reason, exit_code=code)
     raise (RunFailed if failure.retry else ConfigError)(failure.reason)
+
+
+def _supervise(
+    argv: list[str], env: dict[str, str], watch: ConnectionWatch, stop: threading.Event
+) -> tuple[FlowerProcess, int]:
+    """Run the SuperNode until it exits or `stop` is set; return it and its exit code. When
+    the SuperLink lets the node go (its key was unregistered: Flower then ends "gracefully"),
+    start it once more, so that the SuperLink's refusal says why."""
+    for attempt in range(2):
+        node = FlowerProcess(argv, env, echo=sys.stdout, on_line=watch.line)
+        while node.poll() is None and not stop.wait(0.5):
+            pass
+        code = node.stop()
+        if stop.is_set() or attempt or _GRACEFUL not in node.output():
+            break
+        watch.lost()
+    return node, code
 
 
 def node_config_values(site: CenterSite, config_file: Path) -> dict[str, str]:

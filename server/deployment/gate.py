@@ -125,6 +125,8 @@ class Gate:
             address = ipaddress.ip_address(peer)
         except ValueError:
             return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack listener's view of an IPv4 client
         return any(address in network for network in self.settings.networks)
 
     # --- Control API ----------------------------------------------------------------------

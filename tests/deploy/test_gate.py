@@ -131,6 +131,9 @@ def test_operator_apis_answer_only_operator_networks(site, path):
     assert behind.seen == []
     status, _ = call(gate, path, peer="10.0.5.9", token=site["token"])  # operators-from
     assert status == 200 and len(behind.seen) == 1
+    status, _ = call(gate, path, peer="::ffff:127.0.0.1", token=site["token"])  # dual stack
+    assert status == 200 and len(behind.seen) == 2
+    assert call(gate, path, peer="::ffff:198.51.100.7", token=site["token"])[0] == 403
 
 
 def test_control_calls_need_a_valid_operator_token(site):
