@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feddel.common.config import METHODS
 from feddel.common.deployment.certs import check_center_name
 from feddel.common.deployment.sites import read_site_config
 from feddel.common.errors import ConfigError
@@ -50,13 +49,13 @@ class RoundPolicy:
     """[policy] of center.toml: the rounds this center takes part in (client/policy.py
     refuses the others, with the reason, and audits both)."""
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = ()  # empty: every method
     max_budget: float = 1.0
     operators: tuple[str, ...] = ()  # empty: any operator the coordinator authenticated
 
     def refusal(self, method: str, budget: float, operator: str) -> str | None:
         """Why this center refuses a round, in one line, or None."""
-        if method not in self.methods:
+        if self.methods and method not in self.methods:
             return (
                 f"method {method!r} is not allowed at this center (allowed: "
                 f"{', '.join(self.methods)}; [policy] methods in center.toml)"
@@ -122,11 +121,16 @@ def load_center_site(path: str | Path) -> CenterSite:
 
 
 def _policy(file: Path, section: dict[str, Any]) -> RoundPolicy:
-    methods = tuple(section.get("methods", METHODS))
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown or not methods:
+    # The method registry imports the curation code; only a [policy] that lists methods pays
+    # for it, so `feddel-center status` and `join` start fast.
+    from feddel.common.curation.methods import METHOD_NAMES
+
+    methods = tuple(section.get("methods", ()))
+    unknown = sorted(set(methods) - set(METHOD_NAMES))
+    if unknown or ("methods" in section and not methods):
         raise ConfigError(
-            f"{file}: [policy] methods = {list(methods)} must name some of {', '.join(METHODS)}"
+            f"{file}: [policy] methods = {list(methods)} must name some of "
+            f"{', '.join(METHOD_NAMES)}"
         )
     max_budget = float(section.get("max-budget", 1.0))
     if not 0.0 < max_budget <= 1.0:

@@ -4,8 +4,7 @@ For each seed: a short federated MAE warm-up on a small uniform sample gives cur
 encoder (docs/design.md); the random-init encoder is scored once as the floor. Then for each
 (method, budget) cell: a curation round with the warm-up encoder, federated MAE pre-training on
 the selection starting from the warm-up weights (the same number of steps for every budget:
-compute-matched), and downstream evaluation. `curation_rounds` > 1 repeats curate + pre-train
-with the newly pre-trained encoder, splitting the same step budget across the repeats.
+compute-matched), and downstream evaluation.
 
 Everything a cell produces lives under RUN/cells/<cell>/ and a finished cell is not run again,
 so a killed `compare` started again picks up where it stopped (pre-training also resumes
@@ -35,6 +34,7 @@ from feddel.common.io import write_json
 from feddel.common.models.embed import EncoderSpec
 from feddel.common.models.segmentation import HeadConfig
 from feddel.common.reports.metrics import del_score, norm_del
+from feddel.common.reports.summary import RoundSummary
 from feddel.server.broadcast import Broadcaster
 from feddel.server.curation.round import run_round
 from feddel.server.report import write_round
@@ -68,10 +68,8 @@ class PipelineSettings:
     centers_per_round: int = 4
     warmup_rounds: int = 8
     warmup_fraction: float = 0.05
-    curation_rounds: int = 1
     batch_size: int = 16
     lr: float = 1.5e-4
-    proximal_mu: float = 0.0
     fedadam: bool = False
     local_lr: float = 1.0
     center_weighting: str = "examples"
@@ -79,11 +77,6 @@ class PipelineSettings:
     alpha: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.curation_rounds < 1 or self.rounds % self.curation_rounds:
-            raise ConfigError(
-                f"curation-rounds={self.curation_rounds} must be >= 1 and divide "
-                f"rounds={self.rounds} (each repeat gets the same share of the steps)"
-            )
         for rounds in (self.warmup_rounds, self.rounds):  # refused now, not an hour into a run
             self.pretrain_config(run="check", uniform_fraction=self.warmup_fraction, rounds=rounds)
 
@@ -94,7 +87,6 @@ class PipelineSettings:
             batch_size=self.batch_size,
             lr=self.lr,
             centers_per_round=self.centers_per_round,
-            proximal_mu=self.proximal_mu,
             fedadam=self.fedadam,
             local_lr=self.local_lr,
             center_weighting=self.center_weighting,
@@ -135,7 +127,7 @@ def discard_results(out: Path) -> list[Path]:
 
 def _with_new_defaults(stored: dict[str, Any], code: str) -> dict[str, Any]:
     """Stored settings plus the defaults of pipeline settings added since they were written
-    (e.g. `proximal_mu`): those cells were made with the default, so they still match. Folders
+    (e.g. `center_weighting`): those cells were made with the default, so they still match. Folders
     written before the code fingerprint existed cannot be told apart, so they are taken as is."""
     return {
         "code": code,
@@ -211,25 +203,20 @@ class Pipeline:
     def _cell(self, cell: Cell) -> Row:
         encoder = self.warm_up(cell.seed)
         cell_dir = self.out / "cells" / cell.name
-        steps_each = self.settings.rounds // self.settings.curation_rounds
-        moved = 0  # pre-training bytes, both ways (the warm-up's are shared by the seed's cells)
-        for repeat in range(self.settings.curation_rounds):
-            run_name = f"{cell.name}-c{repeat}"
-            summary, quality = self._curate(cell, run_name, encoder, cell_dir)
-            pretrain = self._pretrain_config(
-                run=f"{run_name}-mae",
-                selection=run_name,
-                init=str(encoder),
-                rounds=steps_each,
-                seed=cell.seed,
-            )
-            done = run_pretraining(self._cast(run_name), pretrain, cell_dir / f"mae-c{repeat}")
-            encoder = done.checkpoint
-            moved += done.bytes_down + done.bytes_up
-        spec = EncoderSpec(self.base.model, self.base.image_size, str(encoder), cell.seed)
+        run_name = f"{cell.name}-c0"
+        summary, quality = self._curate(cell, run_name, encoder, cell_dir)
+        pretrain = self._pretrain_config(
+            run=f"{run_name}-mae",
+            selection=run_name,
+            init=str(encoder),
+            rounds=self.settings.rounds,
+            seed=cell.seed,
+        )
+        done = run_pretraining(self._cast(run_name), pretrain, cell_dir / "mae-c0")
+        moved = done.bytes_down + done.bytes_up  # the warm-up's are shared by the seed's cells
+        spec = EncoderSpec(self.base.model, self.base.image_size, str(done.checkpoint), cell.seed)
         result = run_evaluation(self._cast(cell.name), spec, cell.name, self._head(cell.seed))
-        retention = summary["selected"] / max(1, summary["total_samples"])
-        row = self._row(cell, retention, result.miou, quality)
+        row = self._row(cell, summary.retention, result.miou, quality)
         return {**row, "pretrain_gb": round(moved / 1e9, 4)}
 
     def warm_up(self, seed: int) -> Path:
@@ -253,7 +240,7 @@ class Pipeline:
 
     def _curate(
         self, cell: Cell, run_name: str, encoder: Path, cell_dir: Path
-    ) -> tuple[Row, dict[str, Any]]:
+    ) -> tuple[RoundSummary, dict[str, Any]]:
         config = dataclasses.replace(
             self.base,
             method=cell.method,
@@ -268,7 +255,7 @@ class Pipeline:
         summary = write_round(result, run_dir)
         selection = gather_manifests(self.centers, self.state_root, run_dir, config)
         measures = truth_measures(
-            self.centers, selected_files(selection), None, summary["retention"], cell.seed
+            self.centers, selected_files(selection), None, summary.retention, cell.seed
         )
         quality = measures["selection"] if measures else {}
         return summary, quality

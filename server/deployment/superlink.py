@@ -48,7 +48,7 @@ from feddel.common.deployment.sites import (
     superlink_health,
 )
 from feddel.common.errors import RunFailed
-from feddel.common.io import write_json
+from feddel.common.io import require_writable_folder, write_json
 from feddel.server.deployment.flwrcli import (
     CONNECTION,
     error_message,
@@ -95,6 +95,7 @@ def _start(args: argparse.Namespace) -> int:
     site = load_site(
         args.config, certs=args.certs, state=args.state, host=args.host, port=args.port
     )
+    require_writable_folder(site.state, "--state (or [coordinator] state)")
     files = check_superlink_files(site.certs)
     _print_expiry(files)
     site.state.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -18,8 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from feddel.common.cliutil import EXIT_OK, console
-from feddel.common.config import METHODS, CurationConfig, parse_overrides
+from feddel.common.config import CurationConfig, parse_overrides
+from feddel.common.curation.methods import FEDDEL, FULL, MEDDEL, METHOD_NAMES, RANDOM, method_named
 from feddel.common.errors import ConfigError, RunFailed
+from feddel.common.io import require_writable_folder
 from feddel.common.models.segmentation import HeadConfig
 from feddel.server.training.pretrain import CENTER_WEIGHTINGS
 from feddel.simulations.federated import ENGINES, run_apps, worker_threads
@@ -64,18 +66,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {defaults.warmup_rounds})",
     )  # fmt: skip
     parser.add_argument(
-        "--curation-rounds", type=int, default=defaults.curation_rounds,
-        help="curate + pre-train repeats, each curating with the newest encoder (default 1)",
-    )  # fmt: skip
-    parser.add_argument(
         "--lr", type=float, default=defaults.lr, help=f"MAE peak learning rate ({defaults.lr:g})"
     )
-    parser.add_argument(
-        "--proximal-mu", type=float, default=defaults.proximal_mu,
-        help="FedProx: each center's local MAE steps pay mu/2 * ||w - w_global||^2 (default "
-        "0 = plain FedAvg). On the demo data it keeps the encoder near its start rather than "
-        "fixing drift; see the README's measurements",
-    )  # fmt: skip
     parser.add_argument(
         "--fedadam", action=argparse.BooleanOptionalAction, default=defaults.fedadam,
         help="FedAdam: centers take --local-steps plain SGD steps at --local-lr and the server "
@@ -124,8 +116,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated budgets (default 0.05,0.2,1.0)",
     )  # fmt: skip
     parser.add_argument(
-        "--methods", type=_methods, default=["random", "meddel", "feddel"],
-        help=f"comma-separated, from {', '.join(METHODS)} (default random,meddel,feddel); "
+        "--methods", type=_methods, default=[RANDOM.name, MEDDEL.name, FEDDEL.name],
+        help=f"comma-separated, from {', '.join(METHOD_NAMES)} (default random,meddel,feddel); "
         "`full` runs once, at R = 1",
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
@@ -140,6 +132,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def compare_run(args: argparse.Namespace) -> int:
+    require_writable_folder(args.out, "--out")
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds} must be >= 1")
     shard, shards = args.shard
@@ -154,14 +147,14 @@ def compare_run(args: argparse.Namespace) -> int:
             "--fresh with --shard would let each shard discard the cells of the others; "
             "start the shards on an empty --out instead"
         )
-    cells = [
-        # every method keeps everything at budget 1: one `full` cell stands for all of them
-        Cell("full", 1.0, seed) if method == "full" or budget >= 1.0 else Cell(method, budget, seed)
-        for seed in seeds
-        for method in args.methods
-        for budget in (args.budgets if method != "full" else [1.0])
-    ]
-    cells = list(dict.fromkeys(cells))
+    cells = list(
+        dict.fromkeys(
+            cell_of(method, budget, seed)
+            for seed in seeds
+            for method in args.methods
+            for budget in args.budgets
+        )
+    )
     rows = run_pipeline(args, args.data, args.out, cells, keep_earlier=True)
     if shards > 1:
         console.print(
@@ -185,9 +178,7 @@ def run_pipeline(
         batch_size=args.batch_size,
         centers_per_round=args.centers_per_round,
         warmup_rounds=args.warmup_rounds,
-        curation_rounds=args.curation_rounds,
         lr=args.lr,
-        proximal_mu=args.proximal_mu,
         fedadam=args.fedadam,
         local_lr=args.local_lr,
         center_weighting=args.center_weighting,
@@ -287,9 +278,17 @@ def _shard(text: str) -> tuple[int, int]:
     return shard, shards
 
 
+def cell_of(method: str, budget: float, seed: int) -> Cell:
+    """Every method keeps everything at budget 1, so one `full` cell stands for all of them."""
+    budget = method_named(method).budget_for(budget)
+    return Cell(FULL.name, 1.0, seed) if budget >= 1.0 else Cell(method, budget, seed)
+
+
 def _methods(text: str) -> list[str]:
     values = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [v for v in values if v not in METHODS]
+    unknown = [v for v in values if v not in METHOD_NAMES]
     if not values or unknown:
-        raise argparse.ArgumentTypeError(f"{text!r}: methods must come from {', '.join(METHODS)}")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: methods must come from {', '.join(METHOD_NAMES)}"
+        )
     return values

@@ -13,14 +13,20 @@ import time
 from pathlib import Path
 
 from feddel.common.cliutil import EXIT_OK, console
-from feddel.simulations.commands.compare import add_pipeline_arguments, results_table, run_pipeline
+from feddel.common.curation.methods import FEDDEL, FULL, RANDOM
+from feddel.common.io import require_writable_folder
+from feddel.simulations.commands.compare import (
+    add_pipeline_arguments,
+    cell_of,
+    results_table,
+    run_pipeline,
+)
 from feddel.simulations.commands.curate import federation_table
 from feddel.simulations.layout import FEDERATION_FILE
-from feddel.simulations.pipeline import Cell
 from feddel.simulations.synth import generate_federation
 
 DEMO_BUDGET = 0.05
-DEMO_METHODS = ("feddel", "random", "full")
+DEMO_METHODS = (FEDDEL.name, RANDOM.name, FULL.name)
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,12 +39,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def demo_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    require_writable_folder(args.out, "--out")
     data = args.out / "data"
     _ensure_demo_data(data, args.seed)
     console.print(f"demo federation: {data}")
-    cells = [
-        Cell(method, 1.0 if method == "full" else DEMO_BUDGET, args.seed) for method in DEMO_METHODS
-    ]
+    cells = [cell_of(method, DEMO_BUDGET, args.seed) for method in DEMO_METHODS]
     rows = run_pipeline(args, data, args.out, cells)
     console.print(results_table(rows, f"demo: FedDEL vs random at {DEMO_BUDGET:.0%}, and full"))
     console.print(
