@@ -11,6 +11,7 @@ the center's log and events.jsonl keep the detail); the server drops that center
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from flwr.clientapp import ClientApp
 
 from feddel.client import handlers, training
 from feddel.client.handlers import CenterPaths
+from feddel.client.policy import admit
 from feddel.client.redact import public_reason
 from feddel.client.state import CenterState
+from feddel.common.deployment.sites import log_to_stdout
 from feddel.common.errors import ConfigError, FedDELError
 from feddel.common.wire.protocol import (
     CENTER_ERROR,
@@ -61,6 +64,7 @@ def paths_from_node_config(context: Context) -> CenterPaths:
             '--node-config \'data-path="/path/to/images" state-path="/path/to/state"\''
         )
     data = Path(str(config["data-path"]))
+    log_to_stdout("feddel.client")  # each phase, named by center and run, in the journal
     return CenterPaths(
         str(config.get("center-name", data.name)), data, Path(str(config["state-path"]))
     )
@@ -82,13 +86,22 @@ def _wrap(
     def handle(message: Message, context: Context) -> Message:
         paths = None
         phase = request_type.ACTION
+        started = time.monotonic()
         try:
             paths = resolve(context)
-            reply = handler(request_type.from_record(message.content), paths)
+            admit(context, paths.state, phase)  # the center's [policy], audited
+            request = request_type.from_record(message.content)
+            reply = handler(request, paths)
         except Exception as exc:  # any failure: a reply the round can go on without this center
             name = paths.name if paths else f"node {context.node_id}"
             reason = _report_error(exc, phase, name, paths)
             return Message(Error(code=CENTER_ERROR, reason=f"{name}: {reason}"), reply_to=message)
+        seconds = time.monotonic() - started
+        CenterState(paths.state).record(
+            "phase", run=request.run, phase=phase, seconds=round(seconds, 2)
+        )
+        log.info("center %s: phase %s of run %s done in %.1f s", paths.name, phase, request.run,
+                 seconds)  # fmt: skip
         return Message(reply.to_record(), reply_to=message)
 
     handle.__name__ = f"{request_type.ACTION}_handler"
