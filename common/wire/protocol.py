@@ -295,9 +295,11 @@ class InventoryReply(Payload):
     def check(self) -> None:
         name = "InventoryReply"
         check_center_name(name, self.center)
-        if self.files != self.samples + self.unreadable + self.duplicate_files:
+        # every file is a sample, unreadable or a copy; a multi-frame file (a volume, a cine)
+        # is several samples, so samples may outnumber the files they come from
+        if self.files > self.samples + self.unreadable + self.duplicate_files:
             raise ProtocolError(
-                f"{name}: files={self.files} must equal samples + unreadable + duplicate_files "
+                f"{name}: files={self.files} exceeds samples + unreadable + duplicate_files "
                 f"({self.samples} + {self.unreadable} + {self.duplicate_files})"
             )
         if self.disruptive > self.samples:
@@ -432,6 +434,7 @@ class ScoreRequest(Masked):
     eps: float
     eta: float
     keep: str
+    series_share: float  # the share of a series a center may keep as candidates; 0 = no cap
     bins: int
     centers: np.ndarray = array_field("f", 2)  # (k, d)
     prior: np.ndarray = array_field("f", 1, nonnegative=True)  # (k,)
@@ -439,6 +442,7 @@ class ScoreRequest(Masked):
     def check(self) -> None:
         super().check()
         name = "ScoreRequest"
+        check_range(name, "series_share", self.series_share, 0.0, 1.0)
         _check_choice(name, "method", self.method, SELECTION_NAMES)
         _check_choice(name, "keep", self.keep, KEEP_CHOICES)
         check_range(name, "tau", self.tau, np.finfo(np.float64).tiny, np.inf)
@@ -459,7 +463,7 @@ class ScoreReply(MaskedReply):
 
 
 def score_layout(k: int, bins: int, etas: int) -> dict[str, tuple[int, ...]]:
-    return {"histograms": (k, bins), "eta_survivors": (etas,)}
+    return {"histograms": (k, bins), "eta_survivors": (etas,), "beyond_share": (k,)}
 
 
 # --- phase 4: selection (securely summed per-cluster counts) ------------------------------

@@ -126,13 +126,13 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
     total = sum(inventories[n].samples for n in cast.alive if n in inventories)
     budget = math.ceil(config.budget * total)
     eta = config.eta
-    histograms, survivors = _score(cast, config, centers, prior, tau, eligible, eta)
+    merged = _score(cast, config, centers, prior, tau, eligible, eta)
     for higher in (e for e in method.eta_ladder if e > config.eta):
-        if histograms.sum() >= budget:
+        if merged.histograms.sum() >= budget:
             break
         eta = higher  # too few candidates: the encoder packs samples closer, dedup less
-        histograms, survivors = _score(cast, config, centers, prior, tau, eligible, eta)
-    plan = method.plan(Merged(histograms, survivors, eta), budget, config.budget)
+        merged = _score(cast, config, centers, prior, tau, eligible, eta)
+    plan = method.plan(merged, budget, config.budget)
     per_cluster, selected = _select(cast, config, round_, plan, inventories)
     mean_image = global_mean_image(inventories)
     synthesized = {}
@@ -149,7 +149,7 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
         centers=centers,
         stats=stats,
         inertia_history=lloyd.result.inertia_history,
-        candidates=histograms.sum(axis=1),
+        candidates=merged.histograms.sum(axis=1),
         quotas=plan.quotas,
         selected_per_cluster=per_cluster,
         mean_image=mean_image,
@@ -157,7 +157,7 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
         tau=tau,
         broadcaster=cast,
         wall_s=time.perf_counter() - started,
-        v_information=_v_information(config, histograms, plan),
+        v_information=_v_information(config, merged.histograms, plan),
         synthesized=synthesized,
     )
 
@@ -269,24 +269,30 @@ def _score(
     tau: float,
     eligible: dict[int, int],
     eta: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Merged candidate histograms (k, bins) and MedDEL survivor counts per eta."""
+) -> Merged:
+    """Merged candidate histograms (k, bins), MedDEL survivor counts per eta and candidates past
+    their series' share; clusters under min-count are zeroed in both per-cluster arrays."""
     k = len(centers)
     layout = score_layout(k, HISTOGRAM_BINS, len(ETA_GRID))
+
+    method = config.selection_method.selection
+    series_share = method.series_share(config.series_cap, config.budget)
 
     def request(roster: list[bytes], attempt: int) -> ScoreRequest:
         return ScoreRequest(
             run=config.run_name, attempt=attempt, roster=roster_array(roster),
-            method=config.selection_method.selection.name, tau=tau, eps=config.eps, eta=eta,
-            keep=config.keep,
-            bins=HISTOGRAM_BINS, centers=centers, prior=prior,
+            method=method.name, tau=tau, eps=config.eps, eta=eta, keep=config.keep,
+            series_share=series_share, bins=HISTOGRAM_BINS, centers=centers, prior=prior,
         )  # fmt: skip
 
     total, replies = cast.secure_sum(request, ScoreReply, sum(map(_size, layout.values())))
     parts = unpack(layout, total)
     _check_sum("score", parts["histograms"], sum(eligible[n] for n in replies), exact=False)
-    histograms = np.rint(parts["histograms"]).astype(np.int64)
-    return suppress_small_counts(histograms, config.min_count), np.rint(parts["eta_survivors"])
+    histograms = suppress_small_counts(
+        np.rint(parts["histograms"]).astype(np.int64), config.min_count
+    )
+    beyond = np.where(histograms.sum(axis=1) > 0, np.rint(parts["beyond_share"]), 0)
+    return Merged(histograms, np.rint(parts["eta_survivors"]), eta, beyond.astype(np.int64))
 
 
 def _select(

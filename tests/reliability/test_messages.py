@@ -248,7 +248,7 @@ HOSTILE_REPLIES = [
         f"exceeds {MAX_ARRAY_ELEMENTS} elements",
         id="huge",
     ),
-    pytest.param(InventoryReply, _inventory(files=13), "files=13 must equal", id="counts"),
+    pytest.param(InventoryReply, _inventory(files=13), "files=13 exceeds", id="counts"),
     pytest.param(
         InventoryReply, _inventory(disruptive=11), "disruptive=11 exceeds", id="disruptive"
     ),
@@ -299,7 +299,7 @@ def _select_request(**changes):
 def _score_request(**changes):
     values = dict(
         run="r", attempt=0, roster=np.zeros((1, 32), dtype=np.int64), method="feddel", tau=1.0,
-        eps=0.9, eta=0.98, keep="hard", bins=8, centers=np.zeros((2, 4)),
+        eps=0.9, eta=0.98, keep="hard", series_share=0.05, bins=8, centers=np.zeros((2, 4)),
         prior=np.array([0.5, 0.5]),
     )  # fmt: skip
     values.update(changes)
