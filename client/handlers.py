@@ -23,6 +23,7 @@ from feddel.common.curation.kmeans import ClusterStats, assign, cluster_stats
 from feddel.common.curation.local import (
     ETA_GRID,
     CenterScores,
+    beyond_share_counts,
     candidate_histograms,
     score_center,
 )
@@ -234,6 +235,7 @@ def score(request: ScoreRequest, paths: CenterPaths) -> ScoreReply:
         scores = score_center(
             pool.embeddings, eligible, request.centers, request.prior,
             tau=request.tau, eps=request.eps, eta=request.eta, keep=request.keep,
+            series=pool.series_codes(), series_share=request.series_share,
         )  # fmt: skip
     else:
         scores = _no_scores()
@@ -244,7 +246,14 @@ def score(request: ScoreRequest, paths: CenterPaths) -> ScoreReply:
     candidates = np.bincount(scores.labels[scores.candidate], minlength=k)
     survivors = method.survivors(view, request.keep)
     return ScoreReply(
-        masked=_masked(request, paths, layout, candidates=candidates, eta_survivors=survivors)
+        masked=_masked(
+            request,
+            paths,
+            layout,
+            candidates=candidates,
+            eta_survivors=survivors,
+            beyond_share=beyond_share_counts(scores, k),
+        )
     )
 
 
@@ -273,7 +282,7 @@ def _no_scores() -> CenterScores:
     return CenterScores(
         labels=np.zeros(0, dtype=np.int32), sqdist=empty.astype(np.float32),
         outlier=empty.astype(bool), duplicate=empty.astype(bool), pvi=empty, log_gx=empty,
-        candidate=empty.astype(bool),
+        candidate=empty.astype(bool), beyond_share=empty.astype(bool),
     )  # fmt: skip
 
 
@@ -298,7 +307,7 @@ def select(request: SelectRequest, paths: CenterPaths) -> SelectReply:
     )  # fmt: skip
     chosen = method.select(view, plan, request.seed, request.keep)
     k = len(request.quotas)
-    rows = manifest_rows(pool.name, pool.files, ids, scores.labels, scores.pvi, chosen)
+    rows = manifest_rows(pool.name, pool.files, ids, scores.labels, scores.pvi, chosen, pool.frames)
     path = write_manifest(state.manifest_path(request.run, request.round), rows)
     state.record(
         "manifest", run=request.run, round=request.round, selected=len(rows), path=path.name

@@ -30,7 +30,7 @@ import numpy as np
 
 from feddel.common.data.manifest import manifest_name
 from feddel.common.errors import DataError, ProtocolError
-from feddel.common.io import atomic_write_bytes, write_json
+from feddel.common.io import append_json_line, atomic_write_bytes, read_json_lines, write_json
 from feddel.common.privacy import secagg
 from feddel.common.privacy.noise import SECRET_BYTES
 
@@ -189,29 +189,17 @@ class CenterState:
     # --- events for `feddel-center status` -------------------------------------------------
 
     def record(self, event: str, **details: Any) -> None:
-        """Append one JSON line. A line cut short by a crash (power loss, full disk) is closed
-        first, so it costs that line only, never the next."""
-        line = json.dumps({"time": time.time(), "event": event, **details}, sort_keys=True)
-        with open(self.path / "events.jsonl", "a+b") as handle:
-            end = handle.seek(0, os.SEEK_END)
-            if end:
-                handle.seek(end - 1)
-                if handle.read(1) != b"\n":
-                    line = "\n" + line
-            handle.write((line + "\n").encode("utf-8"))
+        """Append one event line (a line cut short by a crash costs that line only)."""
+        append_json_line(
+            self.path / "events.jsonl", {"time": time.time(), "event": event, **details}
+        )
 
     def events(self) -> list[dict[str, Any]]:
         """Every readable event, oldest first; a damaged line is skipped with a warning."""
         path = self.path / "events.jsonl"
-        if not path.is_file():
-            return []
-        events = []
-        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                if line.strip():
-                    log.warning("%s line %d is damaged; skipped", path, number)
+        events, damaged = read_json_lines(path)
+        for number in damaged:
+            log.warning("%s line %d is damaged; skipped", path, number)
         return events
 
 

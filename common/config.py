@@ -47,6 +47,7 @@ class CurationConfig:
     eps: float = 0.9  # MedDEL outlier threshold: cosine distance to the centroid
     eta: float = 0.98  # near-duplicate threshold (cosine) within a center; encoder-dependent
     keep: str = "hard"  # which of a near-duplicate pair survives
+    series_cap: float = 1.0  # FedDEL: a series keeps <= this x its budget share of candidates
     seed: int = 0
     model: str = DEFAULT_MODEL
     image_size: int = 64
@@ -82,6 +83,7 @@ class CurationConfig:
         _check(0.0 < self.eps <= 2.0, "eps", self.eps, "in (0, 2] (a cosine distance)")
         _check(-1.0 <= self.eta <= 1.0, "eta", self.eta, "in [-1, 1] (a cosine similarity)")
         _check(self.keep in KEEP_CHOICES, "keep", self.keep, "'hard' or 'easy'")
+        _check(self.series_cap >= 0.0, "series-cap", self.series_cap, ">= 0 (0 = no cap)")
         _check(self.image_size >= 16, "image-size", self.image_size, ">= 16")
         _check(bool(self.run_name.strip()), "run-name", self.run_name, "a non-empty name")
 

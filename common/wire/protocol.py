@@ -296,9 +296,11 @@ class InventoryReply(Payload):
     def check(self) -> None:
         name = "InventoryReply"
         check_center_name(name, self.center)
-        if self.files != self.samples + self.unreadable + self.duplicate_files:
+        # every file is a sample, unreadable or a copy; a multi-frame file (a volume, a cine)
+        # is several samples, so samples may outnumber the files they come from
+        if self.files > self.samples + self.unreadable + self.duplicate_files:
             raise ProtocolError(
-                f"{name}: files={self.files} must equal samples + unreadable + duplicate_files "
+                f"{name}: files={self.files} exceeds samples + unreadable + duplicate_files "
                 f"({self.samples} + {self.unreadable} + {self.duplicate_files})"
             )
         if self.disruptive > self.samples:
@@ -477,12 +479,14 @@ class ScoreRequest(Masked):
     eps: float
     eta: float
     keep: str
+    series_share: float  # the share of a series a center may keep as candidates; 0 = no cap
     centers: np.ndarray = array_field("f", 2)  # (k, d)
     prior: np.ndarray = array_field("f", 1, nonnegative=True)  # (k,)
 
     def check(self) -> None:
         super().check()
         name = "ScoreRequest"
+        check_range(name, "series_share", self.series_share, 0.0, 1.0)
         _check_choice(name, "method", self.method, SELECTION_NAMES)
         _check_choice(name, "keep", self.keep, KEEP_CHOICES)
         check_range(name, "tau", self.tau, np.finfo(np.float64).tiny, np.inf)
@@ -496,13 +500,14 @@ class ScoreRequest(Masked):
 
 @dataclass(frozen=True, kw_only=True)
 class ScoreReply(MaskedReply):
-    """Masked (candidates (k,), eta_survivors (len(ETA_GRID),)): see `score_layout`."""
+    """Masked (candidates (k,), eta_survivors (len(ETA_GRID),), beyond_share (k,)): see
+    `score_layout`."""
 
     ACTION: ClassVar[str] = "score"
 
 
 def score_layout(k: int, etas: int) -> dict[str, tuple[int, ...]]:
-    return {"candidates": (k,), "eta_survivors": (etas,)}
+    return {"candidates": (k,), "eta_survivors": (etas,), "beyond_share": (k,)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -645,6 +650,7 @@ def moments_layout(d: int) -> dict[str, tuple[int, ...]]:
 # embeddings and centers inside the unit ball) 4 x noise_sigma.
 PART_NOISE: dict[str, tuple[str, float]] = {
     "count": ("count", 1.0), "candidates": ("count", 1.0), "eta_survivors": ("count", 1.0),
+    "beyond_share": ("count", 1.0),
     "histograms": ("count", 1.0), "per_cluster": ("count", 1.0),
     "sum": ("noise", 1.0), "outer": ("noise", 1.0), "image_sum": ("noise", 1.0),
     "sqdist": ("noise", 4.0),

@@ -11,8 +11,9 @@ eta re-asks, the selection, the mean image), gives each the same share of the bu
 sensitivity x sqrt(parts) / mu_i. Sensitivities are for one image added to or removed from one
 center: 1 for a count, 1 for a sum of unit embeddings or of their outer products, 4 for a sum
 of squared distances (noise_sigma x 4 by the wire's convention), 255 x sqrt(3) x size for an
-image sum, and, for MedDEL's survivor counts, sqrt(1 + 51) (one image may survive at every
-eta). Near-duplicate removal is assumed not to change another image's candidacy (see
+image sum, sqrt(2) for the score phase's candidate and past-series-share counts, and, with
+MedDEL's survivor counts, sqrt(2 + 51) (one image may survive at every eta). Near-duplicate
+removal and the series share are assumed not to change another image's candidacy (see
 docs/design.md); the center-level counts of the inventory are outside the guarantee.
 The accountant records what was actually released, and summary.json reports it.
 """
@@ -126,8 +127,9 @@ def _parts(config: CurationConfig, phase: str) -> list[tuple[float, str, float]]
     """(sensitivity, sigma kind, sigma multiple) of each part of a phase's secure sum: its L2
     change when one image is added or removed, and which request sigma (x multiple) it gets."""
     counts = 1.0
-    if phase == "score" and config.selection_method.selection.reports_survivors:
-        counts = math.sqrt(1.0 + len(ETA_GRID))  # one image may survive at every eta
+    if phase == "score":  # its candidate count and its count past its series' share
+        survivors = len(ETA_GRID) if config.selection_method.selection.reports_survivors else 0
+        counts = math.sqrt(2.0 + survivors)  # one image may survive at every eta
     parts = [(counts, "count", 1.0)]
     if phase == "lloyd":  # sums of unit embeddings; squared distances <= 4 each
         parts += [(1.0, "noise", 1.0), (4.0, "noise", 4.0)]

@@ -365,14 +365,16 @@ def _score(
     eligible: dict[int, int],
     eta: float,
 ) -> Merged:
-    """The candidates' histograms (k, bins) and MedDEL's survivor counts per eta: first the
-    candidate count of each cluster, then histograms only of the clusters with min-count."""
+    """The candidates' histograms (k, bins), MedDEL's survivor counts per eta and candidates
+    past their series' share: first the counts of each cluster, then histograms only of the
+    clusters with min-count (the others' counts are zeroed)."""
     config = sums.config
     k = len(centers)
+    series_share = config.selection_method.selection.series_share(config.series_cap, config.budget)
     parts, replies = sums.ask(
         ScoreRequest, ScoreReply, score_layout(k, len(ETA_GRID)),
         method=sums.method, tau=tau, eps=config.eps, eta=eta, keep=config.keep,
-        centers=centers, prior=prior,
+        series_share=series_share, centers=centers, prior=prior,
     )  # fmt: skip
     expected = sum(eligible[n] for n in replies)
     sums.check_counts("score", parts["candidates"], expected, exact=False)
@@ -385,7 +387,8 @@ def _score(
             method=sums.method, bins=HISTOGRAM_BINS, open=open_rows.astype(np.int64),
         )  # fmt: skip
         histograms = np.maximum(np.rint(rows["histograms"]), 0).astype(np.int64)
-    return Merged(histograms, survivors, eta)
+    beyond = np.where(open_rows, np.maximum(np.rint(parts["beyond_share"]), 0), 0)
+    return Merged(histograms, survivors, eta, beyond.astype(np.int64))
 
 
 def _select(

@@ -250,7 +250,7 @@ HOSTILE_REPLIES = [
         f"exceeds {MAX_ARRAY_ELEMENTS} elements",
         id="huge",
     ),
-    pytest.param(InventoryReply, _inventory(files=13), "files=13 must equal", id="counts"),
+    pytest.param(InventoryReply, _inventory(files=13), "files=13 exceeds", id="counts"),
     pytest.param(
         InventoryReply, _inventory(disruptive=11), "disruptive=11 exceeds", id="disruptive"
     ),
@@ -294,7 +294,7 @@ def _score_request(**changes):
     values = dict(
         run="r", attempt=0, roster=np.zeros((1, 32), dtype=np.int64), noise_sigma=0.0,
         count_sigma=0.0, method="feddel", tau=1.0,
-        eps=0.9, eta=0.98, keep="hard", centers=np.zeros((2, 4)),
+        eps=0.9, eta=0.98, keep="hard", series_share=0.05, centers=np.zeros((2, 4)),
         prior=np.array([0.5, 0.5]),
     )  # fmt: skip
     values.update(changes)
