@@ -13,6 +13,9 @@
     [supernode]
     runtime-port = 9094                   # Flower's local ClientApp API, on 127.0.0.1 only
 
+    [privacy]                             # optional: this center's floor (safe defaults)
+    min-members = 10                      # see common/privacy/policy.py for every key
+
     [policy]                              # optional: which rounds this center takes part in
     methods = ["feddel", "meddel"]        # allowed methods (default: all)
     max-budget = 0.2                      # largest share of the pool a round may select
@@ -32,6 +35,8 @@ from typing import Any
 from feddel.common.deployment.certs import check_center_name
 from feddel.common.deployment.sites import read_site_config
 from feddel.common.errors import ConfigError
+from feddel.common.privacy import policy as privacy_policy
+from feddel.common.privacy.policy import PrivacyPolicy
 
 DEFAULT_RUNTIME_PORT = 9094
 
@@ -39,6 +44,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "center": {"name": str, "data": str, "state": str},
     "superlink": {"address": str, "ca": str, "key": str},
     "supernode": {"runtime-port": int},
+    privacy_policy.SECTION: privacy_policy.SCHEMA,
     "policy": {"methods": list, "max-budget": float, "operators": list},
 }
 _REQUIRED = {"center": ("name", "data", "state"), "superlink": ("address", "ca", "key")}
@@ -82,6 +88,7 @@ class CenterSite:
     ca_cert: Path
     key: Path
     runtime_port: int
+    privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
     policy: RoundPolicy = field(default_factory=RoundPolicy)
 
     @property
@@ -116,8 +123,15 @@ def load_center_site(path: str | Path) -> CenterSite:
         ca_cert=_path(link["ca"], base),
         key=_path(link["key"], base),
         runtime_port=port,
+        privacy=PrivacyPolicy.from_section(sections[privacy_policy.SECTION]),
         policy=_policy(file, sections["policy"]),
     )
+
+
+def load_privacy_policy(path: str | Path) -> PrivacyPolicy:
+    """Only the [privacy] section of a center.toml (defaults for what it leaves out): what the
+    ClientApp reads for every message, and what a simulated center reads from its folder."""
+    return PrivacyPolicy.from_section(read_site_config(Path(path), _SCHEMA)[privacy_policy.SECTION])
 
 
 def _policy(file: Path, section: dict[str, Any]) -> RoundPolicy:

@@ -3,10 +3,12 @@
     <state>/embeddings/<fingerprint>/   resumable embedding cache (common/models/embedcache.py)
     <state>/runs/<run>/pool.json        phase 0: the samples, quality flags and encoder of a run
     <state>/runs/<run>/pool.npz         phase 0: per-sample flags, mean-image sum
+    <state>/runs/<run>/cells.npy        phase 2: the centers of the last cell-count request
     <state>/runs/<run>/scores.npz       phase 3: per-sample labels and scores
     <state>/runs/<run>/masks.json       secure-sum contexts used, so none masks two vectors
     <state>/selection-<run>-<round>.csv phase 4: the manifest (sample id, path, cluster, score)
     <state>/events.jsonl                runs seen, manifests written, errors (feddel-center status)
+    <state>/noise.key                   the secret that keys the center's noise (mode 0600)
 
 Phases are separate messages (and, under Ray or after a restart, separate processes), so each
 phase reloads what it needs from here instead of keeping module-level caches.
@@ -19,6 +21,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +32,7 @@ from feddel.common.data.manifest import manifest_name
 from feddel.common.errors import DataError, ProtocolError
 from feddel.common.io import append_json_line, atomic_write_bytes, read_json_lines, write_json
 from feddel.common.privacy import secagg
+from feddel.common.privacy.noise import SECRET_BYTES
 
 if TYPE_CHECKING:  # the pool's modules load torch: `feddel-center status` must start fast
     from feddel.common.curation.local import CenterScores
@@ -105,6 +109,26 @@ class CenterState:
             image_sum=arrays["image_sum"],
         )
 
+    # --- phase 2: the centers a Lloyd round's statistics refer to --------------------------
+
+    def save_cells(self, run: str, centers: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(centers, dtype=np.float64))
+        atomic_write_bytes(self.run_dir(run) / "cells.npy", buffer.getvalue())
+
+    def load_cells(self, run: str, digest: str) -> np.ndarray:
+        """The centers of the last counts request, if they are the ones `digest` names."""
+        from feddel.common.wire.protocol import centers_digest  # Flower: not for `status`
+
+        path = self.run_dir(run) / "cells.npy"
+        centers = np.load(path) if path.is_file() else None
+        if centers is None or centers_digest(centers) != digest:
+            raise ProtocolError(
+                f"the Lloyd statistics refer to centers {digest} that this center was not asked "
+                "to count last; the coordinator must ask the cell counts first"
+            )
+        return centers
+
     # --- phase 3 output --------------------------------------------------------------------
 
     def save_scores(self, run: str, scores: CenterScores) -> None:
@@ -132,6 +156,18 @@ class CenterState:
         if not path.is_file():
             raise DataError(f"run '{run}' has no secure-aggregation key at this center ({path})")
         return path.read_bytes()
+
+    def noise_secret(self) -> bytes:
+        """The center's secret for keying its noise (common/privacy/noise.py), made once and
+        kept here only (mode 0600): the same question on the same data then gets the same
+        noise, in this run and after a restart, and the coordinator can never compute it."""
+        path = self.path / "noise.key"
+        if not path.is_file():
+            atomic_write_bytes(path, os.urandom(SECRET_BYTES), mode=0o600)
+        secret = path.read_bytes()
+        if len(secret) != SECRET_BYTES:
+            raise DataError(f"{path} holds {len(secret)} bytes, not {SECRET_BYTES}; delete it")
+        return secret
 
     def claim_mask(self, run: str, context: bytes, values: np.ndarray) -> None:
         """Refuse to mask different values under a context already used: the same masks on

@@ -17,13 +17,12 @@ import numpy as np
 
 from feddel.common.config import CurationConfig
 from feddel.common.curation.kmeans import (
-    KMeansResult,
     assign,
     cluster_stats,
-    lloyd,
     merge_stats,
     weighted_kmeans_plusplus,
 )
+from feddel.common.curation.lloyd import KMeansResult, lloyd
 from feddel.common.curation.local import (
     CenterScores,
     auto_tau,

@@ -181,6 +181,8 @@ def _print_summary(summary: RoundSummary, run_dir: Path, run_id: str) -> None:
         f"[bold]run {run_id}[/]: {summary.centers} centers, selected {summary.selected:,} of "
         f"{summary.total_samples:,} samples ({summary.retention:.2%}) with {summary.method}"
     )
+    if summary.privacy_line:
+        console.print(f"privacy: {summary.privacy_line}")
     for failure in summary.failed_centers:
         console.print(
             f"[yellow]dropped {failure.center} in {failure.phase}: {escape(failure.reason)}[/]"

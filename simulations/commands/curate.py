@@ -130,6 +130,8 @@ def print_summary(summary: RoundSummary) -> None:
         )
     if summary.synthesized is not None:
         table.add_row("mosaics made at the centers", str(summary.synthesized["mosaics"]))
+    if summary.privacy_line:
+        table.add_row("privacy", summary.privacy_line)
     table.add_row("wall time", f"{summary.wall_s:.1f} s")
     console.print(table)
     quality = summary.quality

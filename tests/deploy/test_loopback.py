@@ -29,6 +29,7 @@ import datetime
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -443,6 +444,10 @@ def test_a_superlink_killed_mid_round_fails_it_cleanly_and_the_next_round_succee
         assert not (root / "state" / name / "selection-killed-0.csv").exists()
 
     config = CurationConfig.from_run_config(ROUND)
+    for name in CENTERS:  # the same centers: the same secret keys their noise in both rounds
+        (tmp_path / "state" / name).mkdir(parents=True)
+        secret = root / "state" / name / "noise.key"
+        shutil.copyfile(secret, tmp_path / "state" / name / secret.name)
     reference = run_federated(
         root / "data", tmp_path / RUN, config, engine="inprocess", state_root=tmp_path / "state"
     )
