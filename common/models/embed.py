@@ -33,7 +33,7 @@ import logging
 import os
 import pickle
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -412,6 +412,14 @@ def default_num_workers(n_files: int, batch_size: int, device: torch.device) -> 
     return min(8, cores - 1) if device.type == "cuda" else min(2, cores)
 
 
+DECODE_CHUNK = 8  # images a decoding worker hands over at a time (see iter_embed_files)
+
+
+def decode_chunk(batch_size: int) -> int:
+    """The largest divisor of `batch_size` up to DECODE_CHUNK: chunks that tile every batch."""
+    return max(c for c in range(1, min(DECODE_CHUNK, batch_size) + 1) if batch_size % c == 0)
+
+
 def iter_embed_files(
     encoder: torch.nn.Module,
     paths: Sequence[Path | str],
@@ -426,6 +434,10 @@ def iter_embed_files(
     `frames` (one per path, None = a single image) picks the frame of a multi-frame file.
     Batch k always holds files [k*batch_size, (k+1)*batch_size) minus unreadable ones, so a
     caller that persists batches can resume at a batch boundary with identical arithmetic.
+    Workers decode small chunks (`decode_chunk`) and run up to two batches ahead: the forward
+    starts once the first chunks of a batch are in, not after one worker decoded a whole batch,
+    and the workers keep decoding the next batches while it runs. On CUDA the chunks come in
+    pinned memory and are copied to the GPU without blocking as they arrive.
     """
     if batch_size < 1:
         raise ConfigError(f"batch-size={batch_size} must be >= 1")
@@ -433,23 +445,49 @@ def iter_embed_files(
     workers = num_workers
     if workers is None:
         workers = default_num_workers(len(paths), batch_size, device)
+    chunk = decode_chunk(batch_size)
+    ahead = max(2, -(-2 * batch_size // (chunk * max(1, workers))))  # chunks per worker
     shared_budget()  # made before the workers fork, so they share it (common/data/budget.py)
     loader = torch.utils.data.DataLoader(
         _ImageFiles(paths, size, frames),
-        batch_size=batch_size,
+        batch_size=chunk,
         shuffle=False,
         num_workers=workers,
         collate_fn=functools.partial(_collate, size=size),
         pin_memory=device.type == "cuda",
+        prefetch_factor=ahead if workers else None,
     )
     dim = encoder.num_features
-    for indices, images, failed in loader:
+    for indices, images, failed in _batches(loader, batch_size // chunk, device):
         vectors = (
             embed_batch(encoder, images, precision)
             if len(images)
             else np.empty((0, dim), dtype=np.float32)
         )
         yield EmbeddedBatch(indices.numpy(), vectors, failed)
+
+
+def _batches(
+    chunks: Iterable[tuple[torch.Tensor, torch.Tensor, list[FailedFile]]],
+    per_batch: int,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[FailedFile]]]:
+    """Join every `per_batch` consecutive decoded chunks into one batch, images on `device`."""
+    group: list[tuple[torch.Tensor, torch.Tensor, list[FailedFile]]] = []
+    for indices, images, failed in chunks:
+        group.append((indices, images.to(device, non_blocking=True), failed))
+        if len(group) == per_batch:
+            yield _joined(group)
+            group = []
+    if group:
+        yield _joined(group)
+
+
+def _joined(
+    group: list[tuple[torch.Tensor, torch.Tensor, list[FailedFile]]],
+) -> tuple[torch.Tensor, torch.Tensor, list[FailedFile]]:
+    indices, images, failed = zip(*group, strict=True)
+    return torch.cat(indices), torch.cat(images), [f for part in failed for f in part]
 
 
 def embed_files(

@@ -2,11 +2,12 @@
 
 The issue asks the full pipeline (`embed_files`: decode + resize in DataLoader workers,
 normalize, forward) for >= 85% of the bare forward's images/s (`embed_batch` on the same images
-pre-decoded into a uint8 tensor, on the device) on 2 cores. A naive loop (decode one file,
-forward a batch of one) shows what batching buys; the "ceiling" is the best ratio any overlap can
-reach when decoding (timed alone, one core) and the forward share the cores. Images are written
-here, never downloaded: textured 512x512 RGB PNGs. All runs of one encoder are timed in turns,
-so load from other jobs on a shared machine hits each of them.
+pre-decoded into a uint8 tensor, on the device). A naive loop (decode one file, forward a batch
+of one) shows what batching buys; the "ceiling" is the best ratio any overlap can reach when
+decoding (timed alone, one core) and a CPU forward share the cores. Images are written here,
+never downloaded, in three kinds of file (SOURCES): the demo's 64 px PNG frames, 720x576 JPEG
+video frames, and 512 px PNGs, whose decoding costs more than a small encoder's forward. All
+runs of one case are timed in turns, so load from other jobs on a shared machine hits each.
 """
 
 from __future__ import annotations
@@ -22,21 +23,47 @@ import numpy as np
 import torch
 from PIL import Image
 
+from feddel.common.config import DEFAULT_MODEL
 from feddel.common.data.decode import load_image
 from feddel.common.models import embed
 from feddel.common.models.embed import EncoderSpec, embed_batch
 from feddel.simulations.benchmarks.records import Record, Say, Target, ratio, record
 
 TARGET = Target(">=", 0.85)  # pipeline img/s over bare forward img/s
-SOURCE_PX = 512  # side of the written PNGs: decoding and resizing them is real work
 PASS_SECONDS = 2.0  # images per measurement: about this long for one bare pass
 GPU_MODEL = "vit_base_patch16_224"  # the issue's GPU figure (anchor ~3,300 img/s bf16 on an A100)
+SOURCES = {  # name: (width, height, format, what it stands for)
+    "png64": (64, 64, "PNG", "64x64 RGB PNG, the demo federation's frames"),
+    "jpeg720": (720, 576, "JPEG", "720x576 RGB JPEG (quality 90), an endoscopy video frame"),
+    "png512": (512, 512, "PNG", "512x512 RGB PNG, a large lossless frame"),
+}
+
+
+class Case(NamedTuple):
+    """One measurement: an encoder at an input size, fed files of one source kind."""
+
+    model: str
+    size: int
+    source: str  # a key of SOURCES
+
+    @property
+    def tag(self) -> str:
+        """Record-name suffix, e.g. vit_feddel8_64px_png64."""
+        patch = EncoderSpec(self.model, image_size=self.size).patch_size
+        return f"{self.model.split('_patch')[0]}{patch}_{self.size}px_{self.source}"
 
 
 @dataclass(frozen=True)
 class EmbedParams:
-    models: tuple[str, ...] = ("vit_tiny_patch16_224", "vit_small_patch16_224")
-    sizes: tuple[int, ...] = (224, 64)  # 64 px is the demo's size
+    cases: tuple[Case, ...] = (
+        Case(DEFAULT_MODEL, 64, "png64"),  # FedDEL's encoder on the demo's frames
+        Case(DEFAULT_MODEL, 64, "jpeg720"),
+        Case(DEFAULT_MODEL, 64, "png512"),
+        Case("vit_tiny_patch16_224", 64, "png512"),
+        Case("vit_small_patch16_224", 64, "png512"),
+        Case("vit_tiny_patch16_224", 224, "png512"),
+        Case("vit_small_patch16_224", 224, "png512"),
+    )
     max_images: int = 256  # per measurement; fewer when the bare forward is slow
     naive_images: int = 32  # the per-image loop is slow; a subset gives its rate
     batch_size: int = 64
@@ -44,14 +71,13 @@ class EmbedParams:
 
 
 QUICK = EmbedParams(
-    models=("vit_tiny_patch16_224",), sizes=(32,), max_images=16, naive_images=4, batch_size=8,
-    repeats=1,
+    cases=(Case("vit_tiny_patch16_224", 32, "jpeg720"),), max_images=16, naive_images=4,
+    batch_size=8, repeats=1,
 )  # fmt: skip
 
 
 class SizeResult(NamedTuple):
-    model: str
-    size: int
+    case: Case
     images: int
     workers: int  # DataLoader decoding workers that embed_files picks
     bare: float  # images/s
@@ -62,18 +88,20 @@ class SizeResult(NamedTuple):
     precision: str
 
 
-def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """`count` SOURCE_PX-square RGB PNGs: bicubic-upsampled random 8x8 colours plus grain."""
+def write_images(folder: Path, count: int, source: str, seed: int = 0) -> list[Path]:
+    """`count` files of one SOURCES kind: bicubic-upsampled random 8x8 colours plus grain."""
+    width, height, kind, _ = SOURCES[source]
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []
     for index in range(count):
         coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
-        smooth = np.asarray(coarse.resize((SOURCE_PX, SOURCE_PX), Image.Resampling.BICUBIC))
-        grain = rng.normal(0.0, 6.0, (SOURCE_PX, SOURCE_PX, 1))
-        paths.append(folder / f"image_{index:04d}.png")
-        Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8)).save(
-            paths[-1], compress_level=1
-        )
+        smooth = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC))
+        grain = rng.normal(0.0, 6.0, (height, width, 1))
+        pixels = Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8))
+        paths.append(folder / f"image_{index:04d}.{kind.lower()}")
+        options = {"quality": 90} if kind == "JPEG" else {"compress_level": 1}
+        pixels.save(paths[-1], kind, **options)
     return paths
 
 
@@ -91,11 +119,10 @@ def best_rates(runs: Sequence[tuple[Callable[[], object], int]], repeats: int) -
     return [count / seconds for (_, count), seconds in zip(runs, best, strict=True)]
 
 
-def measure(
-    spec: EncoderSpec, paths: list[Path], params: EmbedParams, device: torch.device
-) -> SizeResult:
+def measure(case: Case, paths: list[Path], params: EmbedParams, device: torch.device) -> SizeResult:
     """Bare forward, full pipeline and naive loop of one encoder over the same files; the number
     of files is sized so one bare pass takes about PASS_SECONDS."""
+    spec = EncoderSpec(case.model, image_size=case.size)
     encoder, size, batch = embed.build_encoder(spec).to(device), spec.image_size, params.batch_size
     probe = torch.from_numpy(np.stack([load_image(p, size) for p in paths[:batch]])).to(device)
     embed_batch(encoder, probe)  # warm-up
@@ -132,8 +159,7 @@ def measure(
         ceiling = min(1.0, decode * cores / bare_rate)
     dtype = embed.autocast_dtype(device)
     return SizeResult(
-        model=spec.model,
-        size=size,
+        case=case,
         images=len(files),
         workers=embed.default_num_workers(len(files), batch, device),
         bare=bare_rate,
@@ -146,15 +172,13 @@ def measure(
 
 
 def to_records(result: SizeResult, device: torch.device) -> list[Record]:
-    """Three rates and three ratios per (model, size); only pipeline / bare has a target."""
-    r = result
-    patch = EncoderSpec(r.model, image_size=r.size).patch_size
-    tag = f"{r.model.split('_patch')[0]}{patch}_{r.size}px"
-    anchor = "anchor: ~3,300 img/s with bf16 on an A100" if r.model == GPU_MODEL else ""
+    """Three rates and three ratios per case; only pipeline / bare has a target."""
+    r, tag = result, result.case.tag
+    anchor = "anchor: ~3,300 img/s with bf16 on an A100" if r.case.model == GPU_MODEL else ""
     params = {
-        "model": r.model, "image_size": r.size, "images": r.images, "workers": r.workers,
-        "device": str(device), "precision": r.precision, "decode_img_s_per_core": r.decode,
-        "source": f"{SOURCE_PX}x{SOURCE_PX} RGB PNG",
+        "model": r.case.model, "image_size": r.case.size, "images": r.images,
+        "workers": r.workers, "device": str(device), "precision": r.precision,
+        "decode_img_s_per_core": r.decode, "source": SOURCES[r.case.source][3],
     }  # fmt: skip
     note = (
         f"decode-bound ceiling {r.ceiling:.2f}: decoding ({r.decode:.0f} img/s per core) and the "
@@ -173,18 +197,17 @@ def to_records(result: SizeResult, device: torch.device) -> list[Record]:
 
 
 def run(params: EmbedParams, work: Path, say: Say) -> list[Record]:
-    """Every (model, size) of `params`, plus ViT-B/16 at 224 px when a GPU is present."""
+    """Every case of `params`, plus ViT-B/16 at 224 px when a GPU is present."""
     device = embed.pick_device("auto")
-    folder = work / "embedding-images"
-    folder.mkdir(parents=True, exist_ok=True)
-    say(f"writing {params.max_images} test images ({SOURCE_PX} px PNG)")
-    paths = write_images(folder, params.max_images)
-    plan = [(model, size) for model in params.models for size in params.sizes]
+    cases = list(params.cases)
     if device.type == "cuda":
-        plan.append((GPU_MODEL, 224))
+        cases.append(Case(GPU_MODEL, 224, "png512"))
+    paths = {}
+    for source in dict.fromkeys(case.source for case in cases):
+        say(f"writing {params.max_images} test images: {SOURCES[source][3]}")
+        paths[source] = write_images(work / "embedding-images" / source, params.max_images, source)
     records: list[Record] = []
-    for model, size in plan:
-        say(f"embedding: {model} at {size} px on {device}")
-        result = measure(EncoderSpec(model, image_size=size), paths, params, device)
-        records += to_records(result, device)
+    for case in cases:
+        say(f"embedding: {case.model} at {case.size} px from {case.source} files on {device}")
+        records += to_records(measure(case, paths[case.source], params, device), device)
     return records

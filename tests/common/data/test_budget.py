@@ -20,6 +20,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
+from skimage.data import astronaut
 
 from feddel.common.data.budget import (
     MAX_DECODE_BYTES,
@@ -162,6 +163,22 @@ def test_small_images_decode_exactly_as_before(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
     assert np.array_equal(load_image(tmp_path / "a.png", 64), _old_way(tmp_path / "a.png", 64))
+
+
+def test_a_video_frame_jpeg_decodes_at_a_reduced_dct_scale_close_to_the_full_decode(tmp_path):
+    """A 720x576 JPEG asked for 64 px decodes at 1/4 scale (the shorter side stays >= 128),
+    reports its stored size, and gives what the full decode resized gives, a level or two
+    apart; asked for no size, or a size it cannot halve, it decodes whole."""
+    frame = Image.fromarray(astronaut()).resize((720, 576))
+    frame.save(tmp_path / "frame.jpg", quality=90)
+    decoded = decode_file(tmp_path / "frame.jpg", reduce_to=64)
+    assert decoded.pixels.shape == (144, 180, 3) and (decoded.width, decoded.height) == (720, 576)
+    assert decode_file(tmp_path / "frame.jpg").pixels.shape == (576, 720, 3)
+    assert decode_file(tmp_path / "frame.jpg", reduce_to=200).pixels.shape == (576, 720, 3)
+    reduced = load_image(tmp_path / "frame.jpg", 64).astype(int)
+    reference = _old_way(tmp_path / "frame.jpg", 64).astype(int)
+    assert np.abs(reduced - reference).mean() < 1.0
+    assert np.percentile(np.abs(reduced - reference), 95) <= 3
 
 
 def test_reduce_array_averages_values_and_picks_labels():

@@ -19,10 +19,12 @@ from feddel.common.models.embed import (
     EncoderSpec,
     autocast_dtype,
     build_encoder,
+    decode_chunk,
     default_num_workers,
     embed_batch,
     embed_files,
     encoder_fingerprint,
+    iter_embed_files,
     pick_device,
 )
 
@@ -238,6 +240,31 @@ def test_embed_files_reports_unreadable_files(
     expected = embed_batch(encoder, decoded, "fp32")
     np.testing.assert_allclose(np.delete(result.embeddings, 2, axis=0), expected, atol=1e-6)
     assert seen == [(4, 6), (6, 6)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_iter_embed_files_joins_decoded_chunks_into_whole_batches(
+    encoder: torch.nn.Module, tmp_path: Path, workers: int
+) -> None:
+    """Workers hand over chunks of 6 (the largest divisor of 12 up to 8); every batch is still
+    files [12k, 12k + 12) minus the unreadable one, embedded as one forward would."""
+    assert (decode_chunk(12), decode_chunk(64), decode_chunk(7), decode_chunk(1)) == (6, 8, 7, 1)
+    paths = []
+    for i, image in enumerate(_images(29, 40, seed=2)):
+        paths.append(tmp_path / f"{i:02d}.png")
+        Image.fromarray(image).save(paths[-1])
+    paths[15].write_bytes(b"not an image")
+    batches = list(iter_embed_files(encoder, paths, 32, 12, workers, precision="fp32"))
+    assert [b.indices.tolist() for b in batches] == [
+        list(range(12)),
+        [12, 13, 14, *range(16, 24)],
+        list(range(24, 29)),
+    ]
+    assert [[f.index for f in b.failed] for b in batches] == [[], [15], []]
+    for batch in batches:
+        decoded = np.stack([load_image(paths[i], 32) for i in batch.indices])
+        expected = embed_batch(encoder, decoded, "fp32")
+        np.testing.assert_allclose(batch.embeddings, expected, atol=1e-6)
 
 
 def test_default_num_workers_none_for_a_single_batch() -> None:

@@ -12,12 +12,19 @@ from itertools import pairwise
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from feddel.common.errors import ConfigError
 from feddel.common.privacy import secagg
 from feddel.common.wire.protocol import LloydReply, lloyd_layout, pack, record_bytes
 from feddel.simulations.benchmarks import center_scoring, federated_kmeans
-from feddel.simulations.benchmarks.embedding import SizeResult, to_records
+from feddel.simulations.benchmarks.embedding import (
+    SOURCES,
+    Case,
+    SizeResult,
+    to_records,
+    write_images,
+)
 from feddel.simulations.benchmarks.records import Target, growth_exponent, markdown, ratio, record
 from feddel.simulations.benchmarks.suite import parse_only
 from feddel.simulations.benchmarks.synthetic import Datasets, center_sizes, write_synthetic
@@ -127,12 +134,23 @@ def test_center_scoring_child_reports_time_memory_and_selection(tmp_path):
 
 
 def test_embedding_records_divide_pipeline_by_the_bare_forward_of_the_same_run():
-    result = SizeResult("vit_tiny_patch16_224", 224, 64, 2, 50.0, 40.0, 10.0, 30.0, 0.8, "float32")
+    case = Case("vit_tiny_patch16_224", 224, "png512")
+    result = SizeResult(case, 64, 2, 50.0, 40.0, 10.0, 30.0, 0.8, "float32")
     records = {r.name: r for r in to_records(result, torch.device("cpu"))}
-    over_bare = records["embed_pipeline_over_bare_vit_tiny16_224px"]
+    over_bare = records["embed_pipeline_over_bare_vit_tiny16_224px_png512"]
     assert (over_bare.value, over_bare.met) == (pytest.approx(0.8), False)
     assert (over_bare.measured, over_bare.reference) == (40.0, 50.0)
-    assert records["embed_pipeline_over_naive_vit_tiny16_224px"].value == pytest.approx(4.0)
+    assert over_bare.params["source"] == SOURCES["png512"][3]
+    assert records["embed_pipeline_over_naive_vit_tiny16_224px_png512"].value == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_embedding_sources_are_written_in_their_format_and_size(tmp_path, source):
+    width, height, kind, _ = SOURCES[source]
+    paths = write_images(tmp_path, 2, source)
+    for path in paths:
+        with Image.open(path) as image:
+            assert (image.format, image.size, image.mode) == (kind, (width, height), "RGB")
 
 
 def test_parse_only_names_benchmarks():
@@ -168,15 +186,15 @@ def test_markdown_marks_missed_targets():
 
 @pytest.mark.slow
 def test_bench_quick_embedding_and_end_to_end_record_their_ratios(tmp_path):
-    """Slow (~1-2 min): builds a ViT, writes 512 px PNGs, generates a 3-center federation and
+    """Slow (~1-2 min): builds a ViT, writes 720x576 JPEGs, generates a 3-center federation and
     embeds it once before timing the centralized and the in-process federated rounds."""
     out = tmp_path / "bench"
     assert main(["bench", "--quick", "--only", "1,4", "--out", str(out)]) == 0
     rows = {row["name"]: row for row in json.loads((out / "bench.json").read_text())}
     _check_schema(rows.values())
-    over_bare = rows["embed_pipeline_over_bare_vit_tiny16_32px"]
+    over_bare = rows["embed_pipeline_over_bare_vit_tiny16_32px_jpeg720"]
     assert over_bare["value"] == pytest.approx(over_bare["measured"] / over_bare["reference"])
-    assert over_bare["measured"] == rows["embed_pipeline_vit_tiny16_32px"]["value"]
+    assert over_bare["measured"] == rows["embed_pipeline_vit_tiny16_32px_jpeg720"]["value"]
     overhead = rows["e2e_overhead_inprocess"]
     assert overhead["reference"] == pytest.approx(rows["e2e_centralized_s"]["value"])
     assert overhead["params"]["selected"] > 0
