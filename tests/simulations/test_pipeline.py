@@ -150,7 +150,7 @@ def test_proximal_mu_reaches_the_centers_and_holds_the_global_model_back(federat
 def test_pretraining_refuses_to_resume_with_other_settings(federation, tmp_path):
     _pretrain(federation, tmp_path / "s", tmp_path / "run")
     with pytest.raises(ConfigError, match="other settings"):
-        pretrain_module._resume_or_start(
+        pretrain_module.resume_or_start(
             PretrainConfig(run="warm", **{**SETTINGS, "rounds": 3}), tmp_path / "run"
         )
 
@@ -229,11 +229,11 @@ def test_pretraining_written_before_a_new_setting_existed_resumes(federation, tm
     del progress["config"]["proximal_mu"]
     write_json(progress_path, progress)
     config = PretrainConfig(run="warm", **SETTINGS)
-    _, resumed = pretrain_module._resume_or_start(config, tmp_path / "run")
+    _, resumed = pretrain_module.resume_or_start(config, tmp_path / "run")
     assert resumed["rounds_done"] == SETTINGS["rounds"]
     with pytest.raises(ConfigError, match="other settings"):
         config = PretrainConfig(run="warm", **{**SETTINGS, "proximal_mu": 1.0})
-        pretrain_module._resume_or_start(config, tmp_path / "run")
+        pretrain_module.resume_or_start(config, tmp_path / "run")
 
 
 def test_compare_refuses_cells_made_by_other_code(tmp_path, monkeypatch):
