@@ -1,11 +1,16 @@
 """The whole FedDEL pipeline on a simulated federation: warm-up, curate, pre-train, evaluate.
 
-For each seed: a short federated MAE warm-up on a small uniform sample gives curation its
-encoder (docs/design.md); the random-init encoder is scored once as the floor. Then for each
-(method, budget) cell: a curation round with the warm-up encoder, federated MAE pre-training on
-the selection starting from the warm-up weights (the same number of steps for every budget:
-compute-matched), and downstream evaluation. `curation_rounds` > 1 repeats curate + pre-train
-with the newly pre-trained encoder, splitting the same step budget across the repeats.
+For each seed the random-init encoder is scored once as the floor (`scratch`). Then for each
+(method, budget) cell: a curation round with the seed's curation encoder, federated MAE
+pre-training on the selection from the seed's random init (the same init and the same number of
+steps for every cell: compute-matched, so the selection is the only difference), and downstream
+evaluation. The curation encoder is a separate artefact, never a cell's starting point: a short
+MAE warm-up on a uniform sample (`curation_encoder="warmup"`, docs/design.md) or the random init
+itself (`"random"`). Control cells (simulations/science/controls.py) take their selection from
+the simulation's truth instead of a curation round. `curation_rounds` > 1 repeats curate +
+pre-train, curating with the newly pre-trained encoder and continuing from it, splitting the
+same step budget across the repeats. `fast` pre-trains with the fast exact FedSGD path
+(simulations/science/fastsgd.py) instead of over the wire.
 
 Everything a cell produces lives under RUN/cells/<cell>/ and a finished cell is not run again,
 so a killed `compare` started again picks up where it stopped (pre-training also resumes
@@ -19,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -29,23 +35,40 @@ from typing import Any
 from flwr.serverapp import Grid
 
 from feddel import client, common, server, simulations
+from feddel.client.handlers import CenterPaths
 from feddel.common.config import CurationConfig, with_field_defaults
 from feddel.common.errors import ConfigError
 from feddel.common.io import write_json
 from feddel.common.models.embed import EncoderSpec
+from feddel.common.models.mae import MAE, save_mae_checkpoint
 from feddel.common.models.segmentation import HeadConfig
 from feddel.common.reports.metrics import del_score, norm_del
 from feddel.server.broadcast import Broadcaster
 from feddel.server.curation.round import run_round
 from feddel.server.report import write_round
 from feddel.server.training.downstream import run_evaluation
-from feddel.server.training.pretrain import PretrainConfig, run_pretraining
+from feddel.server.training.pretrain import (
+    CHECKPOINT,
+    PretrainConfig,
+    PretrainResult,
+    run_pretraining,
+)
 from feddel.simulations.evaluate import selected_files, truth_measures
 from feddel.simulations.federated import gather_manifests
+from feddel.simulations.science.controls import (
+    CONTROLS,
+    Frame,
+    control_selection,
+    pool_frames,
+    write_control_manifests,
+)
+from feddel.simulations.science.fastsgd import check_fedsgd, run_fast_pretraining
 
 log = logging.getLogger(__name__)
 
 SCRATCH = "scratch"  # the row of the random-init encoder: no pre-training at all
+# what curation embeds with: the seed's MAE warm-up on a uniform sample, or its random init
+CURATION_ENCODERS = ("warmup", "random")
 
 
 @dataclass(frozen=True)
@@ -77,6 +100,8 @@ class PipelineSettings:
     center_weighting: str = "examples"
     head: HeadConfig = field(default_factory=HeadConfig)
     alpha: float = 1.0
+    curation_encoder: str = "warmup"
+    fast: bool = False  # pre-train with the fast exact FedSGD path (no wire)
 
     def __post_init__(self) -> None:
         if self.curation_rounds < 1 or self.rounds % self.curation_rounds:
@@ -84,8 +109,17 @@ class PipelineSettings:
                 f"curation-rounds={self.curation_rounds} must be >= 1 and divide "
                 f"rounds={self.rounds} (each repeat gets the same share of the steps)"
             )
+        if self.curation_encoder not in CURATION_ENCODERS:
+            raise ConfigError(
+                f"curation-encoder={self.curation_encoder!r} must be one of "
+                f"{', '.join(CURATION_ENCODERS)}"
+            )
         for rounds in (self.warmup_rounds, self.rounds):  # refused now, not an hour into a run
-            self.pretrain_config(run="check", uniform_fraction=self.warmup_fraction, rounds=rounds)
+            config = self.pretrain_config(
+                run="check", uniform_fraction=self.warmup_fraction, rounds=rounds
+            )
+            if self.fast:
+                check_fedsgd(config)
 
     def pretrain_config(self, **run: Any) -> PretrainConfig:
         """A pre-training run (`run`: name, data, init, rounds, seed, model) with these settings."""
@@ -156,6 +190,7 @@ class Pipeline:
     state_root: Path
     on_row: Callable[[Row], None] = lambda row: None
     _warm: dict[int, Path] = field(default_factory=dict)
+    _frames: list[Frame] = field(default_factory=list)  # the pool with its truth (controls)
 
     def run(self, cells: list[Cell]) -> list[Row]:
         """Every cell's row, preceded per seed by the random-init (scratch) row."""
@@ -209,28 +244,48 @@ class Pipeline:
         return self._row(cell, 0.0, result.miou, {})
 
     def _cell(self, cell: Cell) -> Row:
-        encoder = self.warm_up(cell.seed)
+        control = cell.method in CONTROLS
+        encoder = None if control else self.curation_encoder(cell.seed)
+        init = ""  # the seed's random init: every cell starts from the same weights
         cell_dir = self.out / "cells" / cell.name
         steps_each = self.settings.rounds // self.settings.curation_rounds
         moved = 0  # pre-training bytes, both ways (the warm-up's are shared by the seed's cells)
         for repeat in range(self.settings.curation_rounds):
             run_name = f"{cell.name}-c{repeat}"
-            summary, quality = self._curate(cell, run_name, encoder, cell_dir)
+            if encoder is None:
+                summary, quality = self._control(cell, run_name)
+            else:
+                summary, quality = self._curate(cell, run_name, encoder, cell_dir)
             pretrain = self._pretrain_config(
                 run=f"{run_name}-mae",
                 selection=run_name,
-                init=str(encoder),
+                init=init,
                 rounds=steps_each,
                 seed=cell.seed,
             )
-            done = run_pretraining(self._cast(run_name), pretrain, cell_dir / f"mae-c{repeat}")
-            encoder = done.checkpoint
+            done = self._pretrain(pretrain, cell_dir / f"mae-c{repeat}")
+            init = str(done.checkpoint)
+            encoder = None if control else done.checkpoint
             moved += done.bytes_down + done.bytes_up
-        spec = EncoderSpec(self.base.model, self.base.image_size, str(encoder), cell.seed)
+        spec = EncoderSpec(self.base.model, self.base.image_size, init, cell.seed)
         result = run_evaluation(self._cast(cell.name), spec, cell.name, self._head(cell.seed))
         retention = summary["selected"] / max(1, summary["total_samples"])
         row = self._row(cell, retention, result.miou, quality)
-        return {**row, "pretrain_gb": round(moved / 1e9, 4)}
+        row["curation_encoder"] = "truth" if control else self.settings.curation_encoder
+        row["pretrain_engine"] = "fast" if self.settings.fast else "federated"
+        if not self.settings.fast:  # the fast path moves nothing
+            row["pretrain_gb"] = round(moved / 1e9, 4)
+        return row
+
+    def curation_encoder(self, seed: int) -> Path:
+        """The MAE checkpoint the seed's curation rounds embed with (made once, reused)."""
+        if self.settings.curation_encoder == "random":
+            path = self.out / "warmup" / f"random-s{seed}" / CHECKPOINT
+            if not path.is_file():  # optidel needs an MAE (decoder too), not just an encoder
+                spec = EncoderSpec(self.base.model, self.base.image_size, seed=seed)
+                save_mae_checkpoint(MAE(spec), path)
+            return path
+        return self.warm_up(seed)
 
     def warm_up(self, seed: int) -> Path:
         """The seed's warm-up MAE checkpoint (trained once, then reused by every cell)."""
@@ -242,8 +297,30 @@ class Pipeline:
                 seed=seed,
             )
             out = self.out / "warmup" / f"s{seed}"
-            self._warm[seed] = run_pretraining(self._cast(config.run), config, out).checkpoint
+            self._warm[seed] = self._pretrain(config, out).checkpoint
         return self._warm[seed]
+
+    def _pretrain(self, config: PretrainConfig, out: Path) -> PretrainResult:
+        if self.settings.fast:
+            paths = [CenterPaths(c.name, c, self.state_root / c.name) for c in self.centers]
+            return run_fast_pretraining(paths, config, out)
+        return run_pretraining(self._cast(config.run), config, out)
+
+    def _control(self, cell: Cell, run_name: str) -> tuple[Row, dict[str, Any]]:
+        """A control's selection from truth, written as the centers' manifests of `run_name`."""
+        if not self._frames:
+            self._frames = pool_frames(self.centers)
+        total = len(self._frames)
+        chosen = control_selection(
+            cell.method, self._frames, math.ceil(cell.budget * total), cell.seed
+        )
+        write_control_manifests(chosen, self.state_root, run_name)
+        selection: dict[str, list[str]] = {}
+        for frame in chosen:
+            selection.setdefault(frame.center, []).append(frame.file)
+        measures = truth_measures(self.centers, selection, None, len(chosen) / total, cell.seed)
+        summary = {"selected": len(chosen), "total_samples": total}
+        return summary, measures["selection"] if measures else {}
 
     def _pretrain_config(self, **run: Any) -> PretrainConfig:
         """A pre-training run (`run`: name, data, init, rounds, seed) of this pipeline's model."""

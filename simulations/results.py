@@ -22,6 +22,9 @@ QUALITY_COLUMNS = (
     "quality_mode_coverage",
 )
 MEASURES = ("R", "mIoU", "DEL", "NormDEL")
+# how a cell was made: the encoder its curation embedded with (warmup, random, or truth for a
+# control) and how it was pre-trained (federated, or the fast exact path)
+PROVENANCE_COLUMNS = ("curation_encoder", "pretrain_engine")
 
 Row = dict[str, Any]
 
@@ -53,7 +56,7 @@ def group_rows(rows: Sequence[Row]) -> list[Group]:
 
 def write_results(rows: Sequence[Row], out: Path, title: str) -> list[Path]:
     """results.csv, results.md and results.png under `out`; returns their paths."""
-    columns = (*RESULT_COLUMNS, *QUALITY_COLUMNS, TRAFFIC_COLUMN)
+    columns = (*RESULT_COLUMNS, *QUALITY_COLUMNS, TRAFFIC_COLUMN, *PROVENANCE_COLUMNS)
     csv_path = write_csv(
         out / "results.csv", columns, [[row.get(c, "") for c in columns] for row in rows]
     )

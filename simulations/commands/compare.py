@@ -25,6 +25,7 @@ from feddel.server.training.pretrain import CENTER_WEIGHTINGS
 from feddel.simulations.federated import ENGINES, run_apps, worker_threads
 from feddel.simulations.layout import center_dirs
 from feddel.simulations.pipeline import (
+    CURATION_ENCODERS,
     SCRATCH,
     Cell,
     Pipeline,
@@ -33,6 +34,7 @@ from feddel.simulations.pipeline import (
     discard_results,
 )
 from feddel.simulations.results import write_results
+from feddel.simulations.science.controls import CONTROLS
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +95,19 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         "(default, FedAvg) or equally (a center-balanced objective)",
     )  # fmt: skip
     parser.add_argument(
+        "--curation-encoder", choices=CURATION_ENCODERS, default=defaults.curation_encoder,
+        help="what curation embeds with: the seed's MAE warm-up on a uniform sample (default) "
+        "or its random init. Never a cell's starting point: every cell pre-trains from the "
+        "seed's random init",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fast", action=argparse.BooleanOptionalAction, default=defaults.fast,
+        help="pre-train with the fast exact path: FedSGD with a server Adam computed in one "
+        "process, no wire (the same gradients as the federated run, tested). Needs --fedadam "
+        "--local-steps 1 --local-lr 1. For comparisons of many seeds on few cores; curation "
+        "and evaluation still run federated",
+    )  # fmt: skip
+    parser.add_argument(
         "--head-steps", type=int, default=defaults.head.steps,
         help=f"segmentation head training steps (default {defaults.head.steps})",
     )  # fmt: skip
@@ -126,9 +141,15 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods", type=_methods, default=["random", "meddel", "feddel"],
         help=f"comma-separated, from {', '.join(METHODS)} (default random,meddel,feddel); "
-        "`full` runs once, at R = 1",
+        "`full` runs once, at R = 1. Controls chosen from the simulation's truth at the same "
+        f"R: {', '.join(CONTROLS)} (docs/experiments.md)",
     )  # fmt: skip
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds (default 3)")
+    parser.add_argument(
+        "--first-seed", type=int, default=0,
+        help="seeds run from this one: FIRST..FIRST+N-1 (default 0). Pilots take seeds apart "
+        "from the final table's, so that choices made on a pilot are tested on fresh seeds",
+    )  # fmt: skip
     parser.add_argument(
         "--shard", type=_shard, default=(1, 1), metavar="K/N",
         help="run only the seeds s with s mod N = K-1, so that N commands, identical but for "
@@ -140,10 +161,11 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def compare_run(args: argparse.Namespace) -> int:
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds {args.seeds} must be >= 1")
+    if args.seeds < 1 or args.first_seed < 0:
+        raise ConfigError(f"--seeds {args.seeds} must be >= 1 and --first-seed >= 0")
     shard, shards = args.shard
-    seeds = [seed for seed in range(args.seeds) if seed % shards == shard - 1]
+    everyone = range(args.first_seed, args.first_seed + args.seeds)
+    seeds = [seed for seed in everyone if seed % shards == shard - 1]
     if not seeds:
         raise ConfigError(
             f"--shard {shard}/{shards} holds none of the {args.seeds} seeds; "
@@ -192,6 +214,8 @@ def run_pipeline(
         local_lr=args.local_lr,
         center_weighting=args.center_weighting,
         head=HeadConfig(steps=args.head_steps, finetune=args.finetune),
+        curation_encoder=args.curation_encoder,
+        fast=args.fast,
     )
     base = CurationConfig.from_run_config(parse_overrides(args.set))
     if args.fresh:
@@ -289,7 +313,8 @@ def _shard(text: str) -> tuple[int, int]:
 
 def _methods(text: str) -> list[str]:
     values = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [v for v in values if v not in METHODS]
+    known = (*METHODS, *CONTROLS)
+    unknown = [v for v in values if v not in known]
     if not values or unknown:
-        raise argparse.ArgumentTypeError(f"{text!r}: methods must come from {', '.join(METHODS)}")
+        raise argparse.ArgumentTypeError(f"{text!r}: methods must come from {', '.join(known)}")
     return values
