@@ -1,5 +1,6 @@
 """The comparison's outputs: results.csv (one row per cell), results.md (mean +- std per method
-and budget) and results.png (mIoU and NormDEL against R, one line per method, error bars)."""
+and budget, then the paired comparisons of simulations/science/paired.py), results.png (mIoU and
+NormDEL against R, one line per method, error bars) and paired.png (the paired differences)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from feddel.common.io import atomic_write_bytes, atomic_write_text, write_csv
+from feddel.simulations.science.paired import paired_markdown, paired_plot, standard_comparisons
 
 RESULT_COLUMNS = ("method", "budget", "R", "seed", "mIoU", "DEL", "NormDEL", "wall_s")
 # what the cell's federated pre-training moved, both ways (GB; the warm-up not included)
@@ -55,15 +57,34 @@ def group_rows(rows: Sequence[Row]) -> list[Group]:
 
 
 def write_results(rows: Sequence[Row], out: Path, title: str) -> list[Path]:
-    """results.csv, results.md and results.png under `out`; returns their paths."""
+    """results.csv, results.md and results.png under `out`, and with two seeds or more the
+    paired comparisons in results.md and paired.png; returns the paths written."""
     columns = (*RESULT_COLUMNS, *QUALITY_COLUMNS, TRAFFIC_COLUMN, *PROVENANCE_COLUMNS)
     csv_path = write_csv(
         out / "results.csv", columns, [[row.get(c, "") for c in columns] for row in rows]
     )
     groups = group_rows(rows)
-    md_path = atomic_write_text(out / "results.md", results_markdown(groups, title))
-    png_path = atomic_write_bytes(out / "results.png", results_plot(groups, title))
-    return [csv_path, md_path, png_path]
+    text = results_markdown(groups, title)
+    comparisons = [p for p in standard_comparisons(rows) if p.n >= 2]
+    paths = [csv_path]
+    if comparisons:
+        text += PAIRED_INTRO + paired_markdown(comparisons)
+        plot = paired_plot(comparisons, f"{title}: paired differences")
+        paths.append(atomic_write_bytes(out / "paired.png", plot))
+    paths.append(atomic_write_text(out / "results.md", text))
+    paths.append(atomic_write_bytes(out / "results.png", results_plot(groups, title)))
+    return paths
+
+
+PAIRED_INTRO = """
+## Paired differences of mIoU
+
+Within each seed, one cell's mIoU minus the other's (the same random init, head initialization
+and batches); the mean over seeds and its 95% confidence interval from the paired t
+distribution; * marks an interval that excludes 0. The first row is the primary comparison and
+the oracle rows are the controls (docs/does-curation-pay.md).
+
+"""
 
 
 def results_markdown(groups: Sequence[Group], title: str) -> str:
