@@ -102,5 +102,5 @@ def test_control_manifests_become_the_centers_training_sets(tmp_path):
 
 def test_controls_need_a_federation_with_truth(tmp_path):
     (tmp_path / "c0").mkdir()
-    with pytest.raises(ConfigError, match="truth.csv"):
+    with pytest.raises(ConfigError, match=r"truth\.csv"):
         pool_frames([Path(tmp_path / "c0")])

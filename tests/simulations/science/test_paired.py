@@ -53,9 +53,7 @@ def test_standard_comparisons_put_the_primary_and_the_controls_first():
     assert labels[:2] == ["feddel 5% - random 5%", "oracle 5% - disruptive-only 5%"]
     assert "feddel 5% - full" in labels and "full - scratch" in labels
     assert "random 5% - random 5%" not in labels and len(labels) == len(set(labels))
-    assert "| feddel 5% - random 5% | 2 | +0.0150 |" in paired_markdown(
-        standard_comparisons(rows)
-    )
+    assert "| feddel 5% - random 5% | 2 | +0.0150 |" in paired_markdown(standard_comparisons(rows))
 
 
 def test_results_gain_the_paired_table_and_plot_with_two_seeds(tmp_path):
@@ -65,5 +63,6 @@ def test_results_gain_the_paired_table_and_plot_with_two_seeds(tmp_path):
     assert not (tmp_path / "one" / "paired.png").exists()
     two = _rows({("random", 0.05): [0.62, 0.61], ("feddel", 0.05): [0.63, 0.63]})
     write_results(two, tmp_path / "two", "t")
-    assert "| feddel 5% - random 5% | 2 | +0.0150 |" in (tmp_path / "two" / "results.md").read_text()
+    text = (tmp_path / "two" / "results.md").read_text()
+    assert "| feddel 5% - random 5% | 2 | +0.0150 |" in text
     assert (tmp_path / "two" / "paired.png").stat().st_size > 1000
