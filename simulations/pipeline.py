@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -145,6 +146,9 @@ RESULT_PATHS = (
 )  # fmt: skip
 
 
+SOURCE_FOLDERS = ("client", "common", "server", "simulations")
+
+
 def code_fingerprint() -> str:
     """A hash of FedDEL's own Python sources, so cells computed by other code are not reused."""
     digest = hashlib.sha256()
@@ -154,6 +158,26 @@ def code_fingerprint() -> str:
             digest.update(path.relative_to(root.parent).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def source_commit() -> str:
+    """The git commit FedDEL runs from, "+dirty" when its sources differ from it; "" outside a
+    git checkout (an installed wheel). Recorded per cell, beside the code fingerprint."""
+    root = Path(simulations.__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if head.returncode:
+            return ""
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", *SOURCE_FOLDERS],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def discard_results(out: Path) -> list[Path]:
@@ -234,6 +258,7 @@ class Pipeline:
             started = time.perf_counter()
             row = compute(cell)
             row["wall_s"] = round(time.perf_counter() - started, 1)
+            row["commit"] = source_commit()
             write_json(path, row)
         self.on_row(row)
         return row

@@ -25,8 +25,9 @@ QUALITY_COLUMNS = (
 )
 MEASURES = ("R", "mIoU", "DEL", "NormDEL")
 # how a cell was made: the encoder its curation embedded with (warmup, random, or truth for a
-# control) and how it was pre-trained (federated, or the fast exact path)
-PROVENANCE_COLUMNS = ("curation_encoder", "pretrain_engine")
+# control), how it was pre-trained (federated, or the fast exact path), and from which commit
+# (the run folder's settings.json holds every setting)
+PROVENANCE_COLUMNS = ("curation_encoder", "pretrain_engine", "commit")
 
 Row = dict[str, Any]
 

@@ -3,6 +3,7 @@ centers send, and `feddel-sim compare` end to end on a tiny federation."""
 
 import csv
 import json
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,6 +37,7 @@ from feddel.simulations.pipeline import (
     PipelineSettings,
     code_fingerprint,
     discard_results,
+    source_commit,
 )
 from feddel.simulations.synth import generate_federation
 
@@ -492,3 +494,23 @@ def test_a_center_reusing_its_model_trains_exactly_as_a_fresh_model(federation, 
 def test_pipeline_settings_refuse_bad_pretraining_values_before_any_work(bad, named):
     with pytest.raises(ConfigError, match=named):
         PipelineSettings(**bad)
+
+
+def test_source_commit_names_the_checkout_and_whether_its_sources_changed(tmp_path, monkeypatch):
+    package = tmp_path / "repo" / "simulations"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.setattr(
+        pipeline_module, "simulations", SimpleNamespace(__file__=str(package / "__init__.py"))
+    )
+    assert source_commit() == ""  # not a git checkout (an installed wheel)
+    git = ["git", "-C", str(tmp_path / "repo"), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert source_commit() == head.strip()
+    (tmp_path / "repo" / "notes.md").write_text("not a source")
+    assert source_commit() == head.strip()
+    (package / "__init__.py").write_text("x = 1\n")
+    assert source_commit() == head.strip() + "+dirty"
