@@ -514,3 +514,40 @@ def test_source_commit_names_the_checkout_and_whether_its_sources_changed(tmp_pa
     assert source_commit() == head.strip()
     (package / "__init__.py").write_text("x = 1\n")
     assert source_commit() == head.strip() + "+dirty"
+
+
+@pytest.mark.slow
+def test_compare_fast_with_controls_starts_every_cell_from_the_random_init(federation, tmp_path):
+    """~1-2 min: the science protocol end to end on 3 centers, 2 seeds."""
+    out = tmp_path / "science"
+    argv = [
+        "compare", "--data", str(federation), "--out", str(out), "--budgets", "0.2",
+        "--methods", "random,oracle,disruptive-only", "--seeds", "2", "--first-seed", "5",
+        "--fast", "--fedadam", "--local-steps", "1", "--local-lr", "1", "--rounds", "3",
+        "--batch-size", "4", "--head-steps", "10", "--curation-encoder", "random",
+        "--set", "image-size=32", "--set", "k=4", "--set", "k-local=2", "--set", "min-count=3",
+    ]  # fmt: skip
+    assert sim_main(argv) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["seed"] for r in rows} == {"5", "6"}
+    cells = [r for r in rows if r["method"] != "scratch"]
+    assert len(cells) == 6 and all(r["pretrain_engine"] == "fast" for r in cells)
+    assert all(r["pretrain_gb"] == "" for r in cells)  # nothing travelled
+    assert {r["method"]: r["curation_encoder"] for r in cells} == {
+        "random": "random", "oracle": "truth", "disruptive-only": "truth"
+    }  # fmt: skip
+    for r in cells:
+        assert float(r["R"]) == pytest.approx(0.2, abs=0.06)
+        progress = json.loads((out / "cells" / f"{r['method']}-0.2-s{r['seed']}" / "mae-c0" /
+                               "progress.json").read_text())  # fmt: skip
+        assert progress["config"]["init"] == ""  # the seed's random init, never the warm-up
+        assert progress["config"]["seed"] == int(r["seed"])
+    assert {r["quality_disruptive_rate"] for r in cells if r["method"] == "disruptive-only"} == {
+        "1.0"
+    }
+    summary = json.loads((out / "cells" / "random-0.2-s5" / "random-0.2-s5-c0" /
+                          "summary.json").read_text())  # fmt: skip
+    assert summary["config"]["weights"].endswith("warmup/random-s5/checkpoint.pt")
+    text = (out / "results.md").read_text()
+    assert "| oracle 20% - disruptive-only 20% | 2 |" in text
+    assert (out / "paired.png").is_file()
