@@ -22,6 +22,7 @@ from feddel.common.config import METHODS, CurationConfig, parse_overrides
 from feddel.common.errors import ConfigError, RunFailed
 from feddel.common.models.segmentation import HeadConfig
 from feddel.server.training.pretrain import CENTER_WEIGHTINGS
+from feddel.simulations.commands.shards import add_parallel_argument, run_in_shards
 from feddel.simulations.federated import ENGINES, run_apps, worker_threads
 from feddel.simulations.layout import center_dirs
 from feddel.simulations.pipeline import (
@@ -35,11 +36,18 @@ from feddel.simulations.pipeline import (
 )
 from feddel.simulations.results import write_results
 from feddel.simulations.science.controls import CONTROLS
+from feddel.simulations.science.paired import (
+    NEGATIVE_CONTROLS,
+    PRIMARY,
+    standard_comparisons,
+)
 
 
-def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
-    """Pre-training and evaluation flags shared by `compare` and `demo`."""
-    defaults = PipelineSettings()
+def add_pipeline_arguments(
+    parser: argparse.ArgumentParser, defaults: PipelineSettings | None = None
+) -> None:
+    """Pre-training and evaluation flags shared by `compare` and `demo` (with its defaults)."""
+    defaults = defaults or PipelineSettings()
     parser.add_argument(
         "--rounds", type=int, default=defaults.rounds,
         help=f"federated MAE rounds per cell (default {defaults.rounds})",
@@ -144,7 +152,16 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         "`full` runs once, at R = 1. Controls chosen from the simulation's truth at the same "
         f"R: {', '.join(CONTROLS)} (docs/experiments.md)",
     )  # fmt: skip
-    parser.add_argument("--seeds", type=int, default=3, help="how many seeds (default 3)")
+    add_seed_arguments(parser, seeds=3)
+    add_parallel_argument(parser, default=1)
+    add_pipeline_arguments(parser)
+
+
+def add_seed_arguments(parser: argparse.ArgumentParser, seeds: int) -> None:
+    """--seeds, --first-seed and --shard, shared by `compare` and `demo`."""
+    parser.add_argument(
+        "--seeds", type=int, default=seeds, help=f"how many seeds (default {seeds})"
+    )
     parser.add_argument(
         "--first-seed", type=int, default=0,
         help="seeds run from this one: FIRST..FIRST+N-1 (default 0). Pilots take seeds apart "
@@ -157,10 +174,10 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         "Each writes the table of every cell finished so far: the last to finish writes the "
         "whole table, and rerunning without --shard rewrites it (default 1/1: every seed)",
     )  # fmt: skip
-    add_pipeline_arguments(parser)
 
 
-def compare_run(args: argparse.Namespace) -> int:
+def shard_seeds(args: argparse.Namespace) -> list[int]:
+    """The seeds this command runs (checked: --seeds, --first-seed, --shard, --fresh)."""
     if args.seeds < 1 or args.first_seed < 0:
         raise ConfigError(f"--seeds {args.seeds} must be >= 1 and --first-seed >= 0")
     shard, shards = args.shard
@@ -176,6 +193,13 @@ def compare_run(args: argparse.Namespace) -> int:
             "--fresh with --shard would let each shard discard the cells of the others; "
             "start the shards on an empty --out instead"
         )
+    return seeds
+
+
+def compare_run(args: argparse.Namespace) -> int:
+    seeds = shard_seeds(args)
+    run_in_shards(args, args.out)  # with --parallel: the shards run the cells, this assembles
+    shard, shards = args.shard
     cells = [
         # every method keeps everything at budget 1: one `full` cell stands for all of them
         Cell("full", 1.0, seed) if method == "full" or budget >= 1.0 else Cell(method, budget, seed)
@@ -191,8 +215,25 @@ def compare_run(args: argparse.Namespace) -> int:
             "holds the cells other shards had finished"
         )
     console.print(results_table(rows, "comparison"))
+    console.print(paired_summary(rows))
     console.print(f"results: {args.out}/results.csv, results.md, results.png")
     return EXIT_OK
+
+
+def paired_summary(rows: list[Row]) -> str:
+    """The primary comparison and the controls, one line each (results.md has them all)."""
+    lines = []
+    for comparison in standard_comparisons(rows):
+        headline = (comparison.first, comparison.second) == PRIMARY or (
+            comparison.first[0] == "oracle" and comparison.second[0] in NEGATIVE_CONTROLS
+        )
+        if headline and comparison.n >= 2:
+            low, high = comparison.interval
+            lines.append(
+                f"{comparison.label}: {comparison.mean:+.4f} mIoU over {comparison.n} seeds, "
+                f"95% CI [{low:+.4f}, {high:+.4f}] (paired t)"
+            )
+    return "\n".join(lines) or "(paired differences with CIs need 2 seeds or more)"
 
 
 def run_pipeline(
