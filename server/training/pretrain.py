@@ -107,6 +107,21 @@ class PretrainResult:
     bytes_down: int  # serialized bytes sent to centers over every round so far (resumes too)
     bytes_up: int  # ... and received from them
 
+    @classmethod
+    def of_run(
+        cls, out: Path, progress: dict[str, Any], resumed_from: int, started: float, **traffic: int
+    ) -> PretrainResult:
+        """The result of the run in `out` after `progress` (`started`: its perf_counter)."""
+        return cls(
+            out / CHECKPOINT,
+            progress["rounds_done"],
+            resumed_from,
+            dict(progress["examples"]),
+            list(progress["losses"]),
+            time.perf_counter() - started,
+            **traffic,
+        )
+
 
 def run_pretraining(
     broadcaster: Broadcaster, config: PretrainConfig, out_dir: str | Path
@@ -144,15 +159,7 @@ def run_pretraining(
             len(states),
             progress["losses"][-1],
         )
-    return PretrainResult(
-        out / CHECKPOINT,
-        progress["rounds_done"],
-        resumed_from,
-        dict(progress["examples"]),
-        list(progress["losses"]),
-        time.perf_counter() - started,
-        **traffic.totals(),
-    )
+    return PretrainResult.of_run(out, progress, resumed_from, started, **traffic.totals())
 
 
 def commit(out: Path, mae: MAE, server: ServerAdam | None, progress: dict[str, Any]) -> None:

@@ -34,7 +34,6 @@ from feddel.common.models.embed import autocast, autocast_dtype, pick_device
 from feddel.common.models.mae import MAE, MaskedBatch, masked_batches
 from feddel.server.training.fedadam import ServerAdam
 from feddel.server.training.pretrain import (
-    CHECKPOINT,
     PretrainConfig,
     PretrainResult,
     commit,
@@ -90,16 +89,7 @@ def run_fast_pretraining(
             commit(out, mae, server, progress)
             mae.to(device)
     mae.cpu().eval()
-    return PretrainResult(
-        out / CHECKPOINT,
-        progress["rounds_done"],
-        resumed_from,
-        dict(progress["examples"]),
-        list(progress["losses"]),
-        time.perf_counter() - started,
-        bytes_down=0,
-        bytes_up=0,
-    )
+    return PretrainResult.of_run(out, progress, resumed_from, started, bytes_down=0, bytes_up=0)
 
 
 def _training_sets(centers: Sequence[CenterPaths], config: PretrainConfig) -> dict[str, np.ndarray]:
