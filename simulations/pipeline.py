@@ -255,9 +255,11 @@ class Pipeline:
         if path.is_file():
             row = json.loads(path.read_text())
         else:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             row = compute(cell)
             row["wall_s"] = round(time.perf_counter() - started, 1)
+            # CPU seconds of every thread: what the cell costs on a machine shared with others
+            row["cpu_s"] = round(time.process_time() - cpu, 1)
             row["commit"] = source_commit()
             write_json(path, row)
         self.on_row(row)

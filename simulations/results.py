@@ -15,7 +15,7 @@ import numpy as np
 from feddel.common.io import atomic_write_bytes, atomic_write_text, write_csv
 from feddel.simulations.science.paired import paired_markdown, paired_plot, standard_comparisons
 
-RESULT_COLUMNS = ("method", "budget", "R", "seed", "mIoU", "DEL", "NormDEL", "wall_s")
+RESULT_COLUMNS = ("method", "budget", "R", "seed", "mIoU", "DEL", "NormDEL", "wall_s", "cpu_s")
 # what the cell's federated pre-training moved, both ways (GB; the warm-up not included)
 TRAFFIC_COLUMN = "pretrain_gb"
 QUALITY_COLUMNS = (
@@ -48,7 +48,7 @@ def group_rows(rows: Sequence[Row]) -> list[Group]:
     groups = []
     for (method, budget), members in cells.items():
         mean, std = {}, {}
-        for key in (*MEASURES, *QUALITY_COLUMNS, TRAFFIC_COLUMN, "wall_s"):
+        for key in (*MEASURES, *QUALITY_COLUMNS, TRAFFIC_COLUMN, "wall_s", "cpu_s"):
             values = [float(r[key]) for r in members if r.get(key) not in (None, "")]
             if values:
                 mean[key] = float(np.mean(values))
@@ -97,15 +97,15 @@ def results_markdown(groups: Sequence[Group], title: str) -> str:
         "NormDEL = sigmoid(DEL) (spans only [0.5, 0.731]). `scratch` is the random-init encoder.",
         "",
         "| method | budget | seeds | R | mIoU | DEL | NormDEL | disruptive | distinct videos "
-        "/ selected | pre-train GB | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "/ selected | pre-train GB | wall s | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in groups:
         cells = [_pm(g, key) for key in MEASURES]
         quality = [_pm(g, key, "{:.3f}") for key in QUALITY_COLUMNS[:2]]
         traffic = f"{g.mean[TRAFFIC_COLUMN]:.2f}" if TRAFFIC_COLUMN in g.mean else "-"
-        wall = f"{g.mean.get('wall_s', 0.0):.0f}"
-        values = [g.method, f"{g.budget:g}", str(g.seeds), *cells, *quality, traffic, wall]
+        wall, cpu = (f"{g.mean[key]:.0f}" if key in g.mean else "-" for key in ("wall_s", "cpu_s"))
+        values = [g.method, f"{g.budget:g}", str(g.seeds), *cells, *quality, traffic, wall, cpu]
         values = " | ".join(values)
         lines.append(f"| {values} |")
     return "\n".join(lines) + "\n"
