@@ -3,8 +3,9 @@
 A deployed center (SuperNode) names its folders in the node config:
 `--node-config 'data-path="/data/endoscopy" state-path="/var/lib/feddel"'` (optionally
 `center-name`). In simulation, `build_client_app` takes a resolver that maps the virtual node's
-`partition-id` to a center folder. A user-fixable failure (FedDELError) becomes an error reply
-whose reason names the center and the problem; the server drops that center and goes on.
+`partition-id` to a center folder. Every failure becomes an error reply whose one-line reason
+names the center and the problem without the center's paths or file names (client/redact.py;
+the center's log and events.jsonl keep the detail); the server drops that center and goes on.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from flwr.clientapp import ClientApp
 
 from feddel.client import handlers, training
 from feddel.client.handlers import CenterPaths
+from feddel.client.redact import public_reason
 from feddel.client.state import CenterState
 from feddel.common.errors import ConfigError, FedDELError
 from feddel.common.wire.protocol import (
+    CENTER_ERROR,
     InventoryRequest,
     KeysRequest,
     LloydRequest,
@@ -32,8 +35,6 @@ from feddel.common.wire.protocol import (
 from feddel.common.wire.trainproto import EvaluateRequest, SynthesizeRequest, TrainRequest
 
 log = logging.getLogger(__name__)
-
-USER_ERROR = 1  # Error.code of a reply whose reason is a one-line, user-fixable message
 
 Resolver = Callable[[Context], CenterPaths]
 
@@ -80,20 +81,31 @@ def _wrap(
 ) -> Callable[[Message, Context], Message]:
     def handle(message: Message, context: Context) -> Message:
         paths = None
+        phase = request_type.ACTION
         try:
             paths = resolve(context)
             reply = handler(request_type.from_record(message.content), paths)
-        except FedDELError as exc:
+        except Exception as exc:  # any failure: a reply the round can go on without this center
             name = paths.name if paths else f"node {context.node_id}"
-            reason = f"{name}: {exc}"
-            log.error("%s phase %s failed: %s", name, request_type.ACTION, exc)
-            if paths is not None:
-                CenterState(paths.state).record("error", phase=request_type.ACTION, reason=str(exc))
-            return Message(Error(code=USER_ERROR, reason=reason), reply_to=message)
+            reason = _report_error(exc, phase, name, paths)
+            return Message(Error(code=CENTER_ERROR, reason=f"{name}: {reason}"), reply_to=message)
         return Message(reply.to_record(), reply_to=message)
 
     handle.__name__ = f"{request_type.ACTION}_handler"
     return handle
+
+
+def _report_error(exc: Exception, phase: str, name: str, paths: CenterPaths | None) -> str:
+    """Log the failure in full at the center (a traceback for anything but a FedDELError, whose
+    one line says it all), record it in events.jsonl, and return what may be sent."""
+    log.error("%s phase %s failed: %s", name, phase, exc, exc_info=not isinstance(exc, FedDELError))
+    if paths is None:
+        return public_reason(exc, phase, {})
+    try:
+        CenterState(paths.state).record("error", phase=phase, reason=f"{exc}")
+    except OSError as failure:  # an unwritable state folder must not hide the first error
+        log.error("%s could not record the error in %s: %s", name, paths.state, failure)
+    return public_reason(exc, phase, {"data folder": paths.data, "state folder": paths.state})
 
 
 app = build_client_app(paths_from_node_config)

@@ -74,6 +74,7 @@ def check_summary(inventory: Inventory) -> dict[str, Any]:
         "unreadable_files": [{"file": u.file, "reason": u.reason} for u in inventory.unreadable],
         "unreadable_reasons": inventory.unreadable_reasons(),
         "ignored": inventory.ignored,
+        "links_outside": inventory.outside_links,
         "masks": inventory.n_masks,
         "sizes": inventory.size_stats(),
         "modalities": inventory.modalities(),
@@ -106,6 +107,8 @@ def _print_check(inventory: Inventory, summary: dict[str, Any]) -> None:
     table.add_row("unreadable", str(summary["unreadable"]))
     table.add_row("masks matched", f"{summary['masks']} of {summary['samples']} samples")
     table.add_row("other files ignored", str(summary["ignored"]))
+    if summary["links_outside"]:
+        table.add_row("links leading outside (skipped)", str(summary["links_outside"]))
     if sizes := summary["sizes"]:
         for axis in ("width", "height"):
             table.add_row(

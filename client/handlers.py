@@ -16,24 +16,20 @@ import numpy as np
 
 from feddel.client.report import write_center_report
 from feddel.client.state import CenterState
-from feddel.common.curation.kmeans import ClusterStats, assign, cluster_stats, local_kmeans
+from feddel.common.curation.kmeans import ClusterStats, assign, cluster_stats
 from feddel.common.curation.local import (
     ETA_GRID,
     CenterScores,
     candidate_histograms,
-    meddel_survivors,
-    pvi_edges,
     score_center,
-    select_feddel,
-    select_meddel,
 )
-from feddel.common.curation.selection import ClusterPlan, random_selection
+from feddel.common.curation.methods import CenterView, Plan, method_named
 from feddel.common.data.manifest import manifest_rows, write_manifest
 from feddel.common.data.pool import prepare_center
 from feddel.common.errors import FedDELError, ProtocolError
 from feddel.common.models.embed import EncoderSpec
 from feddel.common.privacy import secagg
-from feddel.common.privacy.cells import add_gaussian_noise, merge_small_clusters
+from feddel.common.privacy.cells import add_gaussian_noise, seed_proposal
 from feddel.common.wire.protocol import (
     InventoryReply,
     InventoryRequest,
@@ -98,14 +94,8 @@ def seed(request: SeedRequest, paths: CenterPaths) -> SeedReply:
     into their nearest neighbour), padded to k_local rows with zero counts, so neither the
     reply's size nor its shape tells how many clusters there were."""
     pool = CenterState(paths.state).load_pool(request.run)
-    X = pool.embeddings[pool.eligible(request.method)]
-    centroids = np.zeros((request.k_local, pool.embeddings.shape[1]))
-    counts = np.zeros(request.k_local, dtype=np.int64)
-    if len(X) >= request.min_count:
-        local = local_kmeans(X, min(request.k_local, len(X)), request.seed)
-        merged, sizes = merge_small_clusters(local.centers, local.counts, request.min_count)
-        centroids[: len(sizes)] = merged
-        counts[: len(sizes)] = sizes
+    X = pool.embeddings[method_named(request.method).eligible(pool.disruptive)]
+    centroids, counts = seed_proposal(X, request.k_local, request.min_count, request.seed)
     return SeedReply(centroids=centroids, counts=counts)
 
 
@@ -125,7 +115,7 @@ def _masked(request: Masked, paths: CenterPaths, values: np.ndarray) -> np.ndarr
 
 def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
     pool = CenterState(paths.state).load_pool(request.run)
-    X = pool.embeddings[pool.eligible(request.method)]
+    X = pool.embeddings[method_named(request.method).eligible(pool.disruptive)]
     k, d = request.centers.shape
     _check_dim(request.centers, pool.embeddings)
     if len(X):
@@ -142,7 +132,8 @@ def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
 def score(request: ScoreRequest, paths: CenterPaths) -> ScoreReply:
     state = CenterState(paths.state)
     pool = state.load_pool(request.run)
-    eligible = pool.eligible(request.method)
+    method = method_named(request.method)
+    eligible = method.eligible(pool.disruptive)
     _check_dim(request.centers, pool.embeddings)
     if len(pool.samples):
         scores = score_center(
@@ -153,11 +144,8 @@ def score(request: ScoreRequest, paths: CenterPaths) -> ScoreReply:
         scores = _no_scores()
     state.save_scores(request.run, scores)
     k = len(request.centers)
-    survivors = (
-        meddel_survivors(pool.embeddings, scores, eligible, request.keep)
-        if request.method == "meddel"
-        else np.zeros(len(ETA_GRID), dtype=np.int64)
-    )
+    view = CenterView(pool.embeddings, scores, pool.sample_ids, eligible)
+    survivors = method.survivors(view, request.keep)
     values = pack(
         score_layout(k, request.bins, len(ETA_GRID)),
         histograms=candidate_histograms(scores, k, request.bins),
@@ -197,23 +185,13 @@ def select(request: SelectRequest, paths: CenterPaths) -> SelectReply:
     pool = state.load_pool(request.run)
     scores = state.load_scores(request.run)
     ids = pool.sample_ids
-    if request.method == "feddel":
-        plans = [
-            ClusterPlan(int(q), int(b), float(f))
-            for q, b, f in zip(
-                request.quotas, request.threshold_bins, request.boundary_fractions, strict=True
-            )
-        ]
-        k = len(plans)
-        chosen = select_feddel(scores, ids, plans, pvi_edges(k, request.bins), request.seed)
-    elif request.method == "meddel":
-        chosen = select_meddel(
-            pool.embeddings, scores, pool.eligible("meddel"), request.eta, request.keep
-        )
-    elif request.method == "random":
-        chosen = random_selection(ids, request.retention, request.seed)
-    else:
-        chosen = np.ones(len(ids), dtype=bool)
+    method = method_named(request.method)
+    view = CenterView(pool.embeddings, scores, ids, method.eligible(pool.disruptive))
+    plan = Plan(
+        request.quotas, request.threshold_bins, request.boundary_fractions, request.eta,
+        request.retention, request.bins,
+    )  # fmt: skip
+    chosen = method.select(view, plan, request.seed, request.keep)
     k = len(request.quotas)
     rows = manifest_rows(pool.name, pool.files, ids, scores.labels, scores.pvi, chosen)
     path = write_manifest(state.manifest_path(request.run, request.round), rows)

@@ -64,8 +64,6 @@ def train(request: TrainRequest, paths: CenterPaths) -> TrainReply:
         lr=request.lr,
         batch_size=request.batch_size,
         seed=local_seed(request, paths.name),
-        mask_ratio=request.mask_ratio,
-        proximal_mu=request.proximal_mu,
         local_sgd=request.local_sgd,
         schedule=(request.step_offset, request.total_steps),
     )

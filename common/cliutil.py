@@ -42,10 +42,6 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         return EXIT_INTERRUPTED
 
 
-def exit_with(main: Callable[[Sequence[str] | None], int]) -> None:
-    sys.exit(run_cli(main))
-
-
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one error line (exit 2), not a usage dump."""
 

@@ -14,15 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from feddel.common.curation.methods import FEDDEL, METHOD_NAMES, METHODS, Method, method_named
 from feddel.common.errors import ConfigError
 
 # FedDEL's own ViT, registered with timm by common/models/registry.py (why this size: see there).
 DEFAULT_MODEL = "vit_feddel_patch8_64"
 
-# What centers are asked to do in the selection phases (the wire's method values) ...
-SELECTION_METHODS = ("feddel", "meddel", "random", "full")
-# ... and what users pick: optidel selects as feddel does, then synthesizes mosaics at centers.
-METHODS = (*SELECTION_METHODS, "optidel")
 KEEP_CHOICES = ("hard", "easy")
 
 
@@ -30,7 +27,7 @@ KEEP_CHOICES = ("hard", "easy")
 class CurationConfig:
     """Everything one curation round needs; field names are run-config keys with '-' -> '_'."""
 
-    method: str = "feddel"
+    method: str = FEDDEL.name
     budget: float = 0.05  # target retention R = selected / pool
     k: int = 32  # global clusters
     k_local: int = 8  # local centroids each center proposes for k-FED seeding
@@ -54,12 +51,12 @@ class CurationConfig:
     out: str = "runs/coordinator"
 
     @property
-    def selection(self) -> str:
-        """The selection method centers run: optidel's selection is feddel's."""
-        return "feddel" if self.method == "optidel" else self.method
+    def selection_method(self) -> Method:
+        """The method this round runs (common/curation/methods.py)."""
+        return method_named(self.method)
 
     def __post_init__(self) -> None:
-        _check(self.method in METHODS, "method", self.method, f"one of {', '.join(METHODS)}")
+        _check(self.method in METHODS, "method", self.method, f"one of {', '.join(METHOD_NAMES)}")
         _check(0.0 < self.budget <= 1.0, "budget", self.budget, "in (0, 1], e.g. 0.05 for 5%")
         _check(self.k >= 1, "k", self.k, ">= 1")
         _check(self.k_local >= 1, "k-local", self.k_local, ">= 1")

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from feddel.common.errors import DataError
+
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> Path:
     """Write `data` to a temp file in the same folder, fsync it, then rename over `path`.
@@ -63,6 +65,34 @@ def write_csv(
     writer.writerow(header)
     writer.writerows(rows)
     return atomic_write_text(path, buffer.getvalue())
+
+
+def require_writable_folder(path: str | os.PathLike[str], setting: str) -> Path:
+    """Fail now, in one line, when `path` cannot become a folder this process writes into.
+
+    Commands call it on their output and state folders before any work: a folder found
+    unwritable only when results are written loses the work (and, in a simulation, fails every
+    center). Nothing is created: the nearest existing ancestor must be a folder that accepts a
+    new file, probed with an unnamed temporary file, so that a run as root or a read-only mount
+    answers truly where os.access would not. `setting` names what the user changes (`--out`).
+    """
+    target = Path(path).expanduser()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        problem = "is a file" if existing == target else f"lies under the file {existing}"
+        raise DataError(f"{target} {problem}; give {setting} a folder you can write to")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        where = "" if existing == target else f" in {existing}"
+        raise DataError(
+            f"cannot write to {target} ({exc.strerror or exc}{where}); "
+            f"give {setting} a folder you can write to"
+        ) from exc
+    return target
 
 
 def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:

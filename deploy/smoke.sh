@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # FedDEL deployment smoke test on one machine (loopback only), by hand.
 #
-# What tests/test_deploy.py checks automatically, step by step with the real commands, so IT
-# staff can see a deployment work before touching a network: a synthetic federation of 3
+# What tests/deploy/test_loopback.py checks automatically, step by step with the real commands,
+# so IT staff can see a deployment work before touching a network: a synthetic federation of 3
 # centers, a CA and SuperLink certificate, one key per center, the SuperLink (TLS + center
 # authentication), 3 SuperNodes, one curation round, and each center's status.
 # Everything runs under a temporary folder; every process started here is stopped on exit.

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from feddel.common.config import CurationConfig
+from feddel.common.reports.summary import RoundSummary
 from feddel.server.broadcast import Broadcaster
 from feddel.server.curation.round import run_round
 from feddel.server.report import write_round
@@ -23,7 +23,6 @@ from feddel.server.report import write_round
 log = logging.getLogger(__name__)
 
 ConfigSource = Callable[[Context], CurationConfig]
-Summary = dict[str, Any]
 
 
 def config_from_run_config(context: Context) -> CurationConfig:
@@ -31,7 +30,7 @@ def config_from_run_config(context: Context) -> CurationConfig:
 
 
 def build_server_app(
-    config_source: ConfigSource, on_summary: Callable[[Summary], None] | None = None
+    config_source: ConfigSource, on_summary: Callable[[RoundSummary], None] | None = None
 ) -> ServerApp:
     """A ServerApp that runs one round with the config `config_source` gives for the run."""
     app = ServerApp()
@@ -53,8 +52,8 @@ def build_server_app(
         log.info(
             "round %s: selected %d of %d samples",
             config.run_name,
-            summary["selected"],
-            summary["total_samples"],
+            summary.selected,
+            summary.total_samples,
         )
         if on_summary is not None:
             on_summary(summary)

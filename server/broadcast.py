@@ -83,12 +83,17 @@ class Broadcaster:
 
     def drop(self, node_id: int, phase: str, reason: str) -> None:
         """Remove a center from the round, remember why, and stop if too few remain."""
+        self._remove(node_id, phase, reason)
+        self._require_quorum(phase)
+
+    def _remove(self, node_id: int, phase: str, reason: str) -> None:
+        """Remove a center and remember why; the caller checks the quorum once every reply of
+        the phase is in, so that the message counts every center that failed in it."""
         if node_id in self.alive:
             self.alive.remove(node_id)
         failure = CenterFailure(self.name(node_id), phase, reason)
         self.failures.append(failure)
         log.warning("center %s dropped in phase %s: %s", failure.center, phase, reason)
-        self._require_quorum(phase)
 
     def ask(
         self,
@@ -123,7 +128,7 @@ class Broadcaster:
                 reason = reply.error.reason or f"error code {reply.error.code}"
                 if reply.error.code == CENTER_ERROR and node_id not in self.names:
                     self.names[node_id] = reason.split(": ", 1)[0]
-                self.drop(node_id, phase, reason)
+                self._remove(node_id, phase, reason)
                 continue
             up += record_bytes(reply.content)
             try:
@@ -132,14 +137,15 @@ class Broadcaster:
                     check(node_id, decoded)
                 results[node_id] = decoded
             except ProtocolError as exc:
-                self.drop(node_id, phase, f"malformed reply: {exc}")
+                self._remove(node_id, phase, f"malformed reply: {exc}")
         for node_id in targets:
             if node_id not in results and node_id in self.alive:
-                self.drop(
+                self._remove(
                     node_id,
                     phase,
                     f"no reply within {self.timeout:g} s" if self.timeout else "no reply",
                 )
+        self._require_quorum(phase)
         self.traffic.add(phase, down, up, time.perf_counter() - started)
         # Replies arrive in any order (and node ids are random under Ray): order them by
         # center name so every merge, and so the selection, is the same whatever the engine.
@@ -169,9 +175,10 @@ class Broadcaster:
             for node, reply in list(replies.items()):
                 if reply.masked.shape != (length,):
                     replies.pop(node)
-                    self.drop(
+                    self._remove(
                         node, phase, f"masked vector has {reply.masked.size} values, not {length}"
                     )
+            self._require_quorum(phase)
             if set(replies) == set(roster):
                 return secagg.unmasked_sum([replies[node].masked for node in roster]), replies
             log.warning(
@@ -182,12 +189,28 @@ class Broadcaster:
         raise RoundFailed(f"phase '{phase}' lost centers in {max_attempts} attempts in a row")
 
     def _require_quorum(self, phase: str) -> None:
-        if len(self.alive) < max(1, self.min_fraction * self.started):
-            failed = ", ".join(f"{f.center} ({f.phase}: {f.reason})" for f in self.failures)
+        if len(self.alive) >= max(1, self.min_fraction * self.started):
+            return
+        if not self.alive and len({(f.phase, _unnamed(f)) for f in self.failures}) == 1:
+            # One reason everywhere: a cause the centers share (the software, the request, a
+            # setting), not a fault of each hospital; say it once instead of N times.
+            first = self.failures[0]
             raise RoundFailed(
-                f"only {len(self.alive)} of {self.started} centers remain after phase '{phase}' "
-                f"(min-fraction {self.min_fraction:g}); failed: {failed}"
+                f"all {self.started} centers failed in phase '{first.phase}' with the same "
+                f"error, so its cause is common to them (not one center's fault): "
+                f"{_unnamed(first)}"
             )
+        failed = ", ".join(f"{f.center} ({f.phase}: {f.reason})" for f in self.failures)
+        raise RoundFailed(
+            f"only {len(self.alive)} of {self.started} centers remain after phase '{phase}' "
+            f"(min-fraction {self.min_fraction:g}); failed: {failed}"
+        )
+
+
+def _unnamed(failure: CenterFailure) -> str:
+    """A failure's reason without the "<center>: " prefix that a center puts on its errors."""
+    prefix = f"{failure.center}: "
+    return failure.reason[len(prefix) :] if failure.reason.startswith(prefix) else failure.reason
 
 
 def _wait_for_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from feddel.common.io import write_json, write_npy
+from feddel.common.reports.summary import CenterLine, ClusterCounts, FailedCenter, RoundSummary
 from feddel.server.curation.round import RoundResult
 from feddel.server.report_html import write_coordinator_report
 
@@ -24,52 +25,44 @@ def _with_total(by_phase: dict[str, int]) -> dict[str, int]:
     return {**by_phase, "total": sum(by_phase.values())}
 
 
-def round_summary(result: RoundResult) -> dict[str, Any]:
-    """The round as JSON: the keys the CLI contract names, plus per-center and per-cluster."""
+def round_summary(result: RoundResult) -> RoundSummary:
+    """The round's aggregates as a RoundSummary (per center, per cluster, traffic, warnings)."""
     config = result.config
     traffic = result.broadcaster.traffic
-    total = result.total_samples
-    selected = result.total_selected
-    return {
-        "method": config.method,
-        "budget": config.budget,
-        "centers": len(result.selected),
-        "total_samples": total,
-        "selected": selected,
-        "retention": selected / total if total else 0.0,
-        "k": len(result.centers),
-        "kmeans_rounds": len(result.inertia_history),
-        "inertia": result.inertia_history[-1] if result.inertia_history else 0.0,
-        "inertia_history": result.inertia_history,
-        "tau": result.tau,
-        "eta": result.eta,
-        "bytes_up": _with_total(traffic.up),
-        "bytes_down": _with_total(traffic.down),
-        "phase_seconds": traffic.seconds,
-        "wall_s": round(result.wall_s, 3),
-        "failed_centers": [
-            {"center": f.center, "phase": f.phase, "reason": f.reason}
-            for f in result.broadcaster.failures
+    return RoundSummary(
+        method=config.method,
+        budget=config.budget,
+        total_samples=result.total_samples,
+        selected=result.total_selected,
+        k=len(result.centers),
+        kmeans_rounds=len(result.inertia_history),
+        inertia=result.inertia_history[-1] if result.inertia_history else 0.0,
+        inertia_history=result.inertia_history,
+        tau=result.tau,
+        eta=result.eta,
+        bytes_up=_with_total(traffic.up),
+        bytes_down=_with_total(traffic.down),
+        phase_seconds=traffic.seconds,
+        wall_s=round(result.wall_s, 3),
+        failed_centers=[
+            FailedCenter(f.center, f.phase, f.reason) for f in result.broadcaster.failures
         ],
-        "per_center": {
-            name: {
-                **center_row(inv, result.selected[name].selected),
-                "status": center_status(inv.samples, config.min_count),
-            }
+        per_center={
+            name: center_line(
+                inv, result.selected[name].selected, center_status(inv.samples, config.min_count)
+            )
             for name, inv in sorted(result.inventories.items())
         },
-        "clusters": {
-            "candidates": result.candidates.tolist(),
-            "quotas": result.quotas.tolist(),
-            "selected": result.selected_per_cluster.tolist(),
-        },
-        "v_information": {
+        clusters=ClusterCounts(
+            result.candidates.tolist(), result.quotas.tolist(), result.selected_per_cluster.tolist()
+        ),
+        v_information={
             name: dataclasses.asdict(estimate) for name, estimate in result.v_information.items()
         },
-        **({"synthesized": synthesized_summary(result)} if config.method == "optidel" else {}),
-        "warnings": round_warnings(result),
-        "config": config.to_run_config(),
-    }
+        synthesized=synthesized_summary(result) if config.selection_method.synthesizes else None,
+        warnings=round_warnings(result),
+        config=config.to_run_config(),
+    )
 
 
 def synthesized_summary(result: RoundResult) -> dict[str, Any]:
@@ -86,10 +79,11 @@ def synthesized_summary(result: RoundResult) -> dict[str, Any]:
 CENTER_FIELDS = ("files", "samples", "unreadable", "duplicate_files", "disruptive")
 
 
-def center_row(counts: Any, selected: int) -> dict[str, int]:
+def center_line(counts: Any, selected: int, status: str | None = None) -> CenterLine:
     """One center's line of `per_center`, from anything carrying the CENTER_FIELDS counts (an
     InventoryReply at the coordinator, a PoolCounts in the centralized reference)."""
-    return {**{field: int(getattr(counts, field)) for field in CENTER_FIELDS}, "selected": selected}
+    counted = {field: int(getattr(counts, field)) for field in CENTER_FIELDS}
+    return CenterLine(**counted, selected=selected, status=status)
 
 
 def center_status(samples: int, min_count: int) -> str:
@@ -122,15 +116,18 @@ def round_warnings(result: RoundResult) -> list[str]:
             f"samples and add to the secure sums only (no local centroids, no mean image): "
             f"{', '.join(by_status['small'])}"
         )
+    if reduced := k_reduced_warning(config.k, len(result.centers)):
+        warnings.append(reduced)
     budget = math.ceil(config.budget * result.total_samples)
     candidates = int(result.candidates.sum())
-    if config.selection == "feddel" and candidates < budget:
+    plans = config.selection_method.plans_by_histograms
+    if plans and candidates < budget:
         warnings.append(
             f"selected {result.total_selected} of a budget of {budget}: only {candidates} "
             f"candidates are in clusters with at least min-count={config.min_count} of them "
             "across the federation; lower k or min-count, or add data"
         )
-    if config.selection == "feddel" and result.total_selected < min(budget, candidates):
+    if plans and result.total_selected < min(budget, candidates):
         warnings.append(
             f"selected {result.total_selected} of the {min(budget, candidates)} the plan asked "
             "for: each center rounds its share of a cluster's boundary bin to whole samples "
@@ -140,12 +137,24 @@ def round_warnings(result: RoundResult) -> list[str]:
     return warnings
 
 
-def write_round(result: RoundResult, out_dir: str | Path) -> dict[str, Any]:
+def k_reduced_warning(asked: int, used: int) -> str | None:
+    """A warning when k-means ran with fewer clusters than asked for, else None: the selection
+    then spreads its budget over fewer modes than the user planned."""
+    if used >= asked:
+        return None
+    return (
+        f"k={asked} was reduced to {used}: the pool cannot fill more clusters (a federated "
+        f"round seeds them from local centroids of at least min-count samples); ask for "
+        f"k <= {used}, or add data"
+    )
+
+
+def write_round(result: RoundResult, out_dir: str | Path) -> RoundSummary:
     """Write summary.json and report.html (plots under plots/) for a finished round."""
     summary = round_summary(result)
-    write_json(Path(out_dir) / SUMMARY_FILE, summary)
+    write_json(Path(out_dir) / SUMMARY_FILE, summary.to_json())
     write_npy(Path(out_dir) / CENTROIDS_FILE, result.centers)
     if result.mean_image is not None:
         write_npy(Path(out_dir) / MEAN_IMAGE_FILE, result.mean_image)
-    write_coordinator_report(summary, Path(out_dir))
+    write_coordinator_report(summary.to_json(), Path(out_dir))
     return summary

@@ -1,6 +1,6 @@
 """The coordinator's `report.html`: one round, from the aggregates in its summary only.
 
-Input is exactly the dict `server/report.py (round_summary)` returns (or its summary.json), so the
+Input is a summary.json dict (`RoundSummary.to_json()`, common/reports/summary.py), so the
 page can show nothing a center did not already send. Center names and failure reasons come from
 remote peers: every string is escaped on the page and mathtext-escaped in plots. Missing or odd
 optional keys leave a section out instead of failing, so a partial round still gets a report.
@@ -35,7 +35,7 @@ def write_coordinator_report(summary: Mapping[str, Any], out_dir: Path) -> Path:
     if not isinstance(summary, Mapping):
         raise DataError(
             f"round summary must be a JSON object (got {type(summary).__name__}); "
-            "pass the dict from server/report.py (round_summary) or its summary.json"
+            "pass RoundSummary.to_json() or a summary.json"
         )
     out_dir = Path(out_dir)
     sections = [_failures(summary), _headline(summary)]

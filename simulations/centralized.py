@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -25,23 +24,18 @@ from feddel.common.curation.kmeans import (
     weighted_kmeans_plusplus,
 )
 from feddel.common.curation.local import (
-    ETA_GRID,
-    CenterScores,
     auto_tau,
     candidate_histograms,
-    meddel_survivors,
-    plan_feddel,
-    pvi_edges,
     score_center,
-    select_meddel,
     smoothed_prior,
 )
-from feddel.common.curation.selection import apply_plan, pick_eta, random_selection
+from feddel.common.curation.methods import CenterView, Merged, Method, Plan
 from feddel.common.data.manifest import MANIFEST_COLUMNS, manifest_rows
-from feddel.common.data.pool import CenterPool, prepare_center
+from feddel.common.data.pool import prepare_center
 from feddel.common.io import write_csv, write_json
 from feddel.common.models.embed import EncoderSpec
-from feddel.server.report import center_row
+from feddel.common.reports.summary import RoundSummary
+from feddel.server.report import center_line, k_reduced_warning
 from feddel.simulations.evaluate import truth_measures
 from feddel.simulations.layout import center_dirs
 
@@ -63,51 +57,15 @@ def pooled_kmeans(shards: list[np.ndarray], config: CurationConfig) -> KMeansRes
     return lloyd(shards, init, config.kmeans_max_rounds, config.kmeans_tol, rng)
 
 
-def select_pooled(
-    pools: list[CenterPool],
-    scores: list[CenterScores],
-    eligible: list[np.ndarray],
-    k: int,
-    config: CurationConfig,
-) -> list[np.ndarray]:
-    """Per-center selected masks for the configured method, deciding on the pooled view."""
-    total = sum(len(p.samples) for p in pools)
-    budget = math.ceil(config.budget * total)
-    if config.selection == "full":
-        return [np.ones(len(p.samples), dtype=bool) for p in pools]
-    if config.selection == "random":
-        return [random_selection(p.sample_ids, config.budget, config.seed) for p in pools]
-    if config.selection == "meddel":
-        survivors = np.sum(
-            [
-                meddel_survivors(p.embeddings, s, e, config.keep)
-                for p, s, e in zip(pools, scores, eligible, strict=True)
-            ],
-            axis=0,
-        )
-        eta = pick_eta(ETA_GRID, survivors, budget)
-        return [
-            select_meddel(p.embeddings, s, e, eta, config.keep)
-            for p, s, e in zip(pools, scores, eligible, strict=True)
-        ]
-    histograms = np.sum([candidate_histograms(s, k) for s in scores], axis=0)
-    _, plans = plan_feddel(histograms, budget)
-    candidates = [np.flatnonzero(s.candidate) for s in scores]
-    chosen = apply_plan(
-        np.concatenate([s.log_gx[c] for s, c in zip(scores, candidates, strict=True)]),
-        np.concatenate([s.labels[c] for s, c in zip(scores, candidates, strict=True)]),
-        [p.sample_ids[i] for p, c in zip(pools, candidates, strict=True) for i in c],
-        pvi_edges(k),
-        plans,
-        config.seed,
+def pooled_plan(method: Method, views: list[CenterView], k: int, config: CurationConfig) -> Plan:
+    """The method's plan from the pooled histograms and survivor counts (no secure sums)."""
+    total = sum(len(view.sample_ids) for view in views)
+    merged = Merged(
+        np.sum([candidate_histograms(view.scores, k) for view in views], axis=0),
+        np.sum([method.survivors(view, config.keep) for view in views], axis=0),
+        config.eta,
     )
-    masks, offset = [], 0
-    for pool, index in zip(pools, candidates, strict=True):
-        mask = np.zeros(len(pool.samples), dtype=bool)
-        mask[index[chosen[offset : offset + len(index)]]] = True
-        masks.append(mask)
-        offset += len(index)
-    return masks
+    return method.plan(merged, math.ceil(config.budget * total), config.budget)
 
 
 def run_centralized(
@@ -116,7 +74,7 @@ def run_centralized(
     config: CurationConfig,
     *,
     state_root: str | Path | None = None,
-) -> dict[str, Any]:
+) -> RoundSummary:
     """Curate the pooled federation; write RUN/selection.csv and RUN/summary.json."""
     started = time.perf_counter()
     out = Path(out_dir)
@@ -124,7 +82,8 @@ def run_centralized(
     centers = center_dirs(data_dir)
     spec = encoder_spec(config)
     pools = [prepare_center(folder, state / folder.name, spec) for folder in centers]
-    eligible = [p.eligible(config.selection) for p in pools]
+    method = config.selection_method.selection
+    eligible = [method.eligible(p.disruptive) for p in pools]
     shards = [np.asarray(p.embeddings)[e] for p, e in zip(pools, eligible, strict=True)]
     kmeans = pooled_kmeans(shards, config)
     k = len(kmeans.centers)
@@ -144,38 +103,40 @@ def run_centralized(
         )
         for p, e in zip(pools, eligible, strict=True)
     ]
-    masks = select_pooled(pools, scores, eligible, k, config)
+    views = [
+        CenterView(p.embeddings, s, p.sample_ids, e)
+        for p, s, e in zip(pools, scores, eligible, strict=True)
+    ]
+    plan = pooled_plan(method, views, k, config)
+    masks = method.select_pooled(views, plan, config.seed, config.keep)
     rows = [
         row
         for p, s, m in zip(pools, scores, masks, strict=True)
         for row in manifest_rows(p.name, p.files, p.sample_ids, s.labels, s.pvi, m)
     ]
     write_csv(out / "selection.csv", MANIFEST_COLUMNS, rows)
-    total = sum(len(p.samples) for p in pools)
-    summary: dict[str, Any] = {
-        "mode": "centralized",
-        "method": config.method,
-        "budget": config.budget,
-        "centers": len(pools),
-        "total_samples": total,
-        "selected": len(rows),
-        "retention": len(rows) / total if total else 0.0,
-        "k": k,
-        "kmeans_rounds": kmeans.rounds,
-        "inertia": float(stats.inertia),
-        "tau": tau,
-        "per_center": {
-            p.name: center_row(p.counts, int(m.sum())) for p, m in zip(pools, masks, strict=True)
-        },
-        "config": config.to_run_config(),
-    }
     selection = {
         p.name: [p.files[i] for i in np.flatnonzero(m)] for p, m in zip(pools, masks, strict=True)
     }
     pool_ids = {p.name: (p.sample_ids, p.files) for p in pools}
-    quality = truth_measures(centers, selection, pool_ids, config.budget, config.seed)
-    if quality is not None:
-        summary["quality"] = quality
-    summary["wall_s"] = round(time.perf_counter() - started, 3)
-    write_json(out / "summary.json", summary)
+    summary = RoundSummary(
+        mode="centralized",
+        method=config.method,
+        budget=config.budget,
+        total_samples=sum(len(p.samples) for p in pools),
+        selected=len(rows),
+        k=k,
+        kmeans_rounds=kmeans.rounds,
+        inertia=float(stats.inertia),
+        tau=tau,
+        eta=plan.eta,
+        per_center={
+            p.name: center_line(p.counts, int(m.sum())) for p, m in zip(pools, masks, strict=True)
+        },
+        warnings=[w for w in [k_reduced_warning(config.k, k)] if w],
+        config=config.to_run_config(),
+        quality=truth_measures(centers, selection, pool_ids, config.budget, config.seed),
+        wall_s=round(time.perf_counter() - started, 3),
+    )
+    write_json(out / "summary.json", summary.to_json())
     return summary

@@ -18,7 +18,6 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import ServerApp
@@ -29,6 +28,7 @@ from feddel.common.config import CurationConfig
 from feddel.common.data.manifest import MANIFEST_COLUMNS, manifest_name, read_manifest
 from feddel.common.errors import ConfigError, DataError
 from feddel.common.io import write_csv
+from feddel.common.reports.summary import RoundSummary
 from feddel.server.app import build_server_app
 from feddel.simulations.inprocess import InProcessGrid
 from feddel.simulations.layout import center_dirs
@@ -62,7 +62,7 @@ def run_federated(
     engine: str = "ray",
     state_root: str | Path | None = None,
     observer: Callable[[int, Message], None] | None = None,
-) -> dict[str, Any]:
+) -> RoundSummary:
     """Run one federated curation round over the federation in `data_dir`; return the summary."""
     centers = center_dirs(data_dir)
     out = Path(out_dir)
@@ -70,13 +70,13 @@ def run_federated(
     config = dataclasses.replace(
         config, out=str(out.parent), run_name=out.name, min_centers=len(centers)
     )
-    captured: dict[str, Any] = {}
-    server_app = build_server_app(lambda _context: config, on_summary=captured.update)
+    captured: list[RoundSummary] = []
+    server_app = build_server_app(lambda _context: config, on_summary=captured.append)
     run_apps(server_app, centers, state, engine, observer, worker_threads(config.phase_timeout))
     if not captured:
         raise DataError(f"the simulated round wrote no summary; see the log above (output: {out})")
     gather_manifests(centers, state, out, config)
-    return captured
+    return captured[0]
 
 
 def run_apps(

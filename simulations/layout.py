@@ -26,8 +26,7 @@ def center_dirs(data_dir: str | Path) -> list[Path]:
         )
     manifest = root / FEDERATION_FILE
     if manifest.is_file():
-        names = [center["name"] for center in json.loads(manifest.read_text())["centers"]]
-        dirs = [root / name for name in names]
+        dirs = [root / name for name in listed_centers(manifest)]
     else:
         dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     missing = [str(d) for d in dirs if not d.is_dir()]
@@ -36,6 +35,36 @@ def center_dirs(data_dir: str | Path) -> list[Path]:
     if not dirs:
         raise DataError(f"no center folders under {root}; each center needs its own sub-folder")
     return dirs
+
+
+def listed_centers(manifest: Path) -> list[str]:
+    """The center folder names a federation.json lists, or a DataError saying what is wrong
+    with the file: a federation.json that another tool left in the folder is common."""
+    fix = (
+        f"fix {manifest} or move it away (without it every sub-folder of "
+        f"{manifest.parent} is a center)"
+    )
+    try:
+        content = json.loads(manifest.read_bytes())
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON; nesting too deep
+        raise DataError(f"{manifest} is not valid JSON ({exc}); {fix}") from exc
+    centers = content.get("centers") if isinstance(content, dict) else None
+    if not isinstance(centers, list) or not all(
+        isinstance(center, dict) and isinstance(center.get("name"), str) for center in centers
+    ):
+        raise DataError(
+            f'{manifest} does not list centers as {{"centers": [{{"name": FOLDER}}, ...]}}'
+            f" (the layout `feddel-sim data` writes); {fix}"
+        )
+    names = [center["name"] for center in centers]
+    if not names:
+        raise DataError(f"{manifest} lists no centers; {fix}")
+    for name in names:
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise DataError(f"{manifest} names center {name!r}, not a folder name; {fix}")
+        if names.count(name) > 1:
+            raise DataError(f"{manifest} lists center {name!r} twice; {fix}")
+    return names
 
 
 def load_truth(center_dirs_: list[Path]) -> dict[str, list[dict[str, str]]] | None:

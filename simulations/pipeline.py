@@ -7,10 +7,8 @@ steps for every cell: compute-matched, so the selection is the only difference),
 evaluation. The curation encoder is a separate artefact, never a cell's starting point: a short
 MAE warm-up on a uniform sample (`curation_encoder="warmup"`, docs/design.md) or the random init
 itself (`"random"`). Control cells (simulations/science/controls.py) take their selection from
-the simulation's truth instead of a curation round. `curation_rounds` > 1 repeats curate +
-pre-train, curating with the newly pre-trained encoder and continuing from it, splitting the
-same step budget across the repeats. `fast` pre-trains with the fast exact FedSGD path
-(simulations/science/fastsgd.py) instead of over the wire.
+the simulation's truth instead of a curation round. `fast` pre-trains with the fast exact
+FedSGD path (simulations/science/fastsgd.py) instead of over the wire.
 
 Everything a cell produces lives under RUN/cells/<cell>/ and a finished cell is not run again,
 so a killed `compare` started again picks up where it stopped (pre-training also resumes
@@ -44,6 +42,7 @@ from feddel.common.models.embed import EncoderSpec
 from feddel.common.models.mae import MAE, save_mae_checkpoint
 from feddel.common.models.segmentation import HeadConfig
 from feddel.common.reports.metrics import del_score, norm_del
+from feddel.common.reports.summary import RoundSummary
 from feddel.server.broadcast import Broadcaster
 from feddel.server.curation.round import run_round
 from feddel.server.report import write_round
@@ -92,10 +91,8 @@ class PipelineSettings:
     centers_per_round: int = 4
     warmup_rounds: int = 8
     warmup_fraction: float = 0.05
-    curation_rounds: int = 1
     batch_size: int = 16
     lr: float = 1.5e-4
-    proximal_mu: float = 0.0
     fedadam: bool = False
     local_lr: float = 1.0
     center_weighting: str = "examples"
@@ -105,11 +102,6 @@ class PipelineSettings:
     fast: bool = False  # pre-train with the fast exact FedSGD path (no wire)
 
     def __post_init__(self) -> None:
-        if self.curation_rounds < 1 or self.rounds % self.curation_rounds:
-            raise ConfigError(
-                f"curation-rounds={self.curation_rounds} must be >= 1 and divide "
-                f"rounds={self.rounds} (each repeat gets the same share of the steps)"
-            )
         if self.curation_encoder not in CURATION_ENCODERS:
             raise ConfigError(
                 f"curation-encoder={self.curation_encoder!r} must be one of "
@@ -129,7 +121,6 @@ class PipelineSettings:
             batch_size=self.batch_size,
             lr=self.lr,
             centers_per_round=self.centers_per_round,
-            proximal_mu=self.proximal_mu,
             fedadam=self.fedadam,
             local_lr=self.local_lr,
             center_weighting=self.center_weighting,
@@ -193,7 +184,7 @@ def discard_results(out: Path) -> list[Path]:
 
 def _with_new_defaults(stored: dict[str, Any], code: str) -> dict[str, Any]:
     """Stored settings plus the defaults of pipeline settings added since they were written
-    (e.g. `proximal_mu`): those cells were made with the default, so they still match. Folders
+    (e.g. `center_weighting`): those cells were made with the default, so they still match. Folders
     written before the code fingerprint existed cannot be told apart, so they are taken as is."""
     return {
         "code": code,
@@ -272,36 +263,30 @@ class Pipeline:
 
     def _cell(self, cell: Cell) -> Row:
         control = cell.method in CONTROLS
-        encoder = None if control else self.curation_encoder(cell.seed)
-        init = ""  # the seed's random init: every cell starts from the same weights
         cell_dir = self.out / "cells" / cell.name
-        steps_each = self.settings.rounds // self.settings.curation_rounds
-        moved = 0  # pre-training bytes, both ways (the warm-up's are shared by the seed's cells)
-        for repeat in range(self.settings.curation_rounds):
-            run_name = f"{cell.name}-c{repeat}"
-            if encoder is None:
-                summary, quality = self._control(cell, run_name)
-            else:
-                summary, quality = self._curate(cell, run_name, encoder, cell_dir)
-            pretrain = self._pretrain_config(
-                run=f"{run_name}-mae",
-                selection=run_name,
-                init=init,
-                rounds=steps_each,
-                seed=cell.seed,
-            )
-            done = self._pretrain(pretrain, cell_dir / f"mae-c{repeat}")
-            init = str(done.checkpoint)
-            encoder = None if control else done.checkpoint
-            moved += done.bytes_down + done.bytes_up
-        spec = EncoderSpec(self.base.model, self.base.image_size, init, cell.seed)
+        run_name = f"{cell.name}-c0"
+        if control:
+            retention, quality = self._control(cell, run_name)
+        else:
+            encoder = self.curation_encoder(cell.seed)
+            summary, quality = self._curate(cell, run_name, encoder, cell_dir)
+            retention = summary.retention
+        pretrain = self._pretrain_config(
+            run=f"{run_name}-mae",
+            selection=run_name,
+            init="",  # the seed's random init: every cell starts from the same weights
+            rounds=self.settings.rounds,
+            seed=cell.seed,
+        )
+        done = self._pretrain(pretrain, cell_dir / "mae-c0")
+        spec = EncoderSpec(self.base.model, self.base.image_size, str(done.checkpoint), cell.seed)
         result = run_evaluation(self._cast(cell.name), spec, cell.name, self._head(cell.seed))
-        retention = summary["selected"] / max(1, summary["total_samples"])
         row = self._row(cell, retention, result.miou, quality)
         row["curation_encoder"] = "truth" if control else self.settings.curation_encoder
         row["pretrain_engine"] = "fast" if self.settings.fast else "federated"
         if not self.settings.fast:  # the fast path moves nothing
-            row["pretrain_gb"] = round(moved / 1e9, 4)
+            # the warm-up's bytes are shared by the seed's cells and not counted here
+            row["pretrain_gb"] = round((done.bytes_down + done.bytes_up) / 1e9, 4)
         return row
 
     def curation_encoder(self, seed: int) -> Path:
@@ -333,8 +318,9 @@ class Pipeline:
             return run_fast_pretraining(paths, config, out)
         return run_pretraining(self._cast(config.run), config, out)
 
-    def _control(self, cell: Cell, run_name: str) -> tuple[Row, dict[str, Any]]:
-        """A control's selection from truth, written as the centers' manifests of `run_name`."""
+    def _control(self, cell: Cell, run_name: str) -> tuple[float, dict[str, Any]]:
+        """A control's selection from truth, written as the centers' manifests of `run_name`;
+        returns its retention and its truth measures."""
         if not self._frames:
             self._frames = pool_frames(self.centers)
         total = len(self._frames)
@@ -345,9 +331,9 @@ class Pipeline:
         selection: dict[str, list[str]] = {}
         for frame in chosen:
             selection.setdefault(frame.center, []).append(frame.file)
-        measures = truth_measures(self.centers, selection, None, len(chosen) / total, cell.seed)
-        summary = {"selected": len(chosen), "total_samples": total}
-        return summary, measures["selection"] if measures else {}
+        retention = len(chosen) / total
+        measures = truth_measures(self.centers, selection, None, retention, cell.seed)
+        return retention, measures["selection"] if measures else {}
 
     def _pretrain_config(self, **run: Any) -> PretrainConfig:
         """A pre-training run (`run`: name, data, init, rounds, seed) of this pipeline's model."""
@@ -357,7 +343,7 @@ class Pipeline:
 
     def _curate(
         self, cell: Cell, run_name: str, encoder: Path, cell_dir: Path
-    ) -> tuple[Row, dict[str, Any]]:
+    ) -> tuple[RoundSummary, dict[str, Any]]:
         config = dataclasses.replace(
             self.base,
             method=cell.method,
@@ -372,7 +358,7 @@ class Pipeline:
         summary = write_round(result, run_dir)
         selection = gather_manifests(self.centers, self.state_root, run_dir, config)
         measures = truth_measures(
-            self.centers, selected_files(selection), None, summary["retention"], cell.seed
+            self.centers, selected_files(selection), None, summary.retention, cell.seed
         )
         quality = measures["selection"] if measures else {}
         return summary, quality

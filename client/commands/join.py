@@ -37,7 +37,7 @@ from feddel.common.deployment.sites import (
     toml_document,
 )
 from feddel.common.errors import ConfigError, DataError, RunFailed
-from feddel.common.io import atomic_write_text
+from feddel.common.io import atomic_write_text, require_writable_folder
 
 NODE_CONFIG_FILE = "node-config.toml"
 
@@ -51,6 +51,7 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_join(args: argparse.Namespace) -> int:
     site = load_center_site(args.config)
+    require_writable_folder(site.state, "[center] state in center.toml")
     ca_expires = _check_site(site)
     state = CenterState(site.state)
     env = flower_env(site.flwr_home)

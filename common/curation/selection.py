@@ -337,22 +337,6 @@ def apply_plan(
     return selected
 
 
-def select_hardest(scores: np.ndarray, labels: np.ndarray, quotas: np.ndarray) -> np.ndarray:
-    """Exact central selection (n,) bool: per cluster the quota lowest scores, ties by index."""
-    s = np.asarray(scores, dtype=np.float64)
-    q = np.asarray(quotas, dtype=np.int64)
-    y = check_labels(labels, s.size, q.size)
-    counts = np.bincount(y, minlength=q.size)
-    if (q < 0).any() or (q > counts).any():
-        j = int(np.flatnonzero((q < 0) | (q > counts))[0])
-        raise DataError(f"quota {q[j]} of cluster {j} is outside [0, {counts[j]}] (its samples)")
-    order = np.lexsort((s, y))
-    rank = np.arange(s.size) - (np.cumsum(counts) - counts)[y[order]]
-    selected = np.zeros(s.size, dtype=bool)
-    selected[order[rank < q[y[order]]]] = True
-    return selected
-
-
 def random_selection(sample_ids: Sequence[str], R: float, seed: int) -> np.ndarray:
     """Uniform baseline (n,) bool: keep a sample iff boundary_draw < R (no coordination needed)."""
     if not math.isfinite(R) or not 0.0 <= R <= 1.0:

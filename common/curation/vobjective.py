@@ -33,7 +33,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from feddel.common.curation.kmeans import check_labels
 from feddel.common.errors import ConfigError, DataError
 
 
@@ -51,16 +50,6 @@ class VEstimate:
     hardness: float  # A = mean(-t)
     extracted: float  # I = D - A
     objective: float  # V = D + w * A
-
-
-def cluster_aggregates(labels: np.ndarray, log_gx: np.ndarray, k: int) -> ClusterAggregates:
-    """A center's (n_j, T_j) for its selected samples: labels (n,) in [0, k), log_gx (n,) = t."""
-    t = np.asarray(log_gx, dtype=np.float64)
-    if t.ndim != 1 or not np.isfinite(t).all():
-        raise DataError(f"log_gx must be a 1-D array of finite values; got shape {t.shape}")
-    y = check_labels(labels, t.size, k)
-    counts = np.bincount(y, minlength=k).astype(np.float64)
-    return ClusterAggregates(counts, np.bincount(y, weights=t, minlength=k))
 
 
 def aggregates_from_histograms(hist: np.ndarray, edges: np.ndarray) -> ClusterAggregates:
@@ -120,30 +109,6 @@ def v_objective(aggregates: ClusterAggregates, hardness_weight: float = 1.0) -> 
     hardness = float(-t_sums.sum() / size)
     return VEstimate(
         size, diversity, hardness, diversity - hardness, diversity + hardness_weight * hardness
-    )
-
-
-def v_objective_samples(
-    labels: np.ndarray, log_gx: np.ndarray, k: int, hardness_weight: float = 1.0
-) -> VEstimate:
-    """Reference: the same objective from the selected samples' labels (n,) and t = log_gx (n,)
-    directly, without aggregates."""
-    t = np.asarray(log_gx, dtype=np.float64)
-    if t.ndim != 1 or t.size == 0 or not np.isfinite(t).all():
-        raise DataError(f"log_gx must be a non-empty 1-D array of finite values; got {t.shape}")
-    y = check_labels(labels, t.size, k)
-    _check_weight(hardness_weight)
-    diversity = 0.0
-    for j in np.unique(y):
-        share = float(np.mean(y == j))
-        diversity -= share * math.log2(share)
-    hardness = float(np.mean(-t))
-    return VEstimate(
-        float(t.size),
-        diversity,
-        hardness,
-        diversity - hardness,
-        diversity + hardness_weight * hardness,
     )
 
 

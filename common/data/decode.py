@@ -13,7 +13,8 @@ how a scanner exported its files:
   YBR colour is converted to RGB by pydicom.
 
 The format is read from the bytes, never the extension: a PNG named .jpg decodes as a PNG. EXIF
-orientation is not applied, so a mask stays aligned with its image's stored pixel grid.
+orientation is not applied, so a mask stays aligned with its image's stored pixel grid. How much
+memory a decode may take, and how a large image is decoded reduced: common/data/budget.py.
 """
 
 from __future__ import annotations
@@ -33,9 +34,18 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, g
 from pydicom.pixels import pixel_array as dicom_pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from feddel.common.data.budget import (
+    FULL_SIZE_BYTES,
+    MAX_DECODE_BYTES,
+    MAX_PIXELS,
+    reduce_array,
+    reduce_image,
+    reduction,
+    shared_budget,
+    stored_bytes_per_pixel,
+)
 from feddel.common.errors import DataError
 
-MAX_PIXELS = 100_000_000  # decoding more than this at once risks the center's memory
 DICOM_MAGIC = b"DICM"
 DICOM_MAGIC_OFFSET = 128
 _PIXEL_ELEMENTS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -63,18 +73,20 @@ class UnreadableImage(DataError):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """A fully decoded image: pixels (height, width, 3) uint8 RGB and where they came from."""
+    """A decoded image: pixels (height, width, 3) uint8 RGB and where they came from."""
 
     pixels: np.ndarray
     modality: str  # "PNG", "JPEG", "TIFF", "BMP", ... or "DICOM:<Modality>"
+    stored_size: tuple[int, int] | None = None  # (width, height) in the file, when reduced
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[1])
+        """Width as stored in the file (the pixels may be a reduced copy)."""
+        return self.stored_size[0] if self.stored_size else int(self.pixels.shape[1])
 
     @property
     def height(self) -> int:
-        return int(self.pixels.shape[0])
+        return self.stored_size[1] if self.stored_size else int(self.pixels.shape[0])
 
 
 def has_dicom_magic(path: str | os.PathLike[str]) -> bool:
@@ -84,23 +96,28 @@ def has_dicom_magic(path: str | os.PathLike[str]) -> bool:
         return handle.read(len(DICOM_MAGIC)) == DICOM_MAGIC
 
 
-def decode_file(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> DecodedImage:
+def decode_file(
+    path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS, *, reduce_to: int | None = None
+) -> DecodedImage:
     """Decode a whole image file to RGB uint8 (see the module docstring for the rules).
 
+    `reduce_to`: the side the caller will resize to; an image far larger is then decoded
+    reduced (common/data/budget.py), and `width`/`height` still report the stored size.
     Raises UnreadableImage (never anything else for a bad file) when the bytes cannot be decoded,
-    or when the image has more than `max_pixels` pixels, before allocating them.
+    or when the image has more than `max_pixels` pixels or more than MAX_DECODE_BYTES of
+    stored pixels, before allocating them.
     """
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise UnreadableImage(path, REASON_ZERO_BYTES)
         if has_dicom_magic(path):
-            return _decode_dicom(path, max_pixels, force=False)
+            return _decode_dicom(path, max_pixels, reduce_to, force=False)
         try:
-            return _decode_pil(path, max_pixels)
+            return _decode_pil(path, max_pixels, reduce_to)
         except UnreadableImage as exc:
             if exc.reason == REASON_UNKNOWN_FORMAT and path.suffix.lower() == ".dcm":
-                return _decode_dicom(path, max_pixels, force=True)  # DICOM without preamble
+                return _decode_dicom(path, max_pixels, reduce_to, force=True)  # no preamble
             raise
     except OSError as exc:  # the file itself: permissions, vanished, I/O error
         raise UnreadableImage(path, f"cannot open file ({exc.strerror or exc})") from exc
@@ -122,7 +139,8 @@ def load_image(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> np.
     Raises UnreadableImage naming the file when it cannot be decoded.
     """
     _check_size(size)
-    return resize_square(decode_file(path, max_pixels).pixels, size, Image.Resampling.BILINEAR)
+    pixels = decode_file(path, max_pixels, reduce_to=size).pixels
+    return resize_square(pixels, size, Image.Resampling.BILINEAR)
 
 
 def load_mask(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -132,7 +150,7 @@ def load_mask(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> np.n
     0/1, 0/255 and JPEG-compressed (noisy) masks all give the same answer; all-zero is empty.
     """
     _check_size(size)
-    gray = decode_file(path, max_pixels).pixels.max(axis=2)
+    gray = decode_file(path, max_pixels, reduce_to=size).pixels.max(axis=2)
     peak = int(gray.max())
     binary = (gray > peak / 2) if peak > 0 else np.zeros_like(gray, dtype=bool)
     resized = resize_square(binary.astype(np.uint8) * 255, size, Image.Resampling.NEAREST)
@@ -150,19 +168,41 @@ def _too_large(path: Path, width: int, height: int, max_pixels: int) -> Unreadab
     )
 
 
+def _decode_cost(path: Path, width: int, height: int, bytes_per_pixel: int, factor: int) -> int:
+    """Bytes a decode holds: the stored pixels, plus full-size conversions when not reduced.
+    Refuses a file whose stored pixels alone exceed MAX_DECODE_BYTES."""
+    stored = width * height * bytes_per_pixel
+    if stored > MAX_DECODE_BYTES:
+        raise UnreadableImage(
+            path,
+            f"too large to decode ({width}x{height} at {bytes_per_pixel} bytes a pixel > "
+            f"{MAX_DECODE_BYTES // 10**6} MB; downscale it)",
+        )
+    return stored if factor > 1 else max(stored, width * height * FULL_SIZE_BYTES)
+
+
 # --- PIL formats ------------------------------------------------------------------------------
 
 
-def _decode_pil(path: Path, max_pixels: int) -> DecodedImage:
+def _decode_pil(path: Path, max_pixels: int, reduce_to: int | None) -> DecodedImage:
     with _bad_data(path, REASON_UNKNOWN_FORMAT):  # UnidentifiedImageError and plugin errors
         image = _open_pil(path, max_pixels)
     with image:
+        stored = image.size
         if image.width * image.height > max_pixels:
             raise _too_large(path, image.width, image.height, max_pixels)
-        with _bad_data(path, REASON_CORRUPT):
-            image.load()
+        factor = reduction(*stored, reduce_to)
+        if factor > 1 and image.format == "JPEG":  # its DCT decodes at 1/2..1/8 scale for free
+            image.draft(image.mode, (image.width // factor, image.height // factor))
+            factor = reduction(*image.size, reduce_to)
+        bytes_per_pixel = stored_bytes_per_pixel(image.mode)
+        cost = _decode_cost(path, image.width, image.height, bytes_per_pixel, factor)
         modality = _FORMAT_NAMES.get(image.format or "", image.format or "unknown")
-        return DecodedImage(_pil_to_rgb(image), modality)
+        with shared_budget().hold(cost):
+            with _bad_data(path, REASON_CORRUPT):
+                image.load()
+            pixels = _pil_to_rgb(_reduced(image, factor, path), path)
+        return DecodedImage(pixels, modality, stored if pixels.shape[1::-1] != stored else None)
 
 
 def _open_pil(path: Path, max_pixels: int) -> Image.Image:
@@ -195,7 +235,16 @@ def _header_size(path: Path) -> tuple[int, int]:
     return (0, 0)
 
 
-def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+def _reduced(image: Image.Image, factor: int, path: Path) -> Image.Image:
+    if factor == 1:
+        return image
+    try:
+        return reduce_image(image, factor)
+    except ValueError as exc:  # a mode PIL cannot convert or average (16-bit colour TIFF)
+        raise UnreadableImage(path, f"unsupported pixel mode {image.mode}") from exc
+
+
+def _pil_to_rgb(image: Image.Image, path: Path) -> np.ndarray:
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         return _gray_to_rgb(_scale_to_uint8(np.asarray(image), full_range=65535))
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
@@ -204,13 +253,13 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     try:
         return np.asarray(image.convert("RGB"))
     except ValueError as exc:  # a mode PIL cannot convert (e.g. 16-bit colour TIFF)
-        raise UnreadableImage(image.filename, f"unsupported pixel mode {image.mode}") from exc
+        raise UnreadableImage(path, f"unsupported pixel mode {image.mode}") from exc
 
 
 # --- DICOM ------------------------------------------------------------------------------------
 
 
-def _decode_dicom(path: Path, max_pixels: int, force: bool) -> DecodedImage:
+def _decode_dicom(path: Path, max_pixels: int, reduce_to: int | None, force: bool) -> DecodedImage:
     with _bad_data(path, REASON_UNKNOWN_FORMAT if force else REASON_CORRUPT_DICOM):
         ds = pydicom.dcmread(path, defer_size="64 KB", force=force)
     if not any(name in ds for name in _PIXEL_ELEMENTS) or "Rows" not in ds:
@@ -221,15 +270,21 @@ def _decode_dicom(path: Path, max_pixels: int, force: bool) -> DecodedImage:
         rows, columns = int(ds.Rows), int(ds.Columns)
         frames = max(1, int(ds.get("NumberOfFrames") or 1))
         modality = f"DICOM:{ds.get('Modality') or 'unknown'}"
+        sample_bytes = int(ds.get("SamplesPerPixel") or 1) * -(-int(ds.BitsAllocated) // 8)
     if rows * columns > max_pixels:
         raise _too_large(path, columns, rows, max_pixels)
+    factor = reduction(columns, rows, reduce_to)
+    cost = _decode_cost(path, columns, rows, sample_bytes, factor)
     _check_decoder(path, ds)
-    with _bad_data(path, REASON_CORRUPT_DICOM):
+    palette = str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR"
+    with _bad_data(path, REASON_CORRUPT_DICOM), shared_budget().hold(cost):
         # From the path, pydicom reads only the frame it decodes; a raw file (no preamble or no
         # transfer syntax) needs the dataset, and so loads its whole pixel element.
         frame = dicom_pixel_array(path if from_file else ds, index=frames // 2)
+        if factor > 1:  # on the stored values; palette indices are picked, not averaged
+            frame = reduce_array(frame, factor, average=not palette)
         pixels = _dicom_to_rgb(frame, ds)
-    return DecodedImage(pixels, modality)
+    return DecodedImage(pixels, modality, (columns, rows) if factor > 1 else None)
 
 
 def _set_transfer_syntax(ds: pydicom.Dataset) -> None:

@@ -58,13 +58,6 @@ class CenterPool:
     def files(self) -> list[str]:
         return [sample.file for sample in self.samples]
 
-    def eligible(self, method: str) -> np.ndarray:
-        """(n,) bool: samples `method` may cluster and select. FedDEL drops disruptive frames
-        up front; the baselines (MedDEL, random, full) see every readable sample, as published."""
-        if method == "feddel":
-            return ~self.disruptive
-        return np.ones(len(self.samples), dtype=bool)
-
 
 class DecodePass(NamedTuple):
     disruptive: np.ndarray  # (n,) bool

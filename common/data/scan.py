@@ -13,7 +13,10 @@ Layout rules (the same at every depth):
   folder beside the image's folder), or `<dir>/masks/...` for images at the center's root;
 - a candidate is a file with an image extension, or a file with no or an unknown extension
   whose bytes carry the DICOM marker; everything else is counted as ignored.
-Folder symlinks are not followed (no cycles); file symlinks are read like files.
+Folder symlinks are not followed (no cycles). A file symlink whose target lies inside the
+center's folder is read like a file; one that leads outside it is never opened (it could make
+the center read, embed and train on any file of the machine) and is counted in
+`Inventory.outside_links`.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
 RESERVED_DIRS = {"masks", "test"}  # compared lower-case
 MASKS_DIR = "masks"
 SAMPLE_ID_HEX = 16
+CHECK_SIZE = 64  # the scan decodes every file to check it; a large one only this small
 
 Progress = Callable[[int, int], None]
 
@@ -87,6 +91,7 @@ class Inventory:
     duplicates: dict[str, list[str]]  # sample_id -> all files (sorted, >= 2) with that content
     unreadable: list[Unreadable]  # sorted by file
     ignored: int  # non-image files skipped
+    outside_links: int = 0  # symlinks leading outside the folder: skipped, never opened
 
     @property
     def n_files(self) -> int:
@@ -160,16 +165,17 @@ def scan_center(
         raise DataError(f"workers={workers!r} must be a positive integer (decoding threads)")
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise DataError(f"max_pixels={max_pixels!r} must be a positive integer")
-    candidates, ignored, masks = _walk(root)
+    candidates, ignored, outside, masks = _walk(root)
     if not candidates:
+        links = f", {outside} links leading outside the folder skipped" if outside else ""
         raise DataError(
             f"no images found under {root} (looked for "
             f"{', '.join(sorted(ext.lstrip('.') for ext in IMAGE_EXTENSIONS))} and DICOM, "
-            f"outside hidden, masks/ and test/ folders; {ignored} other files skipped); "
+            f"outside hidden, masks/ and test/ folders; {ignored} other files skipped{links}); "
             "pass the folder that holds the center's images"
         )
     checked = _check_all(root, candidates, progress, threads, max_pixels)
-    return _assemble(root, checked, ignored, masks)
+    return _assemble(root, checked, ignored, outside, masks)
 
 
 def _check_root(root: str | Path) -> Path:
@@ -186,43 +192,60 @@ def _check_root(root: str | Path) -> Path:
     return path
 
 
-def _walk(root: Path) -> tuple[list[str], int, dict[str, dict[str, str]]]:
-    """Sorted candidates, ignored count, and {folder holding a masks/: {stem: mask}}, relative."""
+def _walk(root: Path) -> tuple[list[str], int, int, dict[str, dict[str, str]]]:
+    """Sorted candidates, ignored count, outside-link count, and {folder holding a masks/:
+    {stem: mask}}, all relative to root."""
     candidates: list[str] = []
     masks: dict[str, dict[str, str]] = {}
-    ignored = 0
+    ignored = outside = 0
+    real_root = root.resolve()
     for folder, dirs, files in os.walk(root, onerror=_walk_error):
         here = Path(folder)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in [d for d in dirs if d.lower() == MASKS_DIR]:
             index = masks.setdefault(here.relative_to(root).as_posix(), {})
-            for stem, mask in _mask_index(root, here / name).items():
+            for stem, mask in _mask_index(root, here / name, real_root).items():
                 index.setdefault(stem, mask)
         dirs[:] = [d for d in dirs if d.lower() not in RESERVED_DIRS]
         for name in files:
             path = here / name
             if name.startswith("."):
                 continue
-            if not path.is_file():  # a pipe, socket or dangling link: never opened
+            if _leads_outside(path, real_root):
+                outside += 1
+            elif not path.is_file():  # a pipe, socket or dangling link: never opened
                 ignored += 1
             elif _is_candidate(path):
                 candidates.append(path.relative_to(root).as_posix())
             else:
                 ignored += 1
-    return sorted(candidates), ignored, masks
+    if outside:
+        log.warning("%s: skipped %d symlink(s) leading outside the folder", root, outside)
+    return sorted(candidates), ignored, outside, masks
+
+
+def _leads_outside(path: Path, real_root: Path) -> bool:
+    """True when `path`, through a symlink of its own or of a folder above it (a `masks`
+    folder linked elsewhere), resolves to a place outside `real_root`. Found from the links
+    alone: the target is never opened."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # a loop: not readable, and so not an image either
+        return False
+    return not target.is_relative_to(real_root)
 
 
 def _walk_error(error: OSError) -> None:
     log.warning("skipped unreadable folder %s: %s", error.filename, error.strerror)
 
 
-def _mask_index(root: Path, folder: Path) -> dict[str, str]:
+def _mask_index(root: Path, folder: Path, real_root: Path) -> dict[str, str]:
     """{stem: relative path} of the image files in one masks folder (first by name wins)."""
     index: dict[str, str] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
-        if path.is_file():
+        if path.is_file() and not _leads_outside(path, real_root):
             index.setdefault(path.stem, path.relative_to(root).as_posix())
     return index
 
@@ -243,7 +266,7 @@ def _check_one(root: Path, file: str, max_pixels: int) -> _Checked:
     except OSError as exc:
         return _Checked(file, "", reason=f"cannot open file ({exc.strerror or exc})")
     try:
-        decoded = decode_file(path, max_pixels)
+        decoded = decode_file(path, max_pixels, reduce_to=CHECK_SIZE)
     except UnreadableImage as exc:
         return _Checked(file, digest, reason=exc.reason)
     return _Checked(file, digest, decoded.width, decoded.height, decoded.modality)
@@ -287,7 +310,11 @@ def _checked(
 
 
 def _assemble(
-    root: Path, checked: list[_Checked], ignored: int, masks: dict[str, dict[str, str]]
+    root: Path,
+    checked: list[_Checked],
+    ignored: int,
+    outside: int,
+    masks: dict[str, dict[str, str]],
 ) -> Inventory:
     """Group readable files by content (the first file, sorted, is the sample) and pair masks."""
     groups: dict[str, list[_Checked]] = {}
@@ -314,7 +341,7 @@ def _assemble(
         for sample_id, items in groups.items()
         if len(items) > 1
     }
-    inventory = Inventory(root, samples, duplicates, unreadable, ignored)
+    inventory = Inventory(root, samples, duplicates, unreadable, ignored, outside)
     log.info(
         "%s: %d files, %d samples, %d copies, %d unreadable, %d ignored",
         root,

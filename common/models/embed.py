@@ -49,6 +49,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import feddel.common.models.registry  # noqa: F401  (registers DEFAULT_MODEL with timm)
 from feddel.common.config import DEFAULT_MODEL
+from feddel.common.data.budget import shared_budget
 from feddel.common.data.scan import load_image
 from feddel.common.errors import ConfigError, DataError
 
@@ -424,6 +425,7 @@ def iter_embed_files(
     workers = num_workers
     if workers is None:
         workers = default_num_workers(len(paths), batch_size, device)
+    shared_budget()  # made before the workers fork, so they share it (common/data/budget.py)
     loader = torch.utils.data.DataLoader(
         _ImageFiles(paths, size),
         batch_size=batch_size,

@@ -43,18 +43,14 @@ from feddel.common.models.embed import (
     pick_device,
 )
 
+MASK_RATIO = 0.75  # MAE's: three of four patches hidden from the encoder
+
 
 class MAEOutput(NamedTuple):
     loss: torch.Tensor  # () float32: MSE over masked patches
     pred: torch.Tensor  # (b, L, p*p*3) float32: predicted patches (all positions)
     mask: torch.Tensor  # (b, L) bool: True = masked (hidden from the encoder)
     image_loss: torch.Tensor  # (b,) float32: each image's MSE over its masked patches
-
-
-class ReconErrors(NamedTuple):
-    mse_x: np.ndarray  # (n,) MAE's MSE over the sample's masked patches
-    mse_null: np.ndarray  # (n,) mean image's MSE over the same patches
-    patch_mse: np.ndarray  # (n, L) MAE's MSE per masked patch; NaN where the patch was visible
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -121,7 +117,7 @@ class MAE(nn.Module):
     def forward(
         self,
         images: torch.Tensor,
-        mask_ratio: float = 0.75,
+        mask_ratio: float = MASK_RATIO,
         generator: torch.Generator | None = None,
         mask: torch.Tensor | None = None,
     ) -> MAEOutput:
@@ -203,10 +199,9 @@ def train_mae(
     seed: int = 0,
     device: str | None = None,
     progress: Progress | None = None,
-    mask_ratio: float = 0.75,
+    mask_ratio: float = MASK_RATIO,
     precision: str = "auto",
     schedule: tuple[int, int] | None = None,
-    proximal_mu: float = 0.0,
     local_sgd: bool = False,
 ) -> list[float]:
     """Train in place for `steps` AdamW steps (cosine LR, linear warmup); returns step losses.
@@ -219,9 +214,8 @@ def train_mae(
     `schedule=(offset, total)` places these steps at offset..offset+steps of a longer cosine
     schedule of `total` steps (a federated round trains one slice of the global schedule).
     Warmup defaults to 5% of the schedule (MAE: 40 of 800 epochs). Every batch gets MAE's
-    random resized crop and flip (common/models/augment.py). `proximal_mu` > 0 adds FedProx's term
-    mu/2 * ||w - w_start||^2 (Li et al. 2020), which holds a center's local steps near the global
-    model it received. `local_sgd` takes plain SGD steps at a constant `lr` instead: a FedAdam
+    random resized crop and flip (common/models/augment.py). `local_sgd` takes plain SGD steps
+    at a constant `lr` instead of AdamW on the cosine schedule: a FedAdam
     center, whose server holds the optimizer state, weight decay and schedule
     (server/training/fedadam.py).
     Leaves `mae` in eval mode.
@@ -232,15 +226,12 @@ def train_mae(
             f"steps={steps} and batch-size={batch_size} must be >= 1, lr={lr} > 0, "
             f"weight-decay={weight_decay} >= 0"
         )
-    if proximal_mu < 0:
-        raise ConfigError(f"proximal-mu={proximal_mu} must be >= 0 (0 = plain FedAvg)")
     if offset < 0 or offset + steps > total:
         raise ConfigError(f"schedule slice {offset}..{offset + steps} lies outside 0..{total}")
     warmup = max(1, round(0.05 * total)) if warmup_steps is None else warmup_steps
     run_on = pick_device(device)
     mae.to(run_on).train()
     dtype = autocast_dtype(run_on, precision)
-    params = list(mae.named_parameters())
     if local_sgd:
         optimizer: torch.optim.Optimizer = torch.optim.SGD(mae.parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
@@ -249,15 +240,11 @@ def train_mae(
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: cosine_factor(offset + s, total, warmup)
         )
-    start = [p.detach().clone() for _, p in params] if proximal_mu > 0 else []
     losses: list[float] = []
     draws = masked_batches(mae, data, batch_size, seed, mask_ratio, run_on)
     for step, (images, mask) in zip(range(steps), draws, strict=False):
         with autocast(run_on, dtype):
             loss = mae(images, mask=mask).loss
-        if start:
-            drift = sum(((p - p0) ** 2).sum() for (_, p), p0 in zip(params, start, strict=True))
-            loss = loss + 0.5 * proximal_mu * drift
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -279,7 +266,7 @@ def masked_batches(
     data: np.ndarray | Iterable[Any],
     batch_size: int,
     seed: int,
-    mask_ratio: float = 0.75,
+    mask_ratio: float = MASK_RATIO,
     device: torch.device | None = None,
 ) -> Iterator[MaskedBatch]:
     """What `train_mae` trains on, step by step: batches cut from seeded permutations, each
@@ -344,57 +331,6 @@ def _batches(data: np.ndarray | Iterable[Any], batch_size: int, seed: int) -> It
             yield batch
         if empty:
             raise DataError("the training data loader yielded no batches")
-
-
-def reconstruction_errors(
-    mae: MAE,
-    images: np.ndarray,
-    mean_image: np.ndarray,
-    mask_ratio: float = 0.75,
-    seed: int = 0,
-    batch_size: int = 64,
-    precision: str = "auto",
-) -> ReconErrors:
-    """Per-sample MAE and mean-image errors on the same masked patches (see the module doc).
-
-    `images` uint8 (n,s,s,3); `mean_image` (s,s,3) float in pixel units (0..255), e.g. the
-    federated sum / count. Masks come from one generator seeded `seed`, drawn for all n at once,
-    so sample i's mask depends on (seed, i) only, not on `batch_size`. Runs on mae's device.
-    """
-    size = mae.spec.image_size
-    if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
-        raise DataError(
-            f"images of shape {images.shape} and dtype {images.dtype}: expected "
-            f"uint8 (n, {size}, {size}, 3)"
-        )
-    if mean_image.shape != (size, size, 3):
-        raise DataError(f"mean image of shape {mean_image.shape}: expected ({size}, {size}, 3)")
-    device, was_training = module_device(mae), mae.training
-    dtype = autocast_dtype(device, precision)
-    masks = random_masks(
-        len(images), mae.num_patches, mask_ratio, torch.Generator().manual_seed(seed)
-    )
-    null = patchify(
-        mae.normalize(torch.as_tensor(mean_image, dtype=torch.float32, device=device)[None]),
-        mae.patch,
-    )
-    out = {name: [] for name in ReconErrors._fields}
-    mae.eval()
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = mae.normalize(torch.as_tensor(images[start : start + batch_size]).to(device))
-            mask = masks[start : start + batch_size].to(device)
-            with autocast(device, dtype):
-                pred = mae(x, mask=mask).pred
-            target = patchify(x, mae.patch)
-            per_patch = (pred - target).pow(2).mean(dim=-1)
-            null_patch = (null - target).pow(2).mean(dim=-1)
-            count = mask.sum(dim=1)
-            out["mse_x"].append((per_patch * mask).sum(dim=1) / count)
-            out["mse_null"].append((null_patch * mask).sum(dim=1) / count)
-            out["patch_mse"].append(per_patch.masked_fill(~mask, float("nan")))
-    mae.train(was_training)
-    return ReconErrors(*(torch.cat(out[name]).cpu().numpy() for name in ReconErrors._fields))
 
 
 def save_mae_checkpoint(mae: MAE, path: str | Path, extra: dict[str, Any] | None = None) -> Path:

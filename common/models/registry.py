@@ -7,7 +7,7 @@ masked quarter of the image from 4 far-apart patches rewards global colour and l
 lets each token forget its own patch, so the pre-trained tokens segmented worse than random
 ones (lesion IoU 0.07 vs 0.45 on the demo federation). With 8-px patches (64 tokens, 16
 visible) neighbouring patches are informative and MAE pre-training helps; 6 blocks keep a
-training step near the 16-px, 12-block model's cost (README, "Choice of encoder").
+training step near the 16-px, 12-block model's cost (docs/experiments.md, "Choice of encoder").
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from timm.models.vision_transformer import VisionTransformer, _create_vision_tra
 
 from feddel.common.config import DEFAULT_MODEL
 
-# No weights to download: the config only names the input normalization (timm's ViT default).
+# timm's register_model reads this module's `default_cfgs` for the model's pretrained config (no
+# weights to download: it only names the input normalization, timm's ViT default).
 default_cfgs = {
     DEFAULT_MODEL: {
         "url": "",

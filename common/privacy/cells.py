@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from feddel.common.curation.kmeans import ClusterStats
+from feddel.common.curation.kmeans import ClusterStats, local_kmeans
 from feddel.common.errors import ConfigError, DataError
 
 
@@ -91,3 +91,19 @@ def merge_small_clusters(
         n[target] += n[small]
         C, n = np.delete(C, small, axis=0), np.delete(n, small)
     return C, n
+
+
+def seed_proposal(
+    X: np.ndarray, k_local: int, min_count: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A center's k-FED seed reply: local k-means on its rows X (n, d), small clusters merged
+    (`merge_small_clusters`), padded to (k_local, d) centroids and (k_local,) counts with zero
+    rows, so neither the reply's size nor its shape tells how many clusters there were."""
+    centroids = np.zeros((k_local, X.shape[1]))
+    counts = np.zeros(k_local, dtype=np.int64)
+    if len(X) >= min_count:
+        local = local_kmeans(X, min(k_local, len(X)), seed)
+        merged, sizes = merge_small_clusters(local.centers, local.counts, min_count)
+        centroids[: len(sizes)] = merged
+        counts[: len(sizes)] = sizes
+    return centroids, counts

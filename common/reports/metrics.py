@@ -10,11 +10,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
-
-from feddel.common.curation.kmeans import check_embeddings
 from feddel.common.errors import ConfigError, DataError
 
 TRUTH_COLUMNS = ("file", "video", "mode", "disruptive", "duplicate_of", "corrupt")
@@ -110,51 +107,3 @@ def _entropy_bits(counts: Counter[str]) -> float:
     """Shannon entropy (bits) of a count distribution; 0.0 when empty."""
     total = sum(counts.values())
     return sum(-(c / total) * math.log2(c / total) for c in counts.values() if c) if total else 0.0
-
-
-class CoverageRedundancy(NamedTuple):
-    coverage: float  # mean over the pool of the max cosine to a selected sample
-    redundancy: float  # mean over the selection of the max cosine to another selected sample
-
-
-def coverage_and_redundancy(
-    X_selected: np.ndarray, X_pool: np.ndarray, chunk_size: int = 4096
-) -> CoverageRedundancy:
-    """Embedding-space coverage (higher = the selection represents the pool better) and
-    redundancy (higher = more near-copies), O(n_pool * n_selected * d) in blocks of `chunk_size`
-    x `chunk_size` cosines. Redundancy is 0.0 for a single selected sample."""
-    S = _unit(check_embeddings(X_selected, "X_selected"))
-    P = check_embeddings(X_pool, "X_pool")
-    if P.shape[1] != S.shape[1]:
-        raise DataError(f"X_pool has d={P.shape[1]} but X_selected has d={S.shape[1]}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigError(f"chunk_size={chunk_size!r} must be an integer >= 1")
-    coverage = sum(
-        float(_max_cos(_unit(P[lo : lo + chunk_size]), S, chunk_size, lo=None).sum())
-        for lo in range(0, P.shape[0], chunk_size)
-    )
-    if S.shape[0] < 2:
-        return CoverageRedundancy(coverage / P.shape[0], 0.0)
-    redundancy = sum(
-        float(_max_cos(S[lo : lo + chunk_size], S, chunk_size, lo=lo).sum())
-        for lo in range(0, S.shape[0], chunk_size)
-    )
-    return CoverageRedundancy(coverage / P.shape[0], redundancy / S.shape[0])
-
-
-def _unit(X: np.ndarray) -> np.ndarray:
-    rows = np.asarray(X, dtype=np.float32)
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-
-def _max_cos(rows: np.ndarray, S: np.ndarray, chunk_size: int, lo: int | None) -> np.ndarray:
-    """Max cosine of each row to S; when rows are S[lo:...], a row's own column is excluded."""
-    best = np.full(rows.shape[0], -np.inf, dtype=np.float32)
-    for start in range(0, S.shape[0], chunk_size):
-        sims = rows @ S[start : start + chunk_size].T
-        if lo is not None:
-            own = np.arange(rows.shape[0]) + lo - start
-            inside = (own >= 0) & (own < sims.shape[1])
-            sims[np.flatnonzero(inside), own[inside]] = -np.inf
-        np.maximum(best, sims.max(axis=1), out=best)
-    return best

@@ -22,7 +22,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common import serde
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
-from feddel.common.config import KEEP_CHOICES, SELECTION_METHODS
+from feddel.common.config import KEEP_CHOICES
+from feddel.common.curation.methods import SELECTION_NAMES
 from feddel.common.errors import ProtocolError
 from feddel.common.privacy.secagg import KEY_BYTES
 
@@ -377,7 +378,7 @@ class SeedRequest(Payload):
 
     def check(self) -> None:
         check_run("SeedRequest", self.run)
-        _check_choice("SeedRequest", "method", self.method, SELECTION_METHODS)
+        _check_choice("SeedRequest", "method", self.method, SELECTION_NAMES)
         check_range("SeedRequest", "k_local", self.k_local, 1, MAX_CLUSTERS)
         check_range("SeedRequest", "min_count", self.min_count, 1, MAX_COUNT)
 
@@ -404,7 +405,7 @@ class LloydRequest(Masked):
 
     def check(self) -> None:
         super().check()
-        _check_choice("LloydRequest", "method", self.method, SELECTION_METHODS)
+        _check_choice("LloydRequest", "method", self.method, SELECTION_NAMES)
         check_range("LloydRequest", "noise_sigma", self.noise_sigma, 0.0, np.inf)
         _check_centers("LloydRequest", self.centers)
 
@@ -438,7 +439,7 @@ class ScoreRequest(Masked):
     def check(self) -> None:
         super().check()
         name = "ScoreRequest"
-        _check_choice(name, "method", self.method, SELECTION_METHODS)
+        _check_choice(name, "method", self.method, SELECTION_NAMES)
         _check_choice(name, "keep", self.keep, KEEP_CHOICES)
         check_range(name, "tau", self.tau, np.finfo(np.float64).tiny, np.inf)
         check_range(name, "eps", self.eps, 0.0, 2.0)
@@ -481,7 +482,7 @@ class SelectRequest(Masked):
     def check(self) -> None:
         super().check()
         name = "SelectRequest"
-        _check_choice(name, "method", self.method, SELECTION_METHODS)
+        _check_choice(name, "method", self.method, SELECTION_NAMES)
         _check_choice(name, "keep", self.keep, KEEP_CHOICES)
         check_range(name, "retention", self.retention, 0.0, 1.0)
         check_range(name, "eta", self.eta, -1.0, 1.0)

@@ -129,9 +129,7 @@ class TrainRequest(WithWeights):
     total_steps: int  # ... of this many steps (compute-matched across budgets)
     batch_size: int
     lr: float
-    mask_ratio: float
     seed: int
-    proximal_mu: float = 0.0  # FedProx's mu; 0 = plain FedAvg
     local_sgd: bool = False  # plain SGD at a constant lr: FedAdam, the server holds the optimizer
 
     def check(self) -> None:
@@ -144,8 +142,6 @@ class TrainRequest(WithWeights):
         check_range(name, "steps", self.steps, 0, MAX_STEPS)
         check_range(name, "batch_size", self.batch_size, 1, 4096)
         check_range(name, "lr", self.lr, 1e-12, 1.0)
-        check_range(name, "mask_ratio", self.mask_ratio, 0.01, 0.99)
-        check_range(name, "proximal_mu", self.proximal_mu, 0.0, 1e6)
         check_range(name, "round", self.round, 0, MAX_STEPS)
         if not 0 <= self.step_offset <= self.total_steps - self.steps:
             raise ProtocolError(

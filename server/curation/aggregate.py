@@ -10,8 +10,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from sklearn.cluster import KMeans
 
-from feddel.common.curation.kmeans import weighted_kmeans_plusplus
-from feddel.common.wire.protocol import InventoryReply, SeedReply
+from feddel.common.curation.kmeans import ClusterStats, weighted_kmeans_plusplus
+from feddel.common.privacy.cells import suppress_small_cells
+from feddel.common.wire.protocol import InventoryReply, SeedReply, lloyd_layout, unpack
 from feddel.server.broadcast import RoundFailed
 
 
@@ -94,3 +95,11 @@ def seed_centers(replies: Mapping[int, SeedReply], k: int, rng: np.random.Genera
         return weighted_kmeans_plusplus(points, weights.astype(np.float64), k, rng)
     model = KMeans(n_clusters=k, n_init=10, random_state=int(rng.integers(2**31)))
     return model.fit(points, sample_weight=weights.astype(np.float64)).cluster_centers_
+
+
+def lloyd_merge(total: np.ndarray, k: int, d: int, min_count: int) -> ClusterStats:
+    """One Lloyd round's statistics from the unmasked secure sum of the centers' packed
+    (count, sum, sqdist) vectors; aggregate cells under min-count are discarded."""
+    parts = unpack(lloyd_layout(k, d), total)
+    count = np.rint(parts["count"]).astype(np.int64)
+    return suppress_small_cells(ClusterStats(count, parts["sum"], parts["sqdist"]), min_count)

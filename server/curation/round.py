@@ -13,14 +13,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from feddel.common.config import CurationConfig
 from feddel.common.curation.kmeans import ClusterStats, lloyd_rounds
-from feddel.common.curation.local import ETA_GRID, auto_tau, plan_feddel, pvi_edges, smoothed_prior
-from feddel.common.curation.selection import HISTOGRAM_BINS, pick_eta
+from feddel.common.curation.local import ETA_GRID, auto_tau, pvi_edges, smoothed_prior
+from feddel.common.curation.methods import Merged, Plan
+from feddel.common.curation.selection import HISTOGRAM_BINS
 from feddel.common.curation.vobjective import (
     VEstimate,
     aggregates_from_histograms,
@@ -28,7 +29,7 @@ from feddel.common.curation.vobjective import (
     v_objective,
 )
 from feddel.common.errors import ProtocolError
-from feddel.common.privacy.cells import suppress_small_cells, suppress_small_counts
+from feddel.common.privacy.cells import suppress_small_counts
 from feddel.common.wire.protocol import (
     InventoryReply,
     InventoryRequest,
@@ -52,6 +53,7 @@ from feddel.server.broadcast import Broadcaster, RoundFailed
 from feddel.server.curation.aggregate import (
     encoder_outliers,
     global_mean_image,
+    lloyd_merge,
     seed_centers,
     unique_names,
 )
@@ -92,39 +94,28 @@ class RoundResult:
         return sum(reply.selected for reply in self.selected.values())
 
 
-# FedDEL's near-duplicate threshold is encoder-dependent (a trained encoder packs samples
-# closer): when deduplication at `eta` leaves too few candidates to fill the budget, the score
-# phase is asked again with the next, looser threshold (1.0 = exact duplicates only). Only
-# then: loosening whenever the budget is merely tight (2x headroom was tried) let near-
-# duplicates back in on the demo (distinct videos per selected 0.98 -> 0.92).
-ETA_LADDER = (0.99, 0.995, 0.999, 1.0)
-
-
-class Plan(NamedTuple):
-    quotas: np.ndarray
-    threshold_bins: np.ndarray
-    fractions: np.ndarray
-    eta: float | None
-
-
 def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> RoundResult:
     """Phases 0-4; raises RoundFailed when fewer than min-fraction centers remain."""
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
-    mae = _synthesis_mae(config) if config.method == "optidel" else None  # fail before any work
+    method = config.selection_method
+    mae = _synthesis_mae(config) if method.synthesizes else None  # fail before any work
     inventories = _inventory(cast, config, round_)
     _keys(cast, config)
     dim = next(iter(inventories.values())).dim
     seeds = cast.ask(
         SeedRequest(
-            run=config.run_name, method=config.selection, k_local=config.k_local,
+            run=config.run_name, method=method.selection.name, k_local=config.k_local,
             min_count=config.min_count, seed=config.seed,
         ),
         SeedReply,
         check=lambda _node, reply: _expect_shape(reply.centroids, (config.k_local, dim)),
     )  # fmt: skip
     init = seed_centers(seeds, config.k, rng)
-    eligible = {node: _eligible(reply, config.selection) for node, reply in inventories.items()}
+    eligible = {
+        node: method.eligible_count(reply.samples, reply.disruptive)
+        for node, reply in inventories.items()
+    }
     lloyd = lloyd_rounds(
         lambda centers: _lloyd_stats(cast, config, centers, eligible),
         init, config.kmeans_max_rounds, config.kmeans_tol, rng,
@@ -136,12 +127,12 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
     budget = math.ceil(config.budget * total)
     eta = config.eta
     histograms, survivors = _score(cast, config, centers, prior, tau, eligible, eta)
-    for higher in (e for e in ETA_LADDER if e > config.eta and config.selection == "feddel"):
+    for higher in (e for e in method.eta_ladder if e > config.eta):
         if histograms.sum() >= budget:
             break
         eta = higher  # too few candidates: the encoder packs samples closer, dedup less
         histograms, survivors = _score(cast, config, centers, prior, tau, eligible, eta)
-    plan = _plan(config, histograms, survivors, budget, eta)
+    plan = method.plan(Merged(histograms, survivors, eta), budget, config.budget)
     per_cluster, selected = _select(cast, config, round_, plan, inventories)
     mean_image = global_mean_image(inventories)
     synthesized = {}
@@ -183,7 +174,7 @@ def _v_information(config: CurationConfig, histograms: np.ndarray, plan: Plan) -
     """V-information (common/curation/vobjective.py) of the candidates and of the planned selection,
     from
     the merged histograms of t alone; only feddel's selection is a plan over those histograms."""
-    if config.selection != "feddel" or histograms.sum() == 0:
+    if not config.selection_method.plans_by_histograms or histograms.sum() == 0:
         return {}
     edges = pvi_edges(len(histograms))
     chosen = planned_histograms(histograms, plan.threshold_bins, plan.fractions)
@@ -231,11 +222,6 @@ def _keys(cast: Broadcaster, config: CurationConfig) -> None:
             cast.drop(node, "keys", f"public key also sent by {others}; a key must be unique")
 
 
-def _eligible(reply: InventoryReply, method: str) -> int:
-    """Samples a center clusters: FedDEL leaves its disruptive frames out (CenterPool.eligible)."""
-    return reply.samples - reply.disruptive if method == "feddel" else reply.samples
-
-
 def _expect_shape(array: np.ndarray, shape: tuple[int, ...]) -> None:
     if array.shape != shape:
         raise ProtocolError(f"array of shape {array.shape}, the round expects {shape}")
@@ -265,14 +251,14 @@ def _lloyd_stats(
     def request(roster: list[bytes], attempt: int) -> LloydRequest:
         return LloydRequest(
             run=config.run_name, attempt=attempt, roster=roster_array(roster),
-            method=config.selection, noise_sigma=config.noise_sigma, centers=centers,
+            method=config.selection_method.selection.name, noise_sigma=config.noise_sigma,
+            centers=centers,
         )  # fmt: skip
 
     total, replies = cast.secure_sum(request, LloydReply, sum(map(_size, layout.values())))
-    parts = unpack(layout, total)
-    _check_sum("lloyd", parts["count"], sum(eligible[n] for n in replies), exact=True)
-    stats = ClusterStats(np.rint(parts["count"]).astype(np.int64), parts["sum"], parts["sqdist"])
-    return suppress_small_cells(stats, config.min_count)
+    counts = unpack(layout, total)["count"]
+    _check_sum("lloyd", counts, sum(eligible[n] for n in replies), exact=True)
+    return lloyd_merge(total, k, d, config.min_count)
 
 
 def _score(
@@ -291,7 +277,8 @@ def _score(
     def request(roster: list[bytes], attempt: int) -> ScoreRequest:
         return ScoreRequest(
             run=config.run_name, attempt=attempt, roster=roster_array(roster),
-            method=config.selection, tau=tau, eps=config.eps, eta=eta, keep=config.keep,
+            method=config.selection_method.selection.name, tau=tau, eps=config.eps, eta=eta,
+            keep=config.keep,
             bins=HISTOGRAM_BINS, centers=centers, prior=prior,
         )  # fmt: skip
 
@@ -300,22 +287,6 @@ def _score(
     _check_sum("score", parts["histograms"], sum(eligible[n] for n in replies), exact=False)
     histograms = np.rint(parts["histograms"]).astype(np.int64)
     return suppress_small_counts(histograms, config.min_count), np.rint(parts["eta_survivors"])
-
-
-def _plan(
-    config: CurationConfig, histograms: np.ndarray, survivors: np.ndarray, budget: int, eta: float
-) -> Plan:
-    k = len(histograms)
-    if config.selection == "feddel":
-        quotas, plans = plan_feddel(histograms, budget)
-        return Plan(
-            quotas,
-            np.array([p.threshold_bin for p in plans], dtype=np.int64),
-            np.array([p.boundary_fraction for p in plans]),
-            eta,
-        )
-    eta = pick_eta(ETA_GRID, survivors, budget) if config.selection == "meddel" else None
-    return Plan(np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64), np.zeros(k), eta)
 
 
 def _select(
@@ -337,8 +308,8 @@ def _select(
     def request(roster: list[bytes], attempt: int) -> SelectRequest:
         return SelectRequest(
             run=config.run_name, attempt=attempt, roster=roster_array(roster), round=round_,
-            method=config.selection, seed=config.seed,
-            retention=config.budget if config.selection == "random" else 1.0,
+            method=config.selection_method.selection.name, seed=config.seed,
+            retention=plan.retention,
             eta=plan.eta if plan.eta is not None else config.eta, keep=config.keep,
             bins=HISTOGRAM_BINS, threshold_bins=plan.threshold_bins,
             boundary_fractions=plan.fractions, quotas=plan.quotas,

@@ -27,7 +27,8 @@ from typing import Any
 from rich.markup import escape
 
 from feddel.common.cliutil import EXIT_OK, console
-from feddel.common.config import METHODS, CurationConfig, parse_overrides
+from feddel.common.config import CurationConfig, parse_overrides
+from feddel.common.curation.methods import FEDDEL, METHOD_HELP, METHOD_NAMES
 from feddel.common.deployment.sites import (
     FlowerProcess,
     flower_program,
@@ -35,7 +36,8 @@ from feddel.common.deployment.sites import (
     toml_document,
 )
 from feddel.common.errors import ConfigError, RunFailed
-from feddel.common.io import atomic_write_text
+from feddel.common.io import atomic_write_text, require_writable_folder
+from feddel.common.reports.summary import RoundSummary
 from feddel.server.deployment.flwrcli import CONNECTION, error_message, flwr_json, write_connection
 from feddel.server.deployment.site import load_site
 from feddel.server.deployment.superlink import add_site_arguments
@@ -54,9 +56,7 @@ def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
         "--superlink", metavar="HOST:PORT",
         help="the SuperLink to submit to (default 127.0.0.1:<port> of coordinator.toml)",
     )  # fmt: skip
-    parser.add_argument(
-        "--method", choices=METHODS, default="feddel", help="selection method (default feddel)"
-    )
+    parser.add_argument("--method", choices=METHOD_NAMES, default=FEDDEL.name, help=METHOD_HELP)
     parser.add_argument(
         "--budget", type=float, default=0.05, help="target retention R, e.g. 0.05 = 5%%"
     )
@@ -78,6 +78,7 @@ def run_curate(args: argparse.Namespace) -> int:
     site = load_site(args.config, certs=args.certs, state=args.state)
     config = _round_config(args, site.round, site.runs)
     run_dir = Path(config.out) / config.run_name
+    require_writable_folder(config.out, "--out (or [coordinator] runs)")
     if (run_dir / SUMMARY_FILE).exists():
         raise ConfigError(f"{run_dir} already holds a round; choose another --run-name")
     address = args.superlink or site.local_address
@@ -99,7 +100,7 @@ def run_curate(args: argparse.Namespace) -> int:
             f"run {run_id} ended {status} and wrote no {summary_path}; the lines above (or "
             "the SuperLink's log) say why"
         )
-    _print_summary(json.loads(summary_path.read_text()), run_dir, run_id)
+    _print_summary(RoundSummary.from_json(json.loads(summary_path.read_text())), run_dir, run_id)
     return EXIT_OK
 
 
@@ -166,18 +167,16 @@ def _run_status(run_id: str, env: dict[str, str]) -> str:
     return f"{runs[0].get('status', 'unknown')}{f' ({details})' if details else ''}"
 
 
-def _print_summary(summary: dict[str, Any], run_dir: Path, run_id: str) -> None:
-    total, selected = summary["total_samples"], summary["selected"]
+def _print_summary(summary: RoundSummary, run_dir: Path, run_id: str) -> None:
     console.print(
-        f"[bold]run {run_id}[/]: {summary['centers']} centers, selected {selected:,} of "
-        f"{total:,} samples ({summary['retention']:.2%}) with {summary['method']}"
+        f"[bold]run {run_id}[/]: {summary.centers} centers, selected {summary.selected:,} of "
+        f"{summary.total_samples:,} samples ({summary.retention:.2%}) with {summary.method}"
     )
-    for failure in summary.get("failed_centers", []):
+    for failure in summary.failed_centers:
         console.print(
-            f"[yellow]dropped {failure['center']} in {failure['phase']}: "
-            f"{escape(failure['reason'])}[/]"
+            f"[yellow]dropped {failure.center} in {failure.phase}: {escape(failure.reason)}[/]"
         )
-    for warning in summary.get("warnings", []):
+    for warning in summary.warnings:
         console.print(f"[yellow]warning: {escape(warning)}[/]")
     console.print(f"wrote {run_dir / SUMMARY_FILE} and {run_dir / 'report.html'}; each center's "
                   "manifest stays in its state folder (feddel-center status)")  # fmt: skip

@@ -40,7 +40,7 @@ from feddel.common.deployment.certs import (
 )
 from feddel.common.deployment.sites import FlowerProcess, flower_program, stop_on_signals
 from feddel.common.errors import RunFailed
-from feddel.common.io import write_json
+from feddel.common.io import require_writable_folder, write_json
 from feddel.server.deployment.flwrcli import CONNECTION, error_message, flwr_json, write_connection
 from feddel.server.deployment.site import CoordinatorSite, load_site
 
@@ -75,6 +75,7 @@ def run_start(args: argparse.Namespace) -> int:
     site = load_site(
         args.config, certs=args.certs, state=args.state, host=args.host, port=args.port
     )
+    require_writable_folder(site.state, "--state (or [coordinator] state)")
     files = check_superlink_files(site.certs)
     _print_expiry(files)
     site.state.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -5,9 +5,9 @@ center starts a fresh AdamW each round. Here each center takes plain SGD steps a
 update, w_global - mean(w_center), is a pseudo-gradient for one AdamW step at the server, which
 keeps the moments, the weight decay and the cosine schedule across rounds. With one local step
 at local lr 1 this is FedSGD with a server Adam: every optimizer step sees a batch mixed from
-the round's centers, which is what MAE needs on small single-site training sets (README, "Where
-the federated gap comes from"). The state is saved after every round, named by the rounds it
-has seen, so a killed run resumes exactly.
+the round's centers, which is what MAE needs on small single-site training sets
+(docs/experiments.md, "Where the federated gap comes from"). The state is saved after every
+round, named by the rounds it has seen, so a killed run resumes exactly.
 """
 
 from __future__ import annotations

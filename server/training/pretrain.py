@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT, PROGRESS = "checkpoint.pt", "progress.json"
 # How the round's centers weigh in the average: by training images (McMahan et al.), or each
-# center alike, a center-balanced objective (README, "What we measured")
+# center alike, a center-balanced objective (docs/experiments.md, "FedSGD through the pipeline")
 CENTER_WEIGHTINGS = ("examples", "equal")
 
 
@@ -59,9 +59,7 @@ class PretrainConfig:
     local_steps: int = 10
     batch_size: int = 16
     lr: float = 1.5e-4
-    mask_ratio: float = 0.75
     centers_per_round: int = 0  # 0 = every center that holds training images
-    proximal_mu: float = 0.0  # FedProx's mu at the centers; 0 = plain FedAvg
     fedadam: bool = False  # centers take SGD steps at `local_lr`, the server AdamW at `lr`
     local_lr: float = 1.0  # FedAdam's center learning rate (1 with 1 local step: FedSGD)
     center_weighting: str = "examples"  # FedAvg's weight per center: "examples" or "equal"
@@ -80,8 +78,6 @@ class PretrainConfig:
             )
         if not 0 < self.local_lr <= 1:
             raise ConfigError(f"local-lr={self.local_lr} must be in (0, 1]")
-        if self.proximal_mu < 0:
-            raise ConfigError(f"proximal-mu={self.proximal_mu} must be >= 0 (0 = plain FedAvg)")
         if self.centers_per_round < 0:
             raise ConfigError(f"centers-per-round={self.centers_per_round} must be >= 0 (0 = all)")
         if not 0.0 <= self.uniform_fraction <= 1.0:
@@ -211,9 +207,7 @@ def train_request(config: PretrainConfig, round_: int, steps: int) -> TrainReque
         total_steps=config.total_steps,
         batch_size=config.batch_size,
         lr=config.local_lr if config.fedadam else config.lr,
-        mask_ratio=config.mask_ratio,
         seed=config.seed,
-        proximal_mu=config.proximal_mu,
         local_sgd=config.fedadam,
     )
 

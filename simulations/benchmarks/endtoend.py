@@ -13,10 +13,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from feddel.common.config import CurationConfig
-from feddel.simulations.benchmarks.records import Record, Say, Stopwatch, Target, ratio, record
+from feddel.simulations.benchmarks.records import (
+    Record,
+    Say,
+    Stopwatch,
+    Target,
+    ratio,
+    record,
+    round_params,
+)
 from feddel.simulations.centralized import run_centralized
 from feddel.simulations.federated import run_federated
 from feddel.simulations.layout import FEDERATION_FILE
@@ -64,33 +71,23 @@ def run(params: EndToEndParams, folder: Path, say: Say, data: Path | None = None
     say("end-to-end: centralized reference")
     with Stopwatch() as central:
         reference = run_centralized(data, folder / "centralized", config, state_root=state)
-    records = [record(4, "e2e_centralized_s", central.seconds, "s", params=_params(reference))]
+    records = [record(4, "e2e_centralized_s", central.seconds, "s", params=round_params(reference))]
     for engine in params.engines:
         say(f"end-to-end: federated round, {engine} engine")
         with Stopwatch() as watch:
             summary = run_federated(
                 data, folder / f"federated-{engine}", config, engine=engine, state_root=state
             )
-        info = _params(summary)
+        info = round_params(summary)
         records += [
             record(4, f"e2e_federated_{engine}_s", watch.seconds, "s", params=info),
             ratio(4, f"e2e_overhead_{engine}", watch.seconds, central.seconds,
                   TARGET if engine == "ray" else None, params=info,
                   note=f"the whole run_federated call ({engine} engine) over the whole "
                   "run_centralized call, same caches; the coordinator's round alone took "
-                  f"{summary['wall_s']:.1f} s. On a small federation the curation arithmetic "
+                  f"{summary.wall_s:.1f} s. On a small federation the curation arithmetic "
                   "is a small part: per-center costs (scanning without the reference's worker "
                   "pool, contact-sheet reports, secure-aggregation key agreement, reloading the "
                   "pool in every phase) dominate"),
         ]  # fmt: skip
     return records
-
-
-def _params(summary: dict[str, Any]) -> dict[str, Any]:
-    keys = ("centers", "total_samples", "selected", "k", "kmeans_rounds", "wall_s")
-    info = {key: summary[key] for key in keys if key in summary}
-    if "bytes_up" in summary:
-        info["bytes_up"] = summary["bytes_up"]["total"]
-        info["bytes_down"] = summary["bytes_down"]["total"]
-        info["phase_seconds"] = {k: round(v, 2) for k, v in summary["phase_seconds"].items()}
-    return info

@@ -28,19 +28,17 @@ from feddel.common.curation.kmeans import (
     assign,
     cluster_stats,
     lloyd_rounds,
-    local_kmeans,
 )
 from feddel.common.privacy import secagg
-from feddel.common.privacy.cells import merge_small_clusters, suppress_small_cells
+from feddel.common.privacy.cells import seed_proposal
 from feddel.common.wire.protocol import (
     LloydReply,
     SeedReply,
     lloyd_layout,
     pack,
     record_bytes,
-    unpack,
 )
-from feddel.server.curation.aggregate import seed_centers
+from feddel.server.curation.aggregate import lloyd_merge, seed_centers
 from feddel.simulations.benchmarks.records import Record, Say, Stopwatch, Target, ratio, record
 from feddel.simulations.benchmarks.synthetic import Datasets, SyntheticSet
 
@@ -120,10 +118,7 @@ def federated_kmeans(
                 vectors.append(reply.masked)
                 seconds.append(watch.seconds)
             with Stopwatch() as watch:
-                parts = unpack(layout, secagg.unmasked_sum(vectors))
-                count = np.rint(parts["count"]).astype(np.int64)
-                merged = ClusterStats(count, parts["sum"], parts["sqdist"])
-                merged = suppress_small_cells(merged, params.min_count)
+                merged = lloyd_merge(secagg.unmasked_sum(vectors), k, d, params.min_count)
             critical.append(max(seconds) + watch.seconds)
             return merged
 
@@ -137,12 +132,7 @@ def federated_kmeans(
 
 def _seed_reply(shard: np.ndarray, k_local: int, params: KMeansParams) -> SeedReply:
     """What `client/handlers.py (seed)` replies: merged local centroids padded to k_local rows."""
-    d = shard.shape[1]
-    centroids, counts = np.zeros((k_local, d)), np.zeros(k_local, dtype=np.int64)
-    local = local_kmeans(shard, min(k_local, len(shard)), params.seed)
-    merged, sizes = merge_small_clusters(local.centers, local.counts, params.min_count)
-    centroids[: len(sizes)] = merged
-    counts[: len(sizes)] = sizes
+    centroids, counts = seed_proposal(shard, k_local, params.min_count, params.seed)
     return SeedReply(centroids=centroids, counts=counts)
 
 

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from feddel.common.reports.summary import RoundSummary
+
 Say = Callable[[str], None]  # progress lines for the person waiting
 
 
@@ -198,3 +200,18 @@ def _number(value: float) -> str:
     if value == 0 or abs(value) >= 100:
         return f"{value:,.0f}"
     return f"{value:.3g}"
+
+
+def round_params(summary: RoundSummary) -> dict[str, Any]:
+    """What a benchmark record keeps of a curation round: its size, result and traffic."""
+    info: dict[str, Any] = {
+        "centers": summary.centers, "samples": summary.total_samples,
+        "selected": summary.selected, "k": summary.k, "kmeans_rounds": summary.kmeans_rounds,
+        "wall_s": summary.wall_s,
+    }  # fmt: skip
+    if summary.bytes_up is not None and summary.bytes_down is not None:
+        info["bytes_up"] = summary.bytes_up["total"]
+        info["bytes_down"] = summary.bytes_down["total"]
+    if summary.phase_seconds is not None:
+        info["phase_seconds"] = {k: round(v, 2) for k, v in summary.phase_seconds.items()}
+    return info

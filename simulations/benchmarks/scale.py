@@ -13,10 +13,16 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from feddel.common.config import CurationConfig
-from feddel.simulations.benchmarks.records import Record, Say, growth_exponent, record
+from feddel.common.reports.summary import RoundSummary
+from feddel.simulations.benchmarks.records import (
+    Record,
+    Say,
+    growth_exponent,
+    record,
+    round_params,
+)
 from feddel.simulations.benchmarks.synthetic import Datasets
 from feddel.simulations.benchmarks.synthfed import run_round
 
@@ -43,9 +49,9 @@ class _Points:
 
     def __init__(self, params: ScaleParams, datasets: Datasets, work: Path, say: Say) -> None:
         self.params, self.datasets, self.work, self.say = params, datasets, work, say
-        self.summaries: dict[tuple[int, int], dict[str, Any]] = {}
+        self.summaries: dict[tuple[int, int], RoundSummary] = {}
 
-    def __call__(self, centers: int, n: int) -> dict[str, Any]:
+    def __call__(self, centers: int, n: int) -> RoundSummary:
         if (centers, n) not in self.summaries:
             self.say(f"scale: one round, {centers} centers, {n:,} samples (in-process engine)")
             config = CurationConfig(
@@ -64,16 +70,16 @@ class _Points:
 def run(params: ScaleParams, datasets: Datasets, work: Path, say: Say) -> list[Record]:
     point = _Points(params, datasets, work, say)
     records: list[Record] = []
-    series: list[tuple[str, tuple[int, ...], Callable[[int], dict[str, Any]]]] = [
+    series: list[tuple[str, tuple[int, ...], Callable[[int], RoundSummary]]] = [
         ("centers", params.centers, lambda c: point(c, params.centers_samples)),
         ("samples", params.samples, lambda n: point(params.samples_centers, n)),
     ]
     for axis, sizes, summary_of in series:
         summaries = [summary_of(size) for size in sizes]
-        walls = [s["wall_s"] for s in summaries]
-        traffic = [_bytes(s) for s in summaries]
+        walls = [s.wall_s for s in summaries]
+        traffic = [s.bytes_total for s in summaries]
         info = {axis: list(sizes), "wall_s": walls, "bytes": traffic, "d": params.d,
-                "lloyd_rounds": params.lloyd_rounds, "k": summaries[0]["k"]}  # fmt: skip
+                "lloyd_rounds": params.lloyd_rounds, "k": summaries[0].k}  # fmt: skip
         fixed = (
             f"{params.centers_samples:,} samples in all"
             if axis == "centers"
@@ -104,19 +110,10 @@ _BYTES_NOTES = {
 }
 
 
-def _bytes(summary: dict[str, Any]) -> int:
-    return int(summary["bytes_up"]["total"] + summary["bytes_down"]["total"])
-
-
-def _point_records(summary: dict[str, Any]) -> list[Record]:
-    tag = f"c{summary['centers']}_n{summary['total_samples']}"
-    info = {
-        "centers": summary["centers"], "samples": summary["total_samples"],
-        "bytes_up": summary["bytes_up"]["total"], "bytes_down": summary["bytes_down"]["total"],
-        "phase_seconds": {k: round(v, 2) for k, v in summary["phase_seconds"].items()},
-        "selected": summary["selected"], "failed_centers": len(summary["failed_centers"]),
-    }  # fmt: skip
+def _point_records(summary: RoundSummary) -> list[Record]:
+    tag = f"c{summary.centers}_n{summary.total_samples}"
+    info = {**round_params(summary), "failed_centers": len(summary.failed_centers)}
     return [
-        record(5, f"scale_round_s_{tag}", summary["wall_s"], "s", params=info),
-        record(5, f"scale_bytes_{tag}", _bytes(summary), "bytes", params=info),
+        record(5, f"scale_round_s_{tag}", summary.wall_s, "s", params=info),
+        record(5, f"scale_bytes_{tag}", summary.bytes_total, "bytes", params=info),
     ]

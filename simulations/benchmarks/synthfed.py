@@ -29,6 +29,7 @@ from feddel.common.data.pool import CenterPool, PoolCounts
 from feddel.common.data.scan import Sample
 from feddel.common.models.embed import EncoderSpec, encoder_fingerprint
 from feddel.common.models.embedcache import EmbeddingCache
+from feddel.common.reports.summary import RoundSummary
 from feddel.common.wire.protocol import InventoryReply, InventoryRequest, Payload
 from feddel.server.app import build_server_app
 from feddel.simulations.benchmarks.synthetic import SyntheticSet
@@ -115,7 +116,7 @@ def _phase(request_type: type[Payload], handler: Any, names: list[str], root: Pa
 
 def run_round(
     data: SyntheticSet, work: Path, config: CurationConfig, workers: int = 8
-) -> dict[str, Any]:
+) -> RoundSummary:
     """Write the centers' states under `work`, run one in-process round; return its summary.
 
     The summary's `wall_s` is the coordinator's round (phases 0-4), not the state writing.
@@ -126,8 +127,8 @@ def run_round(
         min_centers=len(data.sizes),
     )  # fmt: skip
     names = write_states(data, work / "centers", spec, config.run_name)
-    captured: dict[str, Any] = {}
-    server_app = build_server_app(lambda _context: config, on_summary=captured.update)
+    captured: list[RoundSummary] = []
+    server_app = build_server_app(lambda _context: config, on_summary=captured.append)
     grid = InProcessGrid(
         client_app(names, work / "centers"), len(names), workers=min(workers, len(names))
     )
@@ -143,4 +144,4 @@ def run_round(
         quiet.setLevel(level)
     if not captured:
         raise RuntimeError(f"the synthetic round under {work} wrote no summary; see the log")
-    return captured
+    return captured[0]

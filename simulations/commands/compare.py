@@ -18,8 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from feddel.common.cliutil import EXIT_OK, console
-from feddel.common.config import METHODS, CurationConfig, parse_overrides
+from feddel.common.config import CurationConfig, parse_overrides
+from feddel.common.curation.methods import FEDDEL, FULL, MEDDEL, METHOD_NAMES, RANDOM, method_named
 from feddel.common.errors import ConfigError, RunFailed
+from feddel.common.io import require_writable_folder
 from feddel.common.models.segmentation import HeadConfig
 from feddel.server.training.pretrain import CENTER_WEIGHTINGS
 from feddel.simulations.commands.shards import add_parallel_argument, run_in_shards
@@ -74,18 +76,8 @@ def add_pipeline_arguments(
         f"(default {defaults.warmup_rounds})",
     )  # fmt: skip
     parser.add_argument(
-        "--curation-rounds", type=int, default=defaults.curation_rounds,
-        help="curate + pre-train repeats, each curating with the newest encoder (default 1)",
-    )  # fmt: skip
-    parser.add_argument(
         "--lr", type=float, default=defaults.lr, help=f"MAE peak learning rate ({defaults.lr:g})"
     )
-    parser.add_argument(
-        "--proximal-mu", type=float, default=defaults.proximal_mu,
-        help="FedProx: each center's local MAE steps pay mu/2 * ||w - w_global||^2 (default "
-        "0 = plain FedAvg). On the demo data it keeps the encoder near its start rather than "
-        "fixing drift; see the README's measurements",
-    )  # fmt: skip
     parser.add_argument(
         "--fedadam", action=argparse.BooleanOptionalAction, default=defaults.fedadam,
         help="FedAdam: centers take --local-steps plain SGD steps at --local-lr and the server "
@@ -147,10 +139,10 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated budgets (default 0.05,0.2,1.0)",
     )  # fmt: skip
     parser.add_argument(
-        "--methods", type=_methods, default=["random", "meddel", "feddel"],
-        help=f"comma-separated, from {', '.join(METHODS)} (default random,meddel,feddel); "
+        "--methods", type=_methods, default=[RANDOM.name, MEDDEL.name, FEDDEL.name],
+        help=f"comma-separated, from {', '.join(METHOD_NAMES)} (default random,meddel,feddel); "
         "`full` runs once, at R = 1. Controls chosen from the simulation's truth at the same "
-        f"R: {', '.join(CONTROLS)} (docs/experiments.md)",
+        f"R: {', '.join(CONTROLS)} (docs/does-curation-pay.md)",
     )  # fmt: skip
     add_seed_arguments(parser, seeds=3)
     add_parallel_argument(parser, default=1)
@@ -197,17 +189,18 @@ def shard_seeds(args: argparse.Namespace) -> list[int]:
 
 
 def compare_run(args: argparse.Namespace) -> int:
+    require_writable_folder(args.out, "--out")
     seeds = shard_seeds(args)
     run_in_shards(args, args.out)  # with --parallel: the shards run the cells, this assembles
     shard, shards = args.shard
-    cells = [
-        # every method keeps everything at budget 1: one `full` cell stands for all of them
-        Cell("full", 1.0, seed) if method == "full" or budget >= 1.0 else Cell(method, budget, seed)
-        for seed in seeds
-        for method in args.methods
-        for budget in (args.budgets if method != "full" else [1.0])
-    ]
-    cells = list(dict.fromkeys(cells))
+    cells = list(
+        dict.fromkeys(
+            cell_of(method, budget, seed)
+            for seed in seeds
+            for method in args.methods
+            for budget in args.budgets
+        )
+    )
     rows = run_pipeline(args, args.data, args.out, cells, keep_earlier=True)
     if shards > 1:
         console.print(
@@ -248,9 +241,7 @@ def run_pipeline(
         batch_size=args.batch_size,
         centers_per_round=args.centers_per_round,
         warmup_rounds=args.warmup_rounds,
-        curation_rounds=args.curation_rounds,
         lr=args.lr,
-        proximal_mu=args.proximal_mu,
         fedadam=args.fedadam,
         local_lr=args.local_lr,
         center_weighting=args.center_weighting,
@@ -352,9 +343,16 @@ def _shard(text: str) -> tuple[int, int]:
     return shard, shards
 
 
+def cell_of(method: str, budget: float, seed: int) -> Cell:
+    """Every method keeps everything at budget 1, so one `full` cell stands for all of them."""
+    if method not in CONTROLS:
+        budget = method_named(method).budget_for(budget)
+    return Cell(FULL.name, 1.0, seed) if budget >= 1.0 else Cell(method, budget, seed)
+
+
 def _methods(text: str) -> list[str]:
     values = [part.strip() for part in text.split(",") if part.strip()]
-    known = (*METHODS, *CONTROLS)
+    known = (*METHOD_NAMES, *CONTROLS)
     unknown = [v for v in values if v not in known]
     if not values or unknown:
         raise argparse.ArgumentTypeError(f"{text!r}: methods must come from {', '.join(known)}")

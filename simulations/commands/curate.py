@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,10 @@ from rich.table import Table
 
 from feddel.client.state import CenterState
 from feddel.common.cliutil import EXIT_OK, console
-from feddel.common.config import METHODS, CurationConfig, parse_overrides
-from feddel.common.io import write_json
+from feddel.common.config import CurationConfig, parse_overrides
+from feddel.common.curation.methods import FEDDEL, METHOD_HELP, METHOD_NAMES
+from feddel.common.io import require_writable_folder, write_json
+from feddel.common.reports.summary import RoundSummary
 from feddel.server.report_html import write_coordinator_report
 from feddel.simulations.centralized import run_centralized
 from feddel.simulations.evaluate import selected_files, truth_measures
@@ -36,9 +39,7 @@ def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="run folder: summary.json, selection.csv"
     )
-    parser.add_argument(
-        "--method", choices=METHODS, default="feddel", help="selection method (default feddel)"
-    )
+    parser.add_argument("--method", choices=METHOD_NAMES, default=FEDDEL.name, help=METHOD_HELP)
     parser.add_argument(
         "--budget", type=float, default=0.05, help="target retention R, e.g. 0.05 = 5%%"
     )
@@ -62,24 +63,28 @@ def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def curate(args: argparse.Namespace) -> dict[str, Any]:
+def curate(args: argparse.Namespace) -> RoundSummary:
     overrides = {"method": args.method, "budget": args.budget, **parse_overrides(args.set)}
     config = CurationConfig.from_run_config(overrides)
     if args.mode == "centralized":
         return run_centralized(args.data, args.out, config, state_root=args.state)
     summary = run_federated(args.data, args.out, config, engine=args.engine, state_root=args.state)
-    summary["mode"] = f"federated ({args.engine})"
-    quality = _federated_truth(
-        args.data, args.out, args.state or args.out / "centers", summary, config
+    summary = dataclasses.replace(
+        summary,
+        mode=f"federated ({args.engine})",
+        quality=_federated_truth(
+            args.data, args.out, args.state or args.out / "centers", config, set(summary.per_center)
+        ),
     )
-    if quality is not None:
-        summary["quality"] = quality
-    write_json(args.out / "summary.json", summary)
-    write_coordinator_report(summary, args.out)
+    write_json(args.out / "summary.json", summary.to_json())
+    write_coordinator_report(summary.to_json(), args.out)
     return summary
 
 
 def curate_run(args: argparse.Namespace) -> int:
+    require_writable_folder(args.out, "--out")
+    if args.state is not None:
+        require_writable_folder(args.state, "--state")
     summary = curate(args)
     print_summary(summary)
     console.print(f"summary: {args.out / 'summary.json'}   selection: {args.out / 'selection.csv'}")
@@ -87,10 +92,11 @@ def curate_run(args: argparse.Namespace) -> int:
 
 
 def _federated_truth(
-    data: Path, out: Path, state_root: Path, summary: dict[str, Any], config: CurationConfig
+    data: Path, out: Path, state_root: Path, config: CurationConfig, finished: set[str]
 ) -> dict[str, Any] | None:
-    """Judge a federated round with the simulation's ground truth (never seen by the round)."""
-    centers = center_dirs(data)
+    """Judge a federated round with the simulation's ground truth (never seen by the round),
+    over the centers that `finished` it: one dropped (an empty folder, a crash) has no pool."""
+    centers = [folder for folder in center_dirs(data) if folder.name in finished]
     pool_ids = {}
     for folder in centers:
         pool = CenterState(state_root / folder.name).load_pool(out.name)
@@ -100,36 +106,35 @@ def _federated_truth(
     )
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def print_summary(summary: RoundSummary) -> None:
     table = Table(
-        title=f"curation round: {summary['method']} at {summary['budget']:.0%} "
-        f"({summary.get('mode', '')})"
+        title=f"curation round: {summary.method} at {summary.budget:.0%} ({summary.mode})"
     )
     table.add_column("measure")
     table.add_column("value", justify="right")
-    table.add_row("centers", str(summary["centers"]))
-    table.add_row("pool samples", str(summary["total_samples"]))
-    table.add_row("selected", f"{summary['selected']} ({summary['retention']:.2%})")
-    table.add_row("clusters k / Lloyd rounds", f"{summary['k']} / {summary['kmeans_rounds']}")
-    if "bytes_up" in summary:
+    table.add_row("centers", str(summary.centers))
+    table.add_row("pool samples", str(summary.total_samples))
+    table.add_row("selected", f"{summary.selected} ({summary.retention:.2%})")
+    table.add_row("clusters k / Lloyd rounds", f"{summary.k} / {summary.kmeans_rounds}")
+    if summary.bytes_up is not None and summary.bytes_down is not None:
         table.add_row(
             "bytes up / down",
-            f"{summary['bytes_up']['total']:,} / {summary['bytes_down']['total']:,}",
+            f"{summary.bytes_up['total']:,} / {summary.bytes_down['total']:,}",
         )
-    for name, v in summary.get("v_information", {}).items():
+    for name, v in summary.v_information.items():
         table.add_row(
             f"V-information of the {name} (bits)",
             f"{v['objective']:.3f} = diversity {v['diversity']:.3f} + hardness {v['hardness']:.3f}",
         )
-    if "synthesized" in summary:
-        table.add_row("mosaics made at the centers", str(summary["synthesized"]["mosaics"]))
-    table.add_row("wall time", f"{summary['wall_s']:.1f} s")
+    if summary.synthesized is not None:
+        table.add_row("mosaics made at the centers", str(summary.synthesized["mosaics"]))
+    table.add_row("wall time", f"{summary.wall_s:.1f} s")
     console.print(table)
-    quality = summary.get("quality")
+    quality = summary.quality
     if quality:
         compare = Table(title="against ground truth (evaluation only)")
         compare.add_column("measure")
-        compare.add_column(summary["method"], justify="right")
+        compare.add_column(summary.method, justify="right")
         compare.add_column("random, same R", justify="right")
         baseline = quality.get("random_baseline", {})
         for key, label, form in QUALITY_ROWS:
@@ -139,12 +144,11 @@ def print_summary(summary: dict[str, Any]) -> None:
                 form.format(baseline[key]) if key in baseline else "",
             )
         console.print(compare)
-    for warning in summary.get("warnings", []):
+    for warning in summary.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
-    for failure in summary.get("failed_centers", []):
+    for failure in summary.failed_centers:
         console.print(
-            f"[yellow]failed center[/] {failure['center']} "
-            f"in {failure['phase']}: {failure['reason']}"
+            f"[yellow]failed center[/] {failure.center} in {failure.phase}: {failure.reason}"
         )
 
 

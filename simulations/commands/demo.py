@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 from feddel.common.cliutil import EXIT_OK, console
+from feddel.common.curation.methods import FEDDEL, RANDOM
+from feddel.common.io import require_writable_folder
 from feddel.simulations.commands.compare import (
     add_pipeline_arguments,
     add_seed_arguments,
@@ -31,7 +33,7 @@ from feddel.simulations.pipeline import Cell, PipelineSettings
 from feddel.simulations.synth import generate_federation
 
 DEMO_BUDGET = 0.05
-DEMO_METHODS = ("oracle", "disruptive-only", "random", "feddel")
+DEMO_METHODS = ("oracle", "disruptive-only", RANDOM.name, FEDDEL.name)
 DEMO_DATA_SEED = 0
 # `make science`'s protocol (docs/does-curation-pay.md) with fewer seeds and cells
 DEMO_SETTINGS = PipelineSettings(
@@ -58,6 +60,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def demo_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    require_writable_folder(args.out, "--out")
     seeds = shard_seeds(args)
     data = args.out / "data"
     _ensure_demo_data(data)

@@ -53,8 +53,6 @@ def check_fedsgd(config: PretrainConfig) -> None:
             f"--local-steps 1 --local-lr 1 (got fedadam={config.fedadam}, local-steps="
             f"{config.local_steps}, local-lr={config.local_lr:g})"
         )
-    if config.proximal_mu:
-        raise ConfigError(f"the fast path has no FedProx term (proximal-mu={config.proximal_mu})")
 
 
 def run_fast_pretraining(
@@ -119,8 +117,7 @@ def _round_gradient(
     draws: list[MaskedBatch] = [
         next(
             masked_batches(
-                mae, images[name], config.batch_size, local_seed(request, name),
-                config.mask_ratio, device,
+                mae, images[name], config.batch_size, local_seed(request, name), device=device
             )
         )
         for name in images

@@ -283,10 +283,10 @@ def test_deployed_round_matches_the_inprocess_simulation(site, processes, superl
         root / "data", tmp_path / RUN, config, engine="inprocess", state_root=tmp_path / "state"
     )
     assert deployed["failed_centers"] == [] and deployed["centers"] == len(CENTERS)
-    assert deployed["total_samples"] == reference["total_samples"]
-    assert deployed["selected"] == reference["selected"] == len(deployed_rows) > 0
+    assert deployed["total_samples"] == reference.total_samples
+    assert deployed["selected"] == reference.selected == len(deployed_rows) > 0
     assert {c: v["selected"] for c, v in deployed["per_center"].items()} == {
-        c: v["selected"] for c, v in reference["per_center"].items()
+        c: line.selected for c, line in reference.per_center.items()
     }
     reference_rows = {
         (r["center"], r["sample_id"]) for r in read_csv(tmp_path / RUN / "selection.csv")

@@ -7,7 +7,6 @@ and inspects every reply as serialized bytes and as decoded arrays.
 import json
 import shutil
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,12 +47,11 @@ def captured(tmp_path_factory):
     )  # fmt: skip
     names = {1001: "small", 1002: "large"}  # partition order = sorted folder names
     pools = {n: CenterState(root / "state" / n).load_pool("run") for n in ("large", "small")}
-    summary["state_root"] = str(root / "state")  # for the mask test; not part of a summary
-    return {names[node]: msgs for node, msgs in replies.items()}, pools, summary
+    return {names[node]: msgs for node, msgs in replies.items()}, pools, summary, root / "state"
 
 
 def test_wire_no_sample_id_or_path_in_any_reply(captured):
-    replies, pools, _ = captured
+    replies, pools, _, _ = captured
     for center, messages in replies.items():
         wire = b"".join(serde.recorddict_to_proto(m.content).SerializeToString() for m in messages)
         for sample in pools[center].samples:
@@ -71,7 +69,7 @@ def _arrays(message):
 
 
 def test_wire_no_embedding_leaves_a_center(captured):
-    replies, pools, _ = captured
+    replies, pools, _, _ = captured
     for center, messages in replies.items():
         embeddings = np.asarray(pools[center].embeddings, dtype=np.float64)
         for message in messages:
@@ -83,7 +81,7 @@ def test_wire_no_embedding_leaves_a_center(captured):
 
 def test_wire_no_array_scales_with_the_number_of_samples(captured):
     """Per-sample scores would make some array grow with n: the 10x center sends the same shapes."""
-    replies, _, _ = captured
+    replies, _, _, _ = captured
 
     def shapes(center):
         return sorted(
@@ -96,7 +94,7 @@ def test_wire_no_array_scales_with_the_number_of_samples(captured):
 
 
 def test_wire_seed_counts_respect_min_count(captured):
-    replies, _, _ = captured
+    replies, _, _, _ = captured
     for messages in replies.values():
         for message in messages:
             if message.metadata.message_type == "query.seed":
@@ -105,7 +103,7 @@ def test_wire_seed_counts_respect_min_count(captured):
 
 
 def test_wire_masked_replies_do_not_reveal_the_center_statistics(captured):
-    replies, _, _ = captured
+    replies, _, _, _ = captured
     for messages in replies.values():
         for message in messages:
             if message.metadata.message_type != "query.lloyd":
@@ -116,26 +114,26 @@ def test_wire_masked_replies_do_not_reveal_the_center_statistics(captured):
 
 
 def test_wire_bytes_do_not_grow_with_the_number_of_images(captured):
-    replies, pools, _ = captured
+    replies, pools, _, _ = captured
     assert len(pools["large"].samples) >= 10 * len(pools["small"].samples)
     sent = {c: sum(record_bytes(m.content) for m in msgs) for c, msgs in replies.items()}
     assert sent["large"] <= 1.05 * sent["small"]
 
 
 def test_wire_coordinator_sees_no_aggregate_cell_under_min_count(captured):
-    _, _, summary = captured
-    for cell in summary["clusters"]["candidates"]:
+    _, _, summary, _ = captured
+    for cell in summary.clusters.candidates:
         assert cell == 0 or cell >= MIN_COUNT
 
 
 def test_wire_every_masked_vector_of_a_run_has_its_own_masks(captured):
     """Two Lloyd rounds under one mask would let the coordinator subtract them."""
-    _, _, summary = captured
+    _, _, summary, state_root = captured
     for center in ("small", "large"):
-        masks = Path(summary["state_root"]) / center / "runs" / "run" / "masks.json"
+        masks = state_root / center / "runs" / "run" / "masks.json"
         contexts = json.loads(masks.read_text())
         lloyd = [key for key in contexts if "/lloyd/" in key]
-        assert len(lloyd) == summary["kmeans_rounds"] > 1
+        assert len(lloyd) == summary.kmeans_rounds > 1
         assert len({key.rsplit("/", 1)[1] for key in contexts}) == len(contexts)
 
 

@@ -3,8 +3,8 @@
 One module-wide federation holds three ordinary synthetic centers and five odd ones (an empty
 folder, a folder of unreadable files, one image, three images, three black frames); the
 shared state root keeps the embedding caches warm, so every round after the first is quick.
-tests/test_failures.py covers one center raising or hanging in each phase; here: a failure in a
-later Lloyd round, the quorum lost to hangs, mismatched encoders.
+tests/reliability/test_failures.py covers one center raising or hanging in each phase; here: a
+failure in a later Lloyd round, the quorum lost to hangs, mismatched encoders.
 """
 
 import shutil
@@ -108,25 +108,25 @@ def test_round_with_empty_tiny_and_small_centers_finishes_and_names_them(federat
 
     summary = _run(federation, f"odd-{method}", observer=observe, method=method)
     # a folder without any image file is a configuration error: dropped, named, why
-    (vacant,) = summary["failed_centers"]
-    assert (vacant["center"], vacant["phase"]) == ("vacant", "inventory")
-    assert "no images found" in vacant["reason"]
-    status = {name: row["status"] for name, row in summary["per_center"].items()}
+    (vacant,) = summary.failed_centers
+    assert (vacant.center, vacant.phase) == ("vacant", "inventory")
+    assert "no images found" in vacant.reason
+    status = {name: row.status for name, row in summary.per_center.items()}
     assert status == {
         "center-00": "ok", "center-01": "ok", "center-02": "ok",
         "corrupt": "empty", "dark": "small", "one": "small", "three": "small",
     }  # fmt: skip
-    corrupt = summary["per_center"]["corrupt"]
-    assert (corrupt["files"], corrupt["unreadable"], corrupt["samples"]) == (2, 2, 0)
-    assert corrupt["selected"] == 0
-    warnings = " ".join(summary["warnings"])
+    corrupt = summary.per_center["corrupt"]
+    assert (corrupt.files, corrupt.unreadable, corrupt.samples) == (2, 2, 0)
+    assert corrupt.selected == 0
+    warnings = " ".join(summary.warnings)
     assert "1 center(s) have no usable image" in warnings and "corrupt (0 of 2 files)" in warnings
     for small in ("dark (3 of 3 files)", "one (1 of 1 files)", "three (3 of 3 files)"):
         assert small in warnings
     if method == "feddel":  # the three black frames are all disruptive: nothing eligible
-        assert summary["per_center"]["dark"]["disruptive"] == 3
-        assert summary["per_center"]["dark"]["selected"] == 0
-    assert summary["selected"] >= 0.9 * 0.1 * summary["total_samples"]
+        assert summary.per_center["dark"].disruptive == 3
+        assert summary.per_center["dark"].selected == 0
+    assert summary.selected >= 0.9 * 0.1 * summary.total_samples
     # privacy guards hold for the small centers: no mean-image sum, no local centroid
     for small in ("corrupt", "dark", "one", "three"):
         inventory = InventoryReply.from_record(replies[small]["query.inventory"])
@@ -148,10 +148,10 @@ def test_center_failing_in_a_later_lloyd_round_leaves_the_others_to_finish(feder
 
     _wrap(monkeypatch, "lloyd", wrapper)
     summary = _run(federation, "late-lloyd")
-    failure = summary["failed_centers"][-1]
-    assert (failure["center"], failure["phase"]) == ("center-02", "lloyd")
-    assert failure["reason"] == "center-02: state disk full (injected)"
-    assert summary["kmeans_rounds"] >= 2 and summary["selected"] > 0
+    failure = summary.failed_centers[-1]
+    assert (failure.center, failure.phase) == ("center-02", "lloyd")
+    assert failure.reason == "center-02: state disk full (injected)"
+    assert summary.kmeans_rounds >= 2 and summary.selected > 0
     assert calls["center-01"] > calls["center-02"]  # the survivors went on without it
 
 
@@ -181,20 +181,20 @@ def test_round_refuses_centers_with_another_encoder_by_name(federation, monkeypa
     _other_encoder(monkeypatch, {"one"}, model="vit_small_patch16_224")  # another dimension
     _other_encoder(monkeypatch, {"three"}, seed=7)  # same model, other weights
     summary = _run(federation, "encoders")
-    refused = {f["center"]: f["reason"] for f in summary["failed_centers"]}
+    refused = {f.center: f.reason for f in summary.failed_centers}
     assert sorted(refused) == ["one", "three", "vacant"]
     assert "(dim 384) differs from the majority's" in refused["one"]
     assert "(dim 192) differs from the majority's" in refused["three"]
     for name in ("one", "three"):
         assert "(dim 192) of center-00, center-01, center-02, corrupt, dark;" in refused[name]
-    assert sorted(summary["per_center"]) == [
+    assert sorted(summary.per_center) == [
         "center-00",
         "center-01",
         "center-02",
         "corrupt",
         "dark",
     ]
-    assert summary["selected"] > 0
+    assert summary.selected > 0
 
 
 def _inventory(fingerprint, dim=8):

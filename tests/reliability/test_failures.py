@@ -48,23 +48,21 @@ def _run(federation, name, **changes):
 def test_failure_in_any_phase_is_named_and_the_round_finishes(federation, monkeypatch, phase):
     _break(monkeypatch, phase, {"center-01"}, _raise)
     summary = _run(federation, f"fail-{phase}")
-    (failure,) = summary["failed_centers"]
-    assert failure["phase"] == phase
+    (failure,) = summary.failed_centers
+    assert failure.phase == phase
     # before the inventory reply the coordinator knows only the node id; the reason names it
-    assert failure["center"] == "center-01" or failure["reason"].startswith("center-01: ")
-    assert "disk unreadable (injected)" in failure["reason"]
-    assert summary["centers"] == 4 and "center-01" not in summary["per_center"]
-    assert summary["selected"] > 0
+    assert failure.center == "center-01" or failure.reason.startswith("center-01: ")
+    assert "disk unreadable (injected)" in failure.reason
+    assert summary.centers == 4 and "center-01" not in summary.per_center
+    assert summary.selected > 0
 
 
 def test_a_center_that_hangs_past_the_timeout_is_dropped(federation, monkeypatch):
     _break(monkeypatch, "score", {"center-03"}, lambda: time.sleep(8))
     summary = _run(federation, "hang", phase_timeout=4.0)
-    assert [(f["center"], f["phase"]) for f in summary["failed_centers"]] == [
-        ("center-03", "score")
-    ]
-    assert "no reply within 4 s" in summary["failed_centers"][0]["reason"]
-    assert summary["selected"] > 0
+    assert [(f.center, f.phase) for f in summary.failed_centers] == [("center-03", "score")]
+    assert "no reply within 4 s" in summary.failed_centers[0].reason
+    assert summary.selected > 0
 
 
 def test_round_fails_clearly_below_min_fraction(federation, monkeypatch):

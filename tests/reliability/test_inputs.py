@@ -4,8 +4,8 @@ One folder holds what hospital exports contain: corrupt, truncated and zero-byte
 text file and a PNG under image names of another format, 16-bit, grayscale, RGBA, CMYK,
 bi-level and float images, decompression bombs of every format (20,000 px headers over a
 few bytes), DICOM without pixel data or cut short, a file name that is not UTF-8, a pipe and a
-dangling link. tests/test_data.py checks each decoder rule on its own; here the whole folder
-goes through the scan, `feddel-center check`, a curation round, and a memory bound.
+dangling link. tests/common/data/test_scan.py checks each decoder rule on its own; here the whole
+folder goes through the scan, `feddel-center check`, a curation round, and a memory bound.
 """
 
 import io
@@ -221,9 +221,9 @@ def test_round_over_a_center_of_bad_files_selects_and_names_files_as_on_disk(bad
     out = bad_center.parent.parent / "run"
     config = CurationConfig(image_size=32, k=2, k_local=2, min_count=2, method="full")
     summary = run_federated(bad_center.parent, out, config, engine="inprocess")
-    row = summary["per_center"]["bad-center"]
-    assert (row["files"], row["unreadable"], row["duplicate_files"]) == (24, 12, 1)
-    assert row["samples"] == row["selected"] == 11
+    row = summary.per_center["bad-center"]
+    assert (row.files, row.unreadable, row.duplicate_files) == (24, 12, 1)
+    assert row.samples == row.selected == 11
     selected = {r["file"] for r in read_csv(out / "selection.csv")}
     assert selected == set(CONVERTED)
     assert all((bad_center / file).is_file() for file in selected)

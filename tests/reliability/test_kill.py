@@ -128,7 +128,7 @@ def test_coordinator_killed_mid_round_runs_again_to_the_same_selection(tmp_path,
     _kill(proc)
     assert not (run / "summary.json").exists(), "the kill came too late to test a restart"
     again = run_federated(data, run, config, engine="inprocess", state_root=state)
-    assert again["selected"] == reference["selected"] > 0
+    assert again.selected == reference.selected > 0
     assert _selection(run) == _selection(tmp_path / "reference")
 
 

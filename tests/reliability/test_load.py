@@ -24,6 +24,7 @@ from feddel.common.data.scan import scan_center
 from feddel.common.io import read_csv
 from feddel.common.models.embed import EncoderSpec
 from feddel.common.models.embedcache import EmbeddingCache, embed_center
+from feddel.common.reports.summary import RoundSummary
 from feddel.simulations.federated import run_federated
 
 DIM = 192  # vit_tiny's width: the caches look like the real encoder's
@@ -85,17 +86,17 @@ def test_hundred_center_round_leaks_no_memory_threads_or_file_handles(hundred_ce
         image_size=16, k=4, k_local=2, min_count=3, budget=0.3, kmeans_max_rounds=1
     )
 
-    def run(name: str) -> dict:
+    def run(name: str) -> RoundSummary:
         return run_federated(
             hundred_centers / "data", hundred_centers / "runs" / name, config,
             engine="inprocess", state_root=hundred_centers / "state",
         )  # fmt: skip
 
     first = run("warm-up")  # imports, thread pools and allocator arenas settle here
-    assert first["centers"] == 100 and first["failed_centers"] == []
-    assert first["total_samples"] == 600 and first["selected"] > 0
+    assert first.centers == 100 and first.failed_centers == []
+    assert first.total_samples == 600 and first.selected > 0
     fds, rss, threads = _usage()
-    assert run("again")["selected"] == first["selected"]
+    assert run("again").selected == first.selected
     fds_after, rss_after, threads_after = _settled(threads)
     assert fds_after <= fds, f"file descriptors {fds} -> {fds_after}"
     assert threads_after <= threads, f"threads {threads} -> {threads_after}"
@@ -114,7 +115,7 @@ def test_ten_concurrent_rounds_select_the_same_and_leak_nothing(tmp_path):
         _write_images(tmp_path / "data" / f"center-{center}", 12, 16, rng)
     config = CurationConfig(image_size=16, k=3, k_local=2, min_count=3, budget=0.2)
 
-    def run(name: str) -> dict:
+    def run(name: str) -> RoundSummary:
         return run_federated(
             tmp_path / "data", tmp_path / "runs" / name, config, engine="inprocess",
             state_root=tmp_path / "state",
@@ -127,10 +128,10 @@ def test_ten_concurrent_rounds_select_the_same_and_leak_nothing(tmp_path):
     fds, rss, threads = _usage()
     with ThreadPoolExecutor(10) as pool:
         summaries = list(pool.map(run, [f"run-{i}" for i in range(10)]))
-    assert all(summary["failed_centers"] == [] for summary in summaries)
+    assert all(summary.failed_centers == [] for summary in summaries)
     selections = {tuple(_selection(tmp_path / "runs" / f"run-{i}")) for i in range(10)}
     assert selections == {tuple(_selection(tmp_path / "runs" / "warm-up"))}
-    assert summaries[0]["selected"] == warm["selected"] > 0
+    assert summaries[0].selected == warm.selected > 0
     spec = EncoderSpec(image_size=16)
     for center in range(4):  # the shared caches hold what one thread alone computes
         folder = tmp_path / "data" / f"center-{center}"

@@ -413,12 +413,12 @@ def test_center_sending_replies_that_do_not_fit_the_round_is_dropped(
 ):
     _tamper(monkeypatch, phase, "center-00", change)
     summary = _run(federation, f"tamper-{phase}")
-    failure = summary["failed_centers"][0]
-    assert (failure["center"], failure["phase"]) == ("center-00", phase)
-    assert reason in failure["reason"]
+    failure = summary.failed_centers[0]
+    assert (failure.center, failure.phase) == ("center-00", phase)
+    assert reason in failure.reason
     survivors = ["center-02"] if phase == "keys" else ["center-01", "center-02"]
-    assert sorted(summary["per_center"]) == survivors
-    assert summary["selected"] > 0
+    assert sorted(summary.per_center) == survivors
+    assert summary.selected > 0
 
 
 def test_corrupt_masked_vector_stops_the_round_instead_of_curating_noise(federation, monkeypatch):

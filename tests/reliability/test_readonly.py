@@ -106,7 +106,7 @@ def test_full_curation_on_read_only_data_changes_nothing_in_it(tmp_path, watch):
         after, changes = _snapshot(data), list(attempts)
     finally:
         _set_writable(data, True)
-    assert summary["selected"] > 0 and summary["failed_centers"] == []
+    assert summary.selected > 0 and summary.failed_centers == []
     assert (tmp_path / "run" / "report.html").is_file()  # the reports ran too (they read data)
     assert changes == []
     assert after == before

@@ -9,6 +9,7 @@ import pytest
 from feddel.client.state import CenterState
 from feddel.common.config import CurationConfig
 from feddel.common.curation.kmeans import assign
+from feddel.common.curation.methods import FEDDEL
 from feddel.common.io import read_csv
 from feddel.simulations.centralized import pooled_kmeans, run_centralized
 from feddel.simulations.federated import run_federated
@@ -41,16 +42,16 @@ def _centralized(federation, name, **changes):
 
 def test_centralized_feddel_meets_the_budget_to_one_per_cluster(federation):
     summary, rows = _centralized(federation, "feddel")
-    budget = math.ceil(0.1 * summary["total_samples"])
-    assert abs(summary["selected"] - budget) <= summary["k"]
-    assert len(rows) == summary["selected"]
+    budget = math.ceil(0.1 * summary.total_samples)
+    assert abs(summary.selected - budget) <= summary.k
+    assert len(rows) == summary.selected
     assert set(rows[0]) >= {"center", "file", "sample_id", "cluster", "score"}
 
 
 def test_centralized_feddel_avoids_disruptive_corrupt_and_duplicate_files(federation):
     summary, rows = _centralized(federation, "feddel-quality")
-    quality = summary["quality"]["selection"]
-    baseline = summary["quality"]["random_baseline"]
+    quality = summary.quality["selection"]
+    baseline = summary.quality["random_baseline"]
     assert quality["corrupt_selected"] == 0 and quality["duplicate_files_selected"] == 0
     assert quality["disruptive_rate"] < baseline["disruptive_rate"]
     assert len({(r["center"], r["sample_id"]) for r in rows}) == len(rows)
@@ -65,12 +66,12 @@ def test_centralized_selection_is_deterministic_for_a_seed(federation):
 @pytest.mark.parametrize(("method", "low", "high"), [("random", 0.05, 0.15), ("full", 1.0, 1.0)])
 def test_centralized_baselines_reach_their_retention(federation, method, low, high):
     summary, _ = _centralized(federation, method, method=method)
-    assert low <= summary["retention"] <= high
+    assert low <= summary.retention <= high
 
 
 def test_centralized_meddel_tunes_eta_toward_the_budget(federation):
     summary, _ = _centralized(federation, "meddel", method="meddel")
-    assert 0.03 <= summary["retention"] <= 0.3
+    assert 0.03 <= summary.retention <= 0.3
 
 
 def test_federated_inprocess_round_writes_summary_manifests_and_selection(federation):
@@ -79,24 +80,22 @@ def test_federated_inprocess_round_writes_summary_manifests_and_selection(federa
     summary = run_federated(
         federation / "data", out, config, engine="inprocess", state_root=federation / "state"
     )
-    assert set(summary) >= SUMMARY_KEYS
-    assert summary["centers"] == 5 and summary["failed_centers"] == []
-    assert summary["bytes_up"]["total"] == sum(
-        v for k, v in summary["bytes_up"].items() if k != "total"
-    )
-    budget = math.ceil(0.1 * summary["total_samples"])
-    assert abs(summary["selected"] - budget) <= summary["k"] * summary["centers"]
+    assert set(summary.to_json()) >= SUMMARY_KEYS
+    assert summary.centers == 5 and summary.failed_centers == []
+    assert summary.bytes_up["total"] == sum(v for k, v in summary.bytes_up.items() if k != "total")
+    budget = math.ceil(0.1 * summary.total_samples)
+    assert abs(summary.selected - budget) <= summary.k * summary.centers
     rows = read_csv(out / "selection.csv")
-    assert len(rows) == summary["selected"]
-    per_center = {name: info["selected"] for name, info in summary["per_center"].items()}
+    assert len(rows) == summary.selected
+    per_center = {name: line.selected for name, line in summary.per_center.items()}
     for name, selected in per_center.items():
         manifest = out / "centers" / name / "selection-fed-run-0.csv"
         assert manifest.is_file() and len(read_csv(manifest)) == selected
-    assert json.loads((out / "summary.json").read_text())["selected"] == summary["selected"]
+    assert json.loads((out / "summary.json").read_text())["selected"] == summary.selected
     assert (out / "report.html").is_file()
     mean_image = np.load(out / "mean_image.npy")
     assert mean_image.shape == (32, 32, 3) and 20 < mean_image.mean() < 235
-    assert np.load(out / "centroids.npy").shape == (summary["k"], 192)
+    assert np.load(out / "centroids.npy").shape == (summary.k, 192)
 
 
 @pytest.mark.slow
@@ -109,7 +108,7 @@ def test_federated_kmeans_inertia_within_2_percent_of_centralized_on_the_demo(tm
     shards = []
     for center in sorted((tmp_path / "data").glob("center-*")):
         pool = CenterState(tmp_path / "state" / center.name).load_pool("run")
-        shards.append(np.asarray(pool.embeddings)[pool.eligible("feddel")])
+        shards.append(np.asarray(pool.embeddings)[FEDDEL.eligible(pool.disruptive)])
     pooled = np.concatenate(shards)
     federated = float(assign(pooled, np.load(tmp_path / "run" / "centroids.npy")).sqdist.sum())
     centralized = float(assign(pooled, pooled_kmeans(shards, config).centers).sqdist.sum())
@@ -131,8 +130,8 @@ def test_federated_methods_run_through_the_same_rounds(federation, method, chang
         federation / "data", federation / f"fed-{method}", config, engine="inprocess",
         state_root=federation / "state",
     )  # fmt: skip
-    assert summary["method"] == method and summary["failed_centers"] == []
-    assert low <= summary["retention"] <= high
+    assert summary.method == method and summary.failed_centers == []
+    assert low <= summary.retention <= high
 
 
 def test_federated_feddel_loosens_eta_when_dedup_leaves_too_few_candidates(federation):
@@ -142,6 +141,6 @@ def test_federated_feddel_loosens_eta_when_dedup_leaves_too_few_candidates(feder
         federation / "data", federation / "eta-ladder", _config(eta=0.3, budget=0.2),
         engine="inprocess", state_root=federation / "state",
     )  # fmt: skip
-    budget = math.ceil(0.2 * summary["total_samples"])
-    assert summary["eta"] > 0.3
-    assert abs(summary["selected"] - budget) <= summary["k"]
+    budget = math.ceil(0.2 * summary.total_samples)
+    assert summary.eta > 0.3
+    assert abs(summary.selected - budget) <= summary.k

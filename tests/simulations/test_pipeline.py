@@ -135,20 +135,6 @@ def test_centers_per_round_trains_that_many_drawn_by_round(federation, tmp_path)
     assert len(set(trained)) == 3  # the draw changes with the round: all 3 centers trained
 
 
-def test_proximal_mu_reaches_the_centers_and_holds_the_global_model_back(federation, tmp_path):
-    """FedProx end to end: the proximal term is applied at the centers only, so mu must travel in
-    the TrainRequest for the averaged model to stay nearer its start than with plain FedAvg."""
-    start = MAE(EncoderSpec(PretrainConfig.model, SETTINGS["image_size"], seed=0)).state_dict()
-    moved = {}
-    for mu in (0.0, 1e3):
-        result = _pretrain(
-            federation, tmp_path / f"s{mu}", tmp_path / f"run{mu}", proximal_mu=mu, lr=2e-3
-        )
-        final = _weights(result.checkpoint)
-        moved[mu] = sum(float(((final[k] - v) ** 2).sum()) for k, v in start.items())
-    assert moved[1e3] < 0.5 * moved[0.0]
-
-
 def test_pretraining_refuses_to_resume_with_other_settings(federation, tmp_path):
     _pretrain(federation, tmp_path / "s", tmp_path / "run")
     with pytest.raises(ConfigError, match="other settings"):
@@ -210,31 +196,31 @@ def test_compare_refuses_to_mix_cells_of_other_settings(tmp_path):
 
 
 def test_results_written_before_a_new_setting_existed_still_match(tmp_path):
-    """A settings.json without `proximal_mu` was made with its default (plain FedAvg); one
+    """A settings.json without `center_weighting` was made with its default (by examples); one
     without a code fingerprint predates fingerprints and cannot be told apart."""
     base = CurationConfig(image_size=32)
     Pipeline(None, base, PipelineSettings(rounds=2), tmp_path, [], tmp_path)._check_settings()
     stored = json.loads((tmp_path / "settings.json").read_text())
-    del stored["pipeline"]["proximal_mu"], stored["code"]
+    del stored["pipeline"]["center_weighting"], stored["code"]
     write_json(tmp_path / "settings.json", stored)
     Pipeline(None, base, PipelineSettings(rounds=2), tmp_path, [], tmp_path)._check_settings()
     with pytest.raises(ConfigError, match="other settings"):
-        settings = PipelineSettings(rounds=2, proximal_mu=1.0)
+        settings = PipelineSettings(rounds=2, center_weighting="equal")
         Pipeline(None, base, settings, tmp_path, [], tmp_path)._check_settings()
 
 
 def test_pretraining_written_before_a_new_setting_existed_resumes(federation, tmp_path):
-    """A progress.json without `proximal_mu` was trained with its default (plain FedAvg)."""
+    """A progress.json without `center_weighting` was trained with its default (by examples)."""
     _pretrain(federation, tmp_path / "s", tmp_path / "run")
     progress_path = tmp_path / "run" / pretrain_module.PROGRESS
     progress = json.loads(progress_path.read_text())
-    del progress["config"]["proximal_mu"]
+    del progress["config"]["center_weighting"]
     write_json(progress_path, progress)
     config = PretrainConfig(run="warm", **SETTINGS)
     _, resumed = pretrain_module.resume_or_start(config, tmp_path / "run")
     assert resumed["rounds_done"] == SETTINGS["rounds"]
     with pytest.raises(ConfigError, match="other settings"):
-        config = PretrainConfig(run="warm", **{**SETTINGS, "proximal_mu": 1.0})
+        config = PretrainConfig(run="warm", **{**SETTINGS, "center_weighting": "equal"})
         pretrain_module.resume_or_start(config, tmp_path / "run")
 
 
@@ -375,16 +361,11 @@ def test_fedadam_centers_take_sgd_steps_and_a_killed_run_resumes_exactly(
 
 def test_pipeline_hands_its_optimizer_settings_to_every_pre_training_run(tmp_path):
     settings = PipelineSettings(
-        rounds=2, fedadam=True, local_lr=0.5, proximal_mu=0.1, lr=1e-3, center_weighting="equal"
+        rounds=2, fedadam=True, local_lr=0.5, lr=1e-3, center_weighting="equal"
     )
     pipeline = Pipeline(None, CurationConfig(image_size=32), settings, tmp_path, [], tmp_path)
     config = pipeline._pretrain_config(run="r", uniform_fraction=0.1, rounds=3, seed=2)
-    assert (config.fedadam, config.local_lr, config.proximal_mu, config.lr) == (
-        True,
-        0.5,
-        0.1,
-        1e-3,
-    )
+    assert (config.fedadam, config.local_lr, config.lr) == (True, 0.5, 1e-3)
     assert (config.image_size, config.rounds, config.seed) == (32, 3, 2)
     assert config.center_weighting == "equal"
 
@@ -392,7 +373,6 @@ def test_pipeline_hands_its_optimizer_settings_to_every_pre_training_run(tmp_pat
 @pytest.mark.parametrize(
     "bad, named",
     [
-        ({"proximal_mu": -0.1}, "proximal-mu"),
         ({"local_lr": 0.0}, "local-lr"),
         ({"local_lr": 2.0}, "local-lr"),
         ({"centers_per_round": -1}, "centers-per-round"),
@@ -472,7 +452,7 @@ def test_a_center_reusing_its_model_trains_exactly_as_a_fresh_model(federation, 
         return TrainRequest(
             run="reuse", round=round_, selection="", uniform_fraction=0.5, model=spec.model,
             image_size=32, steps=2, step_offset=0, total_steps=2, batch_size=4, lr=1e-3,
-            mask_ratio=0.75, seed=0,
+            seed=0,
         ).with_weights(weights)  # fmt: skip
 
     def trained(*requests: TrainRequest) -> dict[str, torch.Tensor]:

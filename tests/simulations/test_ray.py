@@ -20,9 +20,9 @@ def test_ray_simulation_runs_a_31_center_round_like_the_inprocess_engine(tmp_pat
     local = run_federated(
         tmp_path / "data", tmp_path / "local", config, engine="inprocess", state_root=state
     )
-    assert ray["centers"] == 31 and ray["failed_centers"] == []
-    assert ray["selected"] == local["selected"] > 0
-    assert abs(ray["selected"] - math.ceil(0.1 * ray["total_samples"])) <= 4 * 16
+    assert ray.centers == 31 and ray.failed_centers == []
+    assert ray.selected == local.selected > 0
+    assert abs(ray.selected - math.ceil(0.1 * ray.total_samples)) <= 4 * 16
     ray_rows = {(r["center"], r["sample_id"]) for r in read_csv(tmp_path / "ray" / "selection.csv")}
     local_rows = {
         (r["center"], r["sample_id"]) for r in read_csv(tmp_path / "local" / "selection.csv")

@@ -15,7 +15,6 @@ from feddel.common.curation.selection import (
     random_selection,
     score_edges,
     score_histograms,
-    select_hardest,
     water_fill,
 )
 from feddel.common.errors import ConfigError, DataError, ProtocolError
@@ -172,7 +171,7 @@ def test_apply_plan_with_one_center_selects_exactly_the_quotas():
     plans = plan_from_histograms(score_histograms(scores, labels, 4, edges), quotas)
     selected = apply_plan(scores, labels, ids, edges, plans, seed=7)
     np.testing.assert_array_equal(np.bincount(labels[selected], minlength=4), quotas)
-    hardest = select_hardest(scores, labels, quotas)
+    hardest = _select_hardest(scores, labels, quotas)
     np.testing.assert_array_equal(np.bincount(labels[hardest], minlength=4), quotas)
     bins = np.searchsorted(edges, scores, side="right") - 1
     for j, plan in enumerate(plans):  # below the threshold bin both take everything
@@ -212,15 +211,6 @@ def test_boundary_draw_is_deterministic_per_sample_and_seed():
     assert abs(draws.mean() - 0.5) < 0.01 and abs(np.median(draws) - 0.5) < 0.01
 
 
-def test_select_hardest_takes_lowest_scores_ties_by_index():
-    scores = np.array([0.5, 0.1, 0.1, 0.9, 0.3, 0.1])
-    labels = np.array([0, 0, 0, 1, 1, 0])
-    mask = select_hardest(scores, labels, np.array([2, 1]))
-    assert mask.tolist() == [False, True, True, False, True, False]
-    with pytest.raises(DataError, match="quota 3 of cluster 1 is outside"):
-        select_hardest(scores, labels, np.array([0, 3]))
-
-
 def test_random_selection_hits_retention_and_is_decided_per_sample():
     ids = [f"img-{i}" for i in range(10000)]
     mask = random_selection(ids, 0.05, seed=3)
@@ -238,3 +228,16 @@ def test_meddel_eta_grid_reaches_a_5_percent_budget_on_spread_embeddings():
     assert counts[ETA_GRID >= 0.5].min() > 28
     eta = pick_eta(ETA_GRID, counts, 20)
     assert eta < 0.5 and counts[list(ETA_GRID).index(eta)] == 20
+
+
+def _select_hardest(scores: np.ndarray, labels: np.ndarray, quotas: np.ndarray) -> np.ndarray:
+    """Reference: the exact central selection, per cluster the quota lowest scores."""
+    s = np.asarray(scores, dtype=np.float64)
+    q = np.asarray(quotas, dtype=np.int64)
+    y = np.asarray(labels)
+    counts = np.bincount(y, minlength=q.size)
+    order = np.lexsort((s, y))
+    rank = np.arange(s.size) - (np.cumsum(counts) - counts)[y[order]]
+    selected = np.zeros(s.size, dtype=bool)
+    selected[order[rank < q[y[order]]]] = True
+    return selected

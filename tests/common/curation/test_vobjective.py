@@ -13,10 +13,9 @@ from feddel.common.curation.selection import score_histograms
 from feddel.common.curation.vinfo import cluster_pvi, v_information
 from feddel.common.curation.vobjective import (
     ClusterAggregates,
+    VEstimate,
     aggregates_from_histograms,
-    cluster_aggregates,
     v_objective,
-    v_objective_samples,
 )
 from feddel.common.errors import ConfigError, DataError
 
@@ -106,8 +105,35 @@ def test_v_objective_validates_its_inputs() -> None:
     with pytest.raises(DataError, match=r"counts \(2,\) and t_sums \(3,\)"):
         v_objective(ClusterAggregates(np.ones(2), np.zeros(3)))
     with pytest.raises(ConfigError, match=r"hardness_weight=-1"):
-        v_objective_samples(np.array([0]), np.array([-1.0]), 2, hardness_weight=-1)
+        v_objective(ClusterAggregates(np.ones(2), -np.ones(2)), hardness_weight=-1)
     with pytest.raises(DataError, match="need 5 increasing edges"):
         aggregates_from_histograms(np.ones((2, 4)), np.arange(4.0))
-    with pytest.raises(DataError, match="non-empty"):
-        v_objective_samples(np.array([], dtype=int), np.array([]), 2)
+
+
+# References: the objective computed from samples directly, without histograms.
+
+
+def cluster_aggregates(labels: np.ndarray, log_gx: np.ndarray, k: int) -> ClusterAggregates:
+    """(n_j, T_j) of samples: labels (n,) in [0, k), log_gx (n,) = t."""
+    t, y = np.asarray(log_gx, dtype=np.float64), np.asarray(labels)
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    return ClusterAggregates(counts, np.bincount(y, weights=t, minlength=k))
+
+
+def v_objective_samples(
+    labels: np.ndarray, log_gx: np.ndarray, k: int, hardness_weight: float = 1.0
+) -> VEstimate:
+    """The objective from the selected samples' labels (n,) and t = log_gx (n,) directly."""
+    t, y = np.asarray(log_gx, dtype=np.float64), np.asarray(labels)
+    diversity = 0.0
+    for j in np.unique(y):
+        share = float(np.mean(y == j))
+        diversity -= share * math.log2(share)
+    hardness = float(np.mean(-t))
+    return VEstimate(
+        float(t.size),
+        diversity,
+        hardness,
+        diversity - hardness,
+        diversity + hardness_weight * hardness,
+    )

@@ -244,3 +244,16 @@ def test_default_num_workers_none_for_a_single_batch() -> None:
     cpu = torch.device("cpu")
     assert default_num_workers(64, 64, cpu) == 0
     assert 0 <= default_num_workers(10_000, 64, cpu) <= 2
+
+
+def test_default_model_is_registered_with_its_normalization():
+    """timm reads common/models/registry.py's `default_cfgs`: without it the model falls back
+    to another normalization and every embedding (and k-means on them) changes."""
+    import timm
+
+    import feddel.common.models.registry  # noqa: F401  (registers the model)
+    from feddel.common.config import DEFAULT_MODEL
+
+    cfg = timm.create_model(DEFAULT_MODEL, pretrained=False).pretrained_cfg
+    assert cfg["mean"] == (0.5, 0.5, 0.5) and cfg["std"] == (0.5, 0.5, 0.5)
+    assert cfg["input_size"] == (3, 64, 64)

@@ -18,7 +18,6 @@ from feddel.common.models.mae import (
     load_mae_checkpoint,
     patchify,
     random_masks,
-    reconstruction_errors,
     save_mae_checkpoint,
     train_mae,
 )
@@ -150,23 +149,6 @@ def test_every_training_batch_is_cropped_and_flipped(monkeypatch) -> None:
     assert seen == [torch.Size([4, 3, 64, 64])] * 3
 
 
-def test_proximal_term_keeps_local_training_near_the_start() -> None:
-    """FedProx: the larger mu, the less the local steps move the weights; mu < 0 is refused."""
-
-    def moved(mu: float) -> float:
-        mae = MAE(SPEC)
-        start = [p.detach().clone() for p in mae.parameters()]
-        train_mae(mae, _blobs(8), steps=10, batch_size=4, lr=2e-3, warmup_steps=1, proximal_mu=mu)
-        return sum(
-            float(((p - p0) ** 2).sum()) for p, p0 in zip(mae.parameters(), start, strict=True)
-        )
-
-    free, held = moved(0.0), moved(1e3)
-    assert held < 0.5 * free
-    with pytest.raises(ConfigError, match="proximal-mu"):
-        train_mae(MAE(SPEC), _blobs(4), steps=1, proximal_mu=-0.1)
-
-
 def test_train_mae_accepts_a_loader_of_batches() -> None:
     images = _blobs(4)
     loader = torch.utils.data.DataLoader(torch.from_numpy(images), batch_size=2)
@@ -181,9 +163,8 @@ def test_checkpoint_round_trip_keeps_encoder_and_decoder(trained: MAE, tmp_path:
     loaded = load_mae_checkpoint(path)
     images = _blobs(4, seed=9)
     assert np.array_equal(embed_batch(loaded.encoder, images), embed_batch(trained.encoder, images))
-    mean = images.mean(axis=0)
-    a, b = reconstruction_errors(trained, images, mean), reconstruction_errors(loaded, images, mean)
-    assert np.array_equal(a.mse_x, b.mse_x)
+    loaded_weights = loaded.state_dict()
+    assert all(torch.equal(w, loaded_weights[k]) for k, w in trained.state_dict().items())
     assert loaded.spec.weights == str(path)
     assert encoder_fingerprint(loaded.spec) == encoder_fingerprint(
         EncoderSpec(SPEC.model, SPEC.image_size, weights=str(path))
@@ -208,39 +189,3 @@ def test_load_mae_checkpoint_rejects_other_files(tmp_path: Path) -> None:
         save_mae_checkpoint(
             MAE(EncoderSpec("vit_tiny_patch16_224", 32)), tmp_path / "x.pt", extra={"bad": object()}
         )
-
-
-def test_reconstruction_errors_mse_null_matches_numpy(trained: MAE) -> None:
-    images = _blobs(5, seed=3)
-    mean_image = _blobs(7, seed=4).mean(axis=0)
-    errors = reconstruction_errors(trained, images, mean_image, mask_ratio=0.75, seed=11)
-    masks = random_masks(5, 16, 0.75, torch.Generator().manual_seed(11)).numpy()
-
-    def patches(x: np.ndarray) -> np.ndarray:  # (n,64,64,3) pixels -> (n,16,768) normalized
-        z = (x / 255.0 - 0.5) / 0.5  # vit_tiny's mean and std
-        return (
-            z.reshape(len(z), 4, 16, 4, 16, 3).transpose(0, 1, 3, 2, 4, 5).reshape(len(z), 16, -1)
-        )
-
-    per_patch = ((patches(images) - patches(mean_image[None])) ** 2).mean(axis=-1)
-    expected = np.array([per_patch[i][masks[i]].mean() for i in range(5)])
-    np.testing.assert_allclose(errors.mse_null, expected, rtol=1e-5)
-    assert errors.patch_mse.shape == (5, 16) and np.isnan(errors.patch_mse[~masks]).all()
-    np.testing.assert_allclose(np.nanmean(errors.patch_mse, axis=1), errors.mse_x, rtol=1e-5)
-
-
-def test_reconstruction_errors_mean_image_has_zero_null_error(trained: MAE) -> None:
-    images = _blobs(3, seed=5)
-    errors = reconstruction_errors(trained, images, images[1].astype(np.float64))
-    assert errors.mse_null[1] == 0.0 and errors.mse_null[0] > 0 and errors.mse_x[1] > 0
-
-
-def test_reconstruction_errors_independent_of_batch_size(trained: MAE) -> None:
-    images = _blobs(5, seed=6)
-    mean = images.mean(axis=0)
-    one = reconstruction_errors(trained, images, mean, batch_size=5, precision="fp32")
-    two = reconstruction_errors(trained, images, mean, batch_size=2, precision="fp32")
-    np.testing.assert_allclose(one.mse_x, two.mse_x, rtol=1e-5)
-    np.testing.assert_array_equal(np.isnan(one.patch_mse), np.isnan(two.patch_mse))
-    with pytest.raises(DataError, match=r"mean image of shape \(32, 32, 3\)"):
-        reconstruction_errors(trained, images, mean[:32, :32])

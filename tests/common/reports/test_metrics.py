@@ -1,11 +1,9 @@
 import math
 
-import numpy as np
 import pytest
 
 from feddel.common.errors import ConfigError, DataError
 from feddel.common.reports.metrics import (
-    coverage_and_redundancy,
     curation_quality,
     del_score,
     norm_del,
@@ -90,26 +88,3 @@ def test_curation_quality_of_empty_selection_and_unknown_files():
         curation_quality({"B": ["b1", "zz"]}, TRUTH)
     with pytest.raises(DataError, match="lacks column"):
         curation_quality({}, {"C": [{"file": "c1"}]})
-
-
-def test_coverage_and_redundancy_hand_toy():
-    pool = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
-    single = coverage_and_redundancy(pool[:1], pool)
-    assert single.coverage == pytest.approx((1 + 0 + math.sqrt(0.5)) / 3)
-    assert single.redundancy == 0.0
-    pair = coverage_and_redundancy(np.array([[2, 0], [3, 0]], dtype=np.float32), pool)
-    assert pair.redundancy == pytest.approx(1.0)  # two copies of one direction
-
-
-def test_coverage_and_redundancy_matches_plain_reference_in_any_chunking():
-    rng = np.random.default_rng(0)
-    pool = rng.standard_normal((300, 8)).astype(np.float32)
-    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
-    sel = pool[rng.choice(300, 40, replace=False)]
-    sims = pool @ sel.T
-    inner = sel @ sel.T
-    np.fill_diagonal(inner, -np.inf)
-    expected = (sims.max(axis=1).mean(), inner.max(axis=1).mean())
-    for chunk in (7, 4096):
-        got = coverage_and_redundancy(sel, pool, chunk_size=chunk)
-        np.testing.assert_allclose(got, expected, rtol=1e-5)

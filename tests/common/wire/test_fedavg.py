@@ -52,7 +52,7 @@ def _request(**changes) -> TrainRequest:
     fields = dict(
         run="r", round=0, selection="sel", uniform_fraction=0.0, model="vit_tiny_patch16_224",
         image_size=32, steps=5, step_offset=0, total_steps=10, batch_size=4, lr=1e-4,
-        mask_ratio=0.75, seed=0,
+        seed=0,
     )  # fmt: skip
     return TrainRequest(**{**fields, **changes})
 
@@ -71,8 +71,6 @@ def test_train_request_carries_weights_through_the_record():
         ("step_offset", 8, "outside the schedule"),
         ("lr", float("nan"), "lr"),
         ("selection", "../etc", "selection: run name"),
-        ("mask_ratio", 1.0, "mask_ratio"),
-        ("proximal_mu", -1.0, "proximal_mu"),
     ],
 )
 def test_train_request_rejects_hostile_fields(field, value, error):

@@ -79,7 +79,7 @@ def test_optidel_pretraining_set_is_the_selection_plus_its_mosaics(optidel_round
     request = TrainRequest(
         run="pre", round=0, selection=out.name, uniform_fraction=0.0, model=EncoderSpec().model,
         image_size=SIZE, steps=0, step_offset=0, total_steps=1, batch_size=4, lr=1e-4,
-        mask_ratio=0.75, seed=0,
+        seed=0,
     )  # fmt: skip
     images = training_images(request, CenterPaths(center, data / center, state / center))
     mosaics = summary["synthesized"]["per_center"][center]["mosaics"]

@@ -91,7 +91,7 @@ def test_control_manifests_become_the_centers_training_sets(tmp_path):
         request = TrainRequest(
             run=f"mae-{kind}", round=0, selection=f"run-{kind}", uniform_fraction=0.0,
             model="vit_feddel_patch8_64", image_size=32, steps=0, step_offset=0, total_steps=1,
-            batch_size=4, lr=1.0, mask_ratio=0.75, seed=0, proximal_mu=0.0, local_sgd=True,
+            batch_size=4, lr=1.0, seed=0, local_sgd=True,
         )  # fmt: skip
         loaded = sum(
             len(training_images(request, CenterPaths(c.name, c, tmp_path / "state" / c.name)))
