@@ -6,7 +6,7 @@ pre-training on the selection from the seed's random init (the same init and the
 steps for every cell: compute-matched, so the selection is the only difference), and downstream
 evaluation. The curation encoder is a separate artefact, never a cell's starting point: a short
 MAE warm-up on a uniform sample (`curation_encoder="warmup"`, docs/design.md) or the random init
-itself (`"random"`). Control cells (simulations/science/controls.py) take their selection from
+itself (`"random-init"`). Control cells (simulations/science/controls.py) take their selection from
 the simulation's truth instead of a curation round. `fast` pre-trains with the fast exact
 FedSGD path (simulations/science/fastsgd.py) instead of over the wire.
 
@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 SCRATCH = "scratch"  # the row of the random-init encoder: no pre-training at all
 # what curation embeds with: the seed's MAE warm-up on a uniform sample, or its random init
-CURATION_ENCODERS = ("warmup", "random")
+CURATION_ENCODERS = ("warmup", "random-init")
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ class Pipeline:
 
     def curation_encoder(self, seed: int) -> Path:
         """The MAE checkpoint the seed's curation rounds embed with (made once, reused)."""
-        if self.settings.curation_encoder == "random":
+        if self.settings.curation_encoder == "random-init":
             path = self.out / "warmup" / f"random-s{seed}" / CHECKPOINT
             if not path.is_file():  # optidel needs an MAE (decoder too), not just an encoder
                 spec = EncoderSpec(self.base.model, self.base.image_size, seed=seed)

@@ -44,7 +44,7 @@ DEMO_SETTINGS = PipelineSettings(
     fedadam=True,
     local_lr=1.0,
     center_weighting="equal",
-    curation_encoder="random",
+    curation_encoder="random-init",
     fast=True,
 )
 

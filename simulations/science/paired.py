@@ -16,12 +16,17 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from feddel.common.curation.methods import FEDDEL, FULL, RANDOM
+from feddel.simulations.pipeline import SCRATCH
 from feddel.simulations.science.controls import CONTROLS
 
 Row = dict[str, Any]
 CONFIDENCE = 0.95
 NEGATIVE_CONTROLS = CONTROLS[1:]
-PRIMARY = (("feddel", 0.05), ("random", 0.05))  # fixed before any run: docs/does-curation-pay.md
+# fixed before any run (docs/does-curation-pay.md)
+PRIMARY = ((FEDDEL.name, 0.05), (RANDOM.name, 0.05))
+UNPAIRED = (SCRATCH, FULL.name)  # one cell per seed, whatever the budget
+FULL_CELL, SCRATCH_CELL = (FULL.name, 1.0), (SCRATCH, 0.0)
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class Paired:
 
 
 def cell_label(method: str, budget: float) -> str:
-    return method if method in ("scratch", "full") else f"{method} {budget:.0%}"
+    return method if method in UNPAIRED else f"{method} {budget:.0%}"
 
 
 def paired(rows: Sequence[Row], first: tuple[str, float], second: tuple[str, float],
@@ -92,12 +97,12 @@ def standard_comparisons(rows: Sequence[Row]) -> list[Paired]:
         if method == "oracle":
             wanted += [((method, budget), (other, budget)) for other in NEGATIVE_CONTROLS]
     for method, budget in cells:
-        if method in ("scratch", "full"):
+        if method in UNPAIRED:
             continue
-        if method != "random":
-            wanted.append(((method, budget), ("random", budget)))
-        wanted += [((method, budget), ("full", 1.0)), ((method, budget), ("scratch", 0.0))]
-    wanted.append((("full", 1.0), ("scratch", 0.0)))
+        if method != RANDOM.name:
+            wanted.append(((method, budget), (RANDOM.name, budget)))
+        wanted += [((method, budget), FULL_CELL), ((method, budget), SCRATCH_CELL)]
+    wanted.append((FULL_CELL, SCRATCH_CELL))
     found = (paired(rows, first, second) for first, second in dict.fromkeys(wanted))
     return [p for p in found if p is not None]
 

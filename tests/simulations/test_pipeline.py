@@ -504,7 +504,7 @@ def test_compare_fast_with_controls_starts_every_cell_from_the_random_init(feder
         "compare", "--data", str(federation), "--out", str(out), "--budgets", "0.2",
         "--methods", "random,oracle,disruptive-only", "--seeds", "2", "--first-seed", "5",
         "--fast", "--fedadam", "--local-steps", "1", "--local-lr", "1", "--rounds", "3",
-        "--batch-size", "4", "--head-steps", "10", "--curation-encoder", "random",
+        "--batch-size", "4", "--head-steps", "10", "--curation-encoder", "random-init",
         "--set", "image-size=32", "--set", "k=4", "--set", "k-local=2", "--set", "min-count=3",
     ]  # fmt: skip
     assert sim_main(argv) == 0
@@ -514,7 +514,7 @@ def test_compare_fast_with_controls_starts_every_cell_from_the_random_init(feder
     assert len(cells) == 6 and all(r["pretrain_engine"] == "fast" for r in cells)
     assert all(r["pretrain_gb"] == "" for r in cells)  # nothing travelled
     assert {r["method"]: r["curation_encoder"] for r in cells} == {
-        "random": "random", "oracle": "truth", "disruptive-only": "truth"
+        "random": "random-init", "oracle": "truth", "disruptive-only": "truth"
     }  # fmt: skip
     for r in cells:
         assert float(r["R"]) == pytest.approx(0.2, abs=0.06)
