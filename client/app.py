@@ -2,15 +2,18 @@
 
 A deployed center (SuperNode) names its folders in the node config:
 `--node-config 'data-path="/data/endoscopy" state-path="/var/lib/feddel"'` (optionally
-`center-name`). In simulation, `build_client_app` takes a resolver that maps the virtual node's
-`partition-id` to a center folder. Every failure becomes an error reply whose one-line reason
-names the center and the problem without the center's paths or file names (client/redact.py;
-the center's log and events.jsonl keep the detail); the server drops that center and goes on.
+`center-name`, and `center-config`, its center.toml, whose [privacy] section sets its floor).
+In simulation, `build_client_app` takes a resolver that maps the virtual node's `partition-id`
+to a center folder. Every failure becomes an error reply whose one-line reason names the
+center and the problem without the center's paths or file names (client/redact.py; the
+center's log and events.jsonl keep the detail); a request below the center's privacy floor is
+answered as a refusal (CENTER_REFUSED). The server drops that center and goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,14 +22,23 @@ from flwr.clientapp import ClientApp
 
 from feddel.client import handlers, training
 from feddel.client.handlers import CenterPaths
+from feddel.client.policy import CENTER_CONFIG_KEY, admit
 from feddel.client.redact import public_reason
+from feddel.client.site import load_privacy_policy
 from feddel.client.state import CenterState
-from feddel.common.errors import ConfigError, FedDELError
+from feddel.common.deployment.sites import log_to_stdout
+from feddel.common.errors import ConfigError, FedDELError, Refused
+from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.wire.protocol import (
     CENTER_ERROR,
+    CENTER_REFUSED,
+    CountsRequest,
+    HistogramRequest,
     InventoryRequest,
     KeysRequest,
     LloydRequest,
+    MeanImageRequest,
+    MomentsRequest,
     Payload,
     ScoreRequest,
     SeedRequest,
@@ -42,9 +54,13 @@ PHASES: dict[str, tuple[type[Payload], Callable[[Payload, CenterPaths], Payload]
     "inventory": (InventoryRequest, handlers.inventory),
     "keys": (KeysRequest, handlers.keys),
     "seed": (SeedRequest, handlers.seed),
+    "moments": (MomentsRequest, handlers.moments),
+    "counts": (CountsRequest, handlers.counts),
     "lloyd": (LloydRequest, handlers.lloyd),
     "score": (ScoreRequest, handlers.score),
+    "histograms": (HistogramRequest, handlers.histograms),
     "select": (SelectRequest, handlers.select),
+    "mean_image": (MeanImageRequest, handlers.mean_image),
     "mae": (TrainRequest, training.train),
     "segment": (EvaluateRequest, training.evaluate),
     "synthesize": (SynthesizeRequest, training.synthesize),
@@ -61,8 +77,11 @@ def paths_from_node_config(context: Context) -> CenterPaths:
             '--node-config \'data-path="/path/to/images" state-path="/path/to/state"\''
         )
     data = Path(str(config["data-path"]))
+    site_file = str(config.get(CENTER_CONFIG_KEY, "")).strip()
+    policy = load_privacy_policy(site_file) if site_file else PrivacyPolicy()
+    log_to_stdout("feddel.client")  # each phase, named by center and run, in the journal
     return CenterPaths(
-        str(config.get("center-name", data.name)), data, Path(str(config["state-path"]))
+        str(config.get("center-name", data.name)), data, Path(str(config["state-path"])), policy
     )
 
 
@@ -82,13 +101,23 @@ def _wrap(
     def handle(message: Message, context: Context) -> Message:
         paths = None
         phase = request_type.ACTION
+        started = time.monotonic()
         try:
             paths = resolve(context)
-            reply = handler(request_type.from_record(message.content), paths)
+            admit(context, paths.state, phase)  # the center's [policy], audited
+            request = request_type.from_record(message.content)
+            reply = handler(request, paths)
         except Exception as exc:  # any failure: a reply the round can go on without this center
             name = paths.name if paths else f"node {context.node_id}"
             reason = _report_error(exc, phase, name, paths)
-            return Message(Error(code=CENTER_ERROR, reason=f"{name}: {reason}"), reply_to=message)
+            code = CENTER_REFUSED if isinstance(exc, Refused) else CENTER_ERROR
+            return Message(Error(code=code, reason=f"{name}: {reason}"), reply_to=message)
+        seconds = time.monotonic() - started
+        CenterState(paths.state).record(
+            "phase", run=request.run, phase=phase, seconds=round(seconds, 2)
+        )
+        log.info("center %s: phase %s of run %s done in %.1f s", paths.name, phase, request.run,
+                 seconds)  # fmt: skip
         return Message(reply.to_record(), reply_to=message)
 
     handle.__name__ = f"{request_type.ACTION}_handler"

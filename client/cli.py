@@ -12,6 +12,7 @@ from rich.table import Table
 
 from feddel.client.commands.embed import add_embed_arguments, run_embed
 from feddel.client.commands.join import add_join_arguments, run_join
+from feddel.client.commands.keygen import add_keygen_arguments, run_keygen
 from feddel.client.commands.status import add_status_arguments, run_status
 from feddel.common.cliutil import EXIT_FAILED, EXIT_OK, Command, console, dispatch, run_cli
 from feddel.common.cliutil import build_parser as build_parser_for
@@ -25,8 +26,9 @@ coordinator only ever receives counts, per-cluster sums and score histograms.
 Commands:
   check    scan a data folder: what will be in the pool, what cannot be read, and why
   embed    embed the images into the center's cache ahead of a round (resumable)
+  keygen   make this center's key pair; only center.pub goes to the coordinator
   join     connect this center to the federation's SuperLink (runs until stopped)
-  status   runs seen, manifests written and the last error, from the state folder
+  status   connection, rounds and their phases, refusals and errors, from the state folder
 
 Deployment step by step: deploy/README.md.
 """
@@ -151,6 +153,15 @@ COMMANDS: tuple[Command, ...] = (
         run=run_embed,
     ),
     Command(
+        name="keygen",
+        summary="make this center's key pair (only center.pub leaves the center)",
+        description="Write center.key (EC P-384, OpenSSH format, mode 0600) and center.pub "
+        "into --out, and print the key's fingerprint. Send center.pub to the coordinator, who "
+        "admits it with `feddel-coordinator certs add-center NAME --public-key center.pub`.",
+        add_arguments=add_keygen_arguments,
+        run=run_keygen,
+    ),
+    Command(
         name="join",
         summary="connect this center to the federation (a Flower SuperNode)",
         description="Check center.toml (data folder, state folder, CA certificate, key), "
@@ -161,9 +172,11 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         name="status",
-        summary="runs seen, manifests written, last error",
-        description="Read the center's state folder: the curation runs it took part in, the "
-        "manifests it wrote, its last join or leave, and the last error with its phase.",
+        summary="connection, rounds and their phases, refusals, last error",
+        description="Read the center's state folder: whether the SuperNode is connected, the "
+        "curation runs it took part in and their phases, the manifests it wrote, rounds its "
+        "policy refused, and the last error with its phase. --json and --prometheus write the "
+        "same for machines; --check exits 1 unless connected.",
         add_arguments=add_status_arguments,
         run=run_status,
     ),

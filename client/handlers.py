@@ -1,15 +1,18 @@
 """What a center does in each phase: request in, reply out, state on disk in between.
 
 Handlers know nothing of Flower (client/app.py wires them), so each is tested directly. The
-replies are the only things that leave the center: center-level counts, local centroids of
-clusters with at least min-count members, and, for every per-cluster statistic, a vector
-masked for secure summation (common/privacy/secagg.py) that reveals nothing on its own.
+replies are the only things that leave the center: center-level counts, noisy local centroids
+of clusters with at least min-count members, and, for every per-cluster statistic, a vector
+masked for secure summation (common/privacy/secagg.py) that reveals nothing on its own and
+whose sum carries the requested noise (common/privacy/noise.py). Before acting, every handler
+checks the request against the center's own privacy policy (common/privacy/policy.py) and
+refuses one below its floor (`Refused`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +23,24 @@ from feddel.common.curation.kmeans import ClusterStats, assign, cluster_stats
 from feddel.common.curation.local import (
     ETA_GRID,
     CenterScores,
+    beyond_share_counts,
     candidate_histograms,
     score_center,
 )
-from feddel.common.curation.methods import CenterView, Plan, method_named
+from feddel.common.curation.methods import CenterView, Method, Plan, method_named
 from feddel.common.data.manifest import manifest_rows, write_manifest
 from feddel.common.data.pool import prepare_center
 from feddel.common.errors import FedDELError, ProtocolError
 from feddel.common.models.embed import EncoderSpec
 from feddel.common.privacy import secagg
-from feddel.common.privacy.cells import add_gaussian_noise, seed_proposal
+from feddel.common.privacy.cells import seed_proposal
+from feddel.common.privacy.noise import add_noise, noise_context, noise_share, noisy_means
+from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.wire.protocol import (
+    CountsReply,
+    CountsRequest,
+    HistogramReply,
+    HistogramRequest,
     InventoryReply,
     InventoryRequest,
     KeysReply,
@@ -38,13 +48,22 @@ from feddel.common.wire.protocol import (
     LloydReply,
     LloydRequest,
     Masked,
+    MeanImageReply,
+    MeanImageRequest,
+    MomentsReply,
+    MomentsRequest,
     ScoreReply,
     ScoreRequest,
     SeedReply,
     SeedRequest,
     SelectReply,
     SelectRequest,
+    counts_layout,
+    histogram_layout,
     lloyd_layout,
+    mean_image_layout,
+    moments_layout,
+    noise_scales,
     pack,
     score_layout,
     select_layout,
@@ -55,14 +74,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CenterPaths:
-    """Where a center's data (read-only) and state (read-write) live, and its display name."""
+    """Where a center's data (read-only) and state (read-write) live, its display name, and
+    the privacy floor it holds every request to (the safe defaults unless center.toml says)."""
 
     name: str
     data: Path
     state: Path
+    policy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
 
 
 def inventory(request: InventoryRequest, paths: CenterPaths) -> InventoryReply:
+    paths.policy.check_min_count(request.min_count)
+    paths.policy.check_image_size(request.image_size)
     spec = EncoderSpec(
         model=request.model,
         image_size=request.image_size,
@@ -74,7 +97,6 @@ def inventory(request: InventoryRequest, paths: CenterPaths) -> InventoryReply:
     state.save_pool(request.run, pool, spec)
     state.record("inventory", run=request.run, samples=pool.counts.samples)
     counts = pool.counts
-    share_mean = counts.samples >= request.min_count
     return InventoryReply(
         center=paths.name,
         files=counts.files,
@@ -84,19 +106,24 @@ def inventory(request: InventoryRequest, paths: CenterPaths) -> InventoryReply:
         disruptive=counts.disruptive,
         dim=int(pool.embeddings.shape[1]),
         fingerprint=pool.fingerprint,
-        image_count=counts.samples if share_mean else 0,
-        image_sum=pool.image_sum if share_mean else np.zeros_like(pool.image_sum),
     )
 
 
 def seed(request: SeedRequest, paths: CenterPaths) -> SeedReply:
     """Local centroids, each the mean of >= min_count samples (small local clusters are merged
-    into their nearest neighbour), padded to k_local rows with zero counts, so neither the
-    reply's size nor its shape tells how many clusters there were."""
-    pool = CenterState(paths.state).load_pool(request.run)
+    into their nearest neighbour) whose sum carries N(0, noise_sigma^2) per value, padded to
+    k_local rows with zero counts, so neither the reply's size nor its shape tells how many
+    clusters there were."""
+    paths.policy.check_min_count(request.min_count)
+    paths.policy.check_k_local(request.k_local)
+    paths.policy.check_noise(request.noise_sigma)
+    state = CenterState(paths.state)
+    pool = state.load_pool(request.run)
     X = pool.embeddings[method_named(request.method).eligible(pool.disruptive)]
     centroids, counts = seed_proposal(X, request.k_local, request.min_count, request.seed)
-    return SeedReply(centroids=centroids, counts=counts)
+    context = noise_context(request.ACTION, 0)
+    noisy = noisy_means(state.noise_secret(), context, centroids, counts, request.noise_sigma)
+    return SeedReply(centroids=noisy, counts=counts)
 
 
 def keys(request: KeysRequest, paths: CenterPaths) -> KeysReply:
@@ -104,29 +131,98 @@ def keys(request: KeysRequest, paths: CenterPaths) -> KeysReply:
     return KeysReply(public_key=secagg.public_key(private))
 
 
-def _masked(request: Masked, paths: CenterPaths, values: np.ndarray) -> np.ndarray:
-    """Encode and mask a vector for the round's secure sum (common/privacy/secagg.py)."""
+def _masked(
+    request: Masked, paths: CenterPaths, layout: dict[str, tuple[int, ...]], **parts: np.ndarray
+) -> np.ndarray:
+    """Pack, add this center's share of the sum's noise, and mask a vector for the round's
+    secure sum (common/privacy/secagg.py), after checking the roster against the policy."""
+    roster = request.roster_keys()
+    paths.policy.check_roster(len(roster))
+    values = pack(layout, **parts)
     state = CenterState(paths.state)
     private = state.secagg_key(request.run)
     context = secagg.context(request.run, request.ACTION, request.attempt)
     state.claim_mask(request.run, context, values)
-    return secagg.masked_vector(values, private, request.roster_keys(), context)
+    scales = noise_share(1.0, len(roster)) * noise_scales(layout, request)
+    noisy = add_noise(
+        state.noise_secret(), noise_context(request.ACTION, request.attempt), values, scales
+    )
+    return secagg.masked_vector(noisy, private, roster, context)
+
+
+def _eligible_rows(request_method: str, paths: CenterPaths, run: str) -> tuple[Method, np.ndarray]:
+    pool = CenterState(paths.state).load_pool(run)
+    method = method_named(request_method)
+    return method, pool.embeddings[method.eligible(pool.disruptive)]
+
+
+def _cell_stats(X: np.ndarray, centers: np.ndarray) -> ClusterStats:
+    k, d = centers.shape
+    _check_dim(centers, X)
+    if len(X):
+        return cluster_stats(X, assign(X, centers), k)
+    # nothing eligible (no readable or only disruptive images): it adds zeros
+    return ClusterStats(np.zeros(k, dtype=np.int64), np.zeros((k, d)), np.zeros(k))
+
+
+def counts(request: CountsRequest, paths: CenterPaths) -> CountsReply:
+    """How many of its eligible samples each center's cell holds (masked); the centers are
+    kept for the statistics request that follows."""
+    _, X = _eligible_rows(request.method, paths, request.run)
+    k = len(request.centers)
+    stats = _cell_stats(X, request.centers)
+    CenterState(paths.state).save_cells(request.run, request.centers)
+    return CountsReply(masked=_masked(request, paths, counts_layout(k), count=stats.count))
 
 
 def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
+    """Count, sum and squared distance of the open cells (masked), every eligible sample
+    assigned to its nearest open center."""
+    paths.policy.check_noise(request.noise_sigma)
+    _, X = _eligible_rows(request.method, paths, request.run)
+    cells = CenterState(paths.state).load_cells(request.run, request.cells)
+    if len(request.open) != len(cells):
+        raise ProtocolError(f"{len(request.open)} open flags for {len(cells)} counted cells")
+    centers = cells[request.open > 0]
+    k, d = centers.shape
+    stats = _cell_stats(X, centers)
+    layout = lloyd_layout(k, d)
+    parts = {"count": stats.count, "sum": stats.sum, "sqdist": stats.sqdist}
+    return LloydReply(masked=_masked(request, paths, layout, **parts))
+
+
+def moments(request: MomentsRequest, paths: CenterPaths) -> MomentsReply:
+    """Count, sum and sum of outer products of the eligible embeddings (masked): with DP,
+    k-means starts from these instead of local centroids."""
+    paths.policy.check_noise(request.noise_sigma)
+    _, X = _eligible_rows(request.method, paths, request.run)
+    rows = np.asarray(X, dtype=np.float64)
+    d = rows.shape[1]
+    parts = {"count": np.array([len(rows)]), "sum": rows.sum(axis=0), "outer": rows.T @ rows}
+    return MomentsReply(masked=_masked(request, paths, moments_layout(d), **parts))
+
+
+def mean_image(request: MeanImageRequest, paths: CenterPaths) -> MeanImageReply:
+    """The sum of this center's images and their number (masked), or zeros when it holds
+    fewer than min_count images or its policy does not share them: a 1-image center's image
+    never enters the sum, and the sum of the others carries the pixel noise."""
+    paths.policy.check_min_count(request.min_count)
+    paths.policy.check_image_noise(request.noise_sigma)
     pool = CenterState(paths.state).load_pool(request.run)
-    X = pool.embeddings[method_named(request.method).eligible(pool.disruptive)]
-    k, d = request.centers.shape
-    _check_dim(request.centers, pool.embeddings)
-    if len(X):
-        stats = cluster_stats(X, assign(X, request.centers), k)
-    else:  # nothing eligible (no readable or only disruptive images): it adds zeros
-        stats = ClusterStats(np.zeros(k, dtype=np.int64), np.zeros((k, d)), np.zeros(k))
-    sums = stats.sum
-    if request.noise_sigma > 0:  # fresh OS entropy: nobody else can reproduce the noise
-        sums = add_gaussian_noise(sums, request.noise_sigma, np.random.default_rng())
-    values = pack(lloyd_layout(k, d), count=stats.count, sum=sums, sqdist=stats.sqdist)
-    return LloydReply(masked=_masked(request, paths, values))
+    size = request.image_size
+    if pool.image_sum.shape != (size, size, 3):
+        raise ProtocolError(
+            f"mean image of {size} px asked, this center embedded at {pool.image_sum.shape[0]} px"
+        )
+    share = paths.policy.share_mean_image and pool.counts.samples >= request.min_count
+    if not share:
+        log.info("%s: adds no image to the federated mean image", paths.name)
+    count = pool.counts.samples if share else 0
+    total = pool.image_sum if share else np.zeros_like(pool.image_sum)
+    layout = mean_image_layout(size)
+    return MeanImageReply(
+        masked=_masked(request, paths, layout, count=np.array([count]), image_sum=total)
+    )
 
 
 def score(request: ScoreRequest, paths: CenterPaths) -> ScoreReply:
@@ -139,19 +235,37 @@ def score(request: ScoreRequest, paths: CenterPaths) -> ScoreReply:
         scores = score_center(
             pool.embeddings, eligible, request.centers, request.prior,
             tau=request.tau, eps=request.eps, eta=request.eta, keep=request.keep,
+            series=pool.series_codes(), series_share=request.series_share,
         )  # fmt: skip
     else:
         scores = _no_scores()
     state.save_scores(request.run, scores)
     k = len(request.centers)
     view = CenterView(pool.embeddings, scores, pool.sample_ids, eligible)
+    layout = score_layout(k, len(ETA_GRID))
+    candidates = np.bincount(scores.labels[scores.candidate], minlength=k)
     survivors = method.survivors(view, request.keep)
-    values = pack(
-        score_layout(k, request.bins, len(ETA_GRID)),
-        histograms=candidate_histograms(scores, k, request.bins),
-        eta_survivors=survivors,
+    return ScoreReply(
+        masked=_masked(
+            request,
+            paths,
+            layout,
+            candidates=candidates,
+            eta_survivors=survivors,
+            beyond_share=beyond_share_counts(scores, k),
+        )
     )
-    return ScoreReply(masked=_masked(request, paths, values))
+
+
+def histograms(request: HistogramRequest, paths: CenterPaths) -> HistogramReply:
+    """The candidates' score histograms of the open clusters (masked); zeros elsewhere."""
+    scores = CenterState(paths.state).load_scores(request.run)
+    k = len(request.open)
+    if len(scores.labels) and scores.labels.max() >= k:
+        raise ProtocolError(f"histograms asked for {k} clusters; this center scored more")
+    rows = candidate_histograms(scores, k, request.bins) * (request.open[:, None] > 0)
+    layout = histogram_layout(k, request.bins)
+    return HistogramReply(masked=_masked(request, paths, layout, histograms=rows))
 
 
 def _check_dim(centers: np.ndarray, embeddings: np.ndarray) -> None:
@@ -168,7 +282,7 @@ def _no_scores() -> CenterScores:
     return CenterScores(
         labels=np.zeros(0, dtype=np.int32), sqdist=empty.astype(np.float32),
         outlier=empty.astype(bool), duplicate=empty.astype(bool), pvi=empty, log_gx=empty,
-        candidate=empty.astype(bool),
+        candidate=empty.astype(bool), beyond_share=empty.astype(bool),
     )  # fmt: skip
 
 
@@ -193,12 +307,12 @@ def select(request: SelectRequest, paths: CenterPaths) -> SelectReply:
     )  # fmt: skip
     chosen = method.select(view, plan, request.seed, request.keep)
     k = len(request.quotas)
-    rows = manifest_rows(pool.name, pool.files, ids, scores.labels, scores.pvi, chosen)
+    rows = manifest_rows(pool.name, pool.files, ids, scores.labels, scores.pvi, chosen, pool.frames)
     path = write_manifest(state.manifest_path(request.run, request.round), rows)
     state.record(
         "manifest", run=request.run, round=request.round, selected=len(rows), path=path.name
     )
     _center_report(paths, request)
     per_cluster = np.bincount(scores.labels[chosen], minlength=k)
-    values = pack(select_layout(k), per_cluster=per_cluster)
-    return SelectReply(selected=len(rows), masked=_masked(request, paths, values))
+    masked = _masked(request, paths, select_layout(k), per_cluster=per_cluster)
+    return SelectReply(selected=len(rows), masked=masked)

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 from feddel.client.state import CenterState
 from feddel.common.data.decode import UnreadableImage, load_image
 from feddel.common.data.manifest import read_manifest
+from feddel.common.data.scan import Sample
 from feddel.common.errors import DataError
 from feddel.common.reports import htmlreport as hr
 
@@ -96,7 +97,6 @@ def write_center_report(state_dir: Path, data_root: Path, run: str, round_: int)
     by_category: dict[str, list[int]] = {name: [] for name in BASE_CATEGORIES}
     for i, name in enumerate(groups.category):
         by_category.setdefault(name, []).append(i)
-    files = [s.file for s in pool.samples]
     counts = [(name, len(ix), hr.pct(len(ix) / n) if n else "") for name, ix in by_category.items()]
     sections = [
         f'<p class="note">{hr.esc(PRIVACY_NOTE)}</p>',
@@ -105,7 +105,7 @@ def write_center_report(state_dir: Path, data_root: Path, run: str, round_: int)
     for name, index in by_category.items():
         shown = _spread(index, SHEET_MAX)
         labels = [groups.label[i] for i in shown]
-        sheet = _contact_sheet(Path(data_root), [files[i] for i in shown], labels)
+        sheet = _contact_sheet(Path(data_root), [pool.samples[i] for i in shown], labels)
         if sheet is None:
             why = "No images in this category." if not index else "No image could be read."
             body = f'<p class="muted">{why}</p>'
@@ -160,12 +160,13 @@ class _Sheet(NamedTuple):
     count: int  # thumbnails that could be read
 
 
-def _contact_sheet(root: Path, files: list[str], labels: list[str]) -> _Sheet | None:
+def _contact_sheet(root: Path, samples: list[Sample], labels: list[str]) -> _Sheet | None:
     """A grid of THUMB-pixel thumbnails with a small label under each; None if none is readable."""
     tiles = []
-    for file, label in zip(files, labels, strict=True):
+    for sample, label in zip(samples, labels, strict=True):
         try:
-            tiles.append((Image.fromarray(load_image(root / file, THUMB)), label))
+            thumb = load_image(root / sample.file, THUMB, frame=sample.frame)
+            tiles.append((Image.fromarray(thumb), label))
         except UnreadableImage as error:
             log.warning("thumbnail skipped: %s", error)
     if not tiles:

@@ -3,10 +3,12 @@
     <state>/embeddings/<fingerprint>/   resumable embedding cache (common/models/embedcache.py)
     <state>/runs/<run>/pool.json        phase 0: the samples, quality flags and encoder of a run
     <state>/runs/<run>/pool.npz         phase 0: per-sample flags, mean-image sum
+    <state>/runs/<run>/cells.npy        phase 2: the centers of the last cell-count request
     <state>/runs/<run>/scores.npz       phase 3: per-sample labels and scores
     <state>/runs/<run>/masks.json       secure-sum contexts used, so none masks two vectors
     <state>/selection-<run>-<round>.csv phase 4: the manifest (sample id, path, cluster, score)
     <state>/events.jsonl                runs seen, manifests written, errors (feddel-center status)
+    <state>/noise.key                   the secret that keys the center's noise (mode 0600)
 
 Phases are separate messages (and, under Ray or after a restart, separate processes), so each
 phase reloads what it needs from here instead of keeping module-level caches.
@@ -28,8 +30,9 @@ import numpy as np
 
 from feddel.common.data.manifest import manifest_name
 from feddel.common.errors import DataError, ProtocolError
-from feddel.common.io import atomic_write_bytes, write_json
+from feddel.common.io import append_json_line, atomic_write_bytes, read_json_lines, write_json
 from feddel.common.privacy import secagg
+from feddel.common.privacy.noise import SECRET_BYTES
 
 if TYPE_CHECKING:  # the pool's modules load torch: `feddel-center status` must start fast
     from feddel.common.curation.local import CenterScores
@@ -106,6 +109,26 @@ class CenterState:
             image_sum=arrays["image_sum"],
         )
 
+    # --- phase 2: the centers a Lloyd round's statistics refer to --------------------------
+
+    def save_cells(self, run: str, centers: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(centers, dtype=np.float64))
+        atomic_write_bytes(self.run_dir(run) / "cells.npy", buffer.getvalue())
+
+    def load_cells(self, run: str, digest: str) -> np.ndarray:
+        """The centers of the last counts request, if they are the ones `digest` names."""
+        from feddel.common.wire.protocol import centers_digest  # Flower: not for `status`
+
+        path = self.run_dir(run) / "cells.npy"
+        centers = np.load(path) if path.is_file() else None
+        if centers is None or centers_digest(centers) != digest:
+            raise ProtocolError(
+                f"the Lloyd statistics refer to centers {digest} that this center was not asked "
+                "to count last; the coordinator must ask the cell counts first"
+            )
+        return centers
+
     # --- phase 3 output --------------------------------------------------------------------
 
     def save_scores(self, run: str, scores: CenterScores) -> None:
@@ -134,6 +157,18 @@ class CenterState:
             raise DataError(f"run '{run}' has no secure-aggregation key at this center ({path})")
         return path.read_bytes()
 
+    def noise_secret(self) -> bytes:
+        """The center's secret for keying its noise (common/privacy/noise.py), made once and
+        kept here only (mode 0600): the same question on the same data then gets the same
+        noise, in this run and after a restart, and the coordinator can never compute it."""
+        path = self.path / "noise.key"
+        if not path.is_file():
+            atomic_write_bytes(path, os.urandom(SECRET_BYTES), mode=0o600)
+        secret = path.read_bytes()
+        if len(secret) != SECRET_BYTES:
+            raise DataError(f"{path} holds {len(secret)} bytes, not {SECRET_BYTES}; delete it")
+        return secret
+
     def claim_mask(self, run: str, context: bytes, values: np.ndarray) -> None:
         """Refuse to mask different values under a context already used: the same masks on
         two vectors would let the coordinator subtract them. The same values again (a
@@ -154,29 +189,17 @@ class CenterState:
     # --- events for `feddel-center status` -------------------------------------------------
 
     def record(self, event: str, **details: Any) -> None:
-        """Append one JSON line. A line cut short by a crash (power loss, full disk) is closed
-        first, so it costs that line only, never the next."""
-        line = json.dumps({"time": time.time(), "event": event, **details}, sort_keys=True)
-        with open(self.path / "events.jsonl", "a+b") as handle:
-            end = handle.seek(0, os.SEEK_END)
-            if end:
-                handle.seek(end - 1)
-                if handle.read(1) != b"\n":
-                    line = "\n" + line
-            handle.write((line + "\n").encode("utf-8"))
+        """Append one event line (a line cut short by a crash costs that line only)."""
+        append_json_line(
+            self.path / "events.jsonl", {"time": time.time(), "event": event, **details}
+        )
 
     def events(self) -> list[dict[str, Any]]:
         """Every readable event, oldest first; a damaged line is skipped with a warning."""
         path = self.path / "events.jsonl"
-        if not path.is_file():
-            return []
-        events = []
-        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                if line.strip():
-                    log.warning("%s line %d is damaged; skipped", path, number)
+        events, damaged = read_json_lines(path)
+        for number in damaged:
+            log.warning("%s line %d is damaged; skipped", path, number)
         return events
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from feddel.client.handlers import CenterPaths
 from feddel.client.state import CenterState
 from feddel.common.data.decode import UnreadableImage, load_image, load_mask
-from feddel.common.data.manifest import read_manifest
+from feddel.common.data.manifest import read_manifest, row_frame
 from feddel.common.data.scan import scan_center
 from feddel.common.errors import DataError
 from feddel.common.io import atomic_write_bytes
@@ -41,6 +41,8 @@ from feddel.common.wire.trainproto import (
 )
 
 log = logging.getLogger(__name__)
+
+FrameRef = tuple[str, int | None]  # a file and its frame (None: a single image)
 
 
 class Labeled(NamedTuple):
@@ -113,7 +115,7 @@ def synthesize(request: SynthesizeRequest, paths: CenterPaths) -> SynthesizeRepl
     """OptiDEL at this center: the hardest lesion-like patches of its selection, stitched four
     to a mosaic (as many patches as it selected samples). Mosaics stay in the state folder."""
     state = CenterState(paths.state)
-    by_file = {sample.file: sample for sample in scan_center(paths.data).samples}
+    by_file = {(sample.file, sample.frame): sample for sample in scan_center(paths.data).samples}
     sources = [by_file[f] for f in _selected_files(state, request.run) if f in by_file]
     mae = MAE(EncoderSpec(request.model, request.image_size, seed=request.seed))
     mae.load_state_dict(read_weights(request.to_record(), mae.state_dict(), "SynthesizeRequest"))
@@ -150,7 +152,7 @@ def training_images(request: TrainRequest, paths: CenterPaths) -> np.ndarray:
     images = np.concatenate(
         [
             _decode_all(paths.data, files, request.image_size),
-            _decode_all(Path(), [str(m) for m in mosaics], request.image_size),  # state paths
+            _decode_all(Path(), [(str(m), None) for m in mosaics], request.image_size),  # state
         ]
     )
     buffer = io.BytesIO()
@@ -191,11 +193,11 @@ def _empty(size: int) -> Labeled:
     return Labeled(np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), bool))
 
 
-def _selected_files(state: CenterState, selection: str) -> list[str]:
+def _selected_files(state: CenterState, selection: str) -> list[FrameRef]:
     path = state.manifest_path(selection, 0)
     if not path.is_file():
         return []  # this center holds none of the selection
-    return [row["file"] for row in read_manifest(path)]
+    return [(row["file"], row_frame(row)) for row in read_manifest(path)]
 
 
 def _mosaic_files(state: Path, selection: str) -> list[Path]:
@@ -206,18 +208,18 @@ def _mosaic_files(state: Path, selection: str) -> list[Path]:
         return []
 
 
-def _uniform_sample(root: Path, fraction: float, seed: int) -> list[str]:
+def _uniform_sample(root: Path, fraction: float, seed: int) -> list[FrameRef]:
     samples = scan_center(root).samples
     count = min(len(samples), max(1, math.ceil(fraction * len(samples))))
     order = np.random.default_rng(seed).permutation(len(samples))[:count]
-    return [samples[i].file for i in sorted(order)]
+    return [(samples[i].file, samples[i].frame) for i in sorted(order)]
 
 
-def _decode_all(root: Path, files: list[str], size: int) -> np.ndarray:
+def _decode_all(root: Path, files: list[FrameRef], size: int) -> np.ndarray:
     images = []
-    for file in files:
+    for file, frame in files:
         try:
-            images.append(load_image(root / file, size))
+            images.append(load_image(root / file, size, frame=frame))
         except UnreadableImage as exc:  # changed since the scan: skip it, the others train
             log.warning("training image skipped: %s", exc)
     return np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)

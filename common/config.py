@@ -31,8 +31,12 @@ class CurationConfig:
     budget: float = 0.05  # target retention R = selected / pool
     k: int = 32  # global clusters
     k_local: int = 8  # local centroids each center proposes for k-FED seeding
-    min_count: int = 10  # privacy: no reported cell has fewer members
-    noise_sigma: float = 0.0  # privacy: std of Gaussian noise a center adds to its sums; 0 = off
+    min_count: int = 10  # privacy: no shared statistic but a count describes fewer samples
+    noise_sigma: float = 0.05  # privacy: noise std in every shared sum of unit embeddings
+    image_noise: float = 8192.0  # privacy: noise std per pixel of the federated image sum
+    min_roster: int = 3  # privacy: centers in every secure sum, at least
+    dp_epsilon: float = 0.0  # differential privacy over the whole round; 0 = off
+    dp_delta: float = 1e-6
     min_fraction: float = 0.5  # the round goes on while at least this share of centers answers
     phase_timeout: float = 0.0  # seconds to wait for a phase's replies; 0 = no limit
     min_centers: int = 1  # wait until this many centers are connected before starting
@@ -43,6 +47,7 @@ class CurationConfig:
     eps: float = 0.9  # MedDEL outlier threshold: cosine distance to the centroid
     eta: float = 0.98  # near-duplicate threshold (cosine) within a center; encoder-dependent
     keep: str = "hard"  # which of a near-duplicate pair survives
+    series_cap: float = 1.0  # FedDEL: a series keeps <= this x its budget share of candidates
     seed: int = 0
     model: str = DEFAULT_MODEL
     image_size: int = 64
@@ -61,7 +66,11 @@ class CurationConfig:
         _check(self.k >= 1, "k", self.k, ">= 1")
         _check(self.k_local >= 1, "k-local", self.k_local, ">= 1")
         _check(self.min_count >= 1, "min-count", self.min_count, ">= 1")
-        _check(self.noise_sigma >= 0.0, "noise-sigma", self.noise_sigma, ">= 0 (0 = no noise)")
+        _check(self.noise_sigma >= 0.0, "noise-sigma", self.noise_sigma, ">= 0")
+        _check(self.image_noise >= 0.0, "image-noise", self.image_noise, ">= 0")
+        _check(self.min_roster >= 1, "min-roster", self.min_roster, ">= 1")
+        _check(self.dp_epsilon >= 0.0, "dp-epsilon", self.dp_epsilon, ">= 0 (0 = off)")
+        _check(0.0 < self.dp_delta < 1.0, "dp-delta", self.dp_delta, "in (0, 1), e.g. 1e-6")
         _check(0.0 < self.min_fraction <= 1.0, "min-fraction", self.min_fraction, "in (0, 1]")
         _check(
             self.phase_timeout >= 0.0, "phase-timeout", self.phase_timeout, ">= 0 (0 = no limit)"
@@ -74,6 +83,7 @@ class CurationConfig:
         _check(0.0 < self.eps <= 2.0, "eps", self.eps, "in (0, 2] (a cosine distance)")
         _check(-1.0 <= self.eta <= 1.0, "eta", self.eta, "in [-1, 1] (a cosine similarity)")
         _check(self.keep in KEEP_CHOICES, "keep", self.keep, "'hard' or 'easy'")
+        _check(self.series_cap >= 0.0, "series-cap", self.series_cap, ">= 0 (0 = no cap)")
         _check(self.image_size >= 16, "image-size", self.image_size, ">= 16")
         _check(bool(self.run_name.strip()), "run-name", self.run_name, "a non-empty name")
 

@@ -51,6 +51,37 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     )
 
 
+def append_json_line(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Append one JSON line to a log (events, audit). A line cut short by a crash (power loss,
+    full disk) is closed first, so it costs that line only, never the next."""
+    line = json.dumps(record, sort_keys=True, default=_jsonable)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "a+b") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        if end:
+            handle.seek(end - 1)
+            if handle.read(1) != b"\n":
+                line = "\n" + line
+        handle.write((line + "\n").encode("utf-8"))
+
+
+def read_json_lines(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[int]]:
+    """Every readable line of a JSON-lines log, oldest first, and the numbers of the damaged
+    lines (skipped: a crash can cut one line short)."""
+    target = Path(path)
+    if not target.is_file():
+        return [], []
+    records, damaged = [], []
+    for number, line in enumerate(target.read_text(errors="replace").splitlines(), start=1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if line.strip():
+                damaged.append(number)
+    return records, damaged
+
+
 def write_npy(path: str | os.PathLike[str], array: Any) -> Path:
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(array), allow_pickle=False)

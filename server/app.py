@@ -45,6 +45,7 @@ def build_server_app(
             group=f"{config.run_name}-0",
             min_centers=config.min_centers,
             connect_timeout=config.connect_timeout,
+            min_roster=config.min_roster,
         )
         result = run_round(broadcaster, config)
         out_dir = Path(config.out) / config.run_name

@@ -19,7 +19,14 @@ from flwr.serverapp import Grid
 
 from feddel.common.errors import ProtocolError, RunFailed
 from feddel.common.privacy import secagg
-from feddel.common.wire.protocol import CENTER_ERROR, Masked, MaskedReply, Payload, record_bytes
+from feddel.common.wire.protocol import (
+    CENTER_ERROR,
+    CENTER_REFUSED,
+    Masked,
+    MaskedReply,
+    Payload,
+    record_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +39,20 @@ class RoundFailed(RunFailed):
     """Too few centers are left to continue the round."""
 
 
+REFUSED = "refused: "  # how a refusal's reason starts (client/app.py sends CENTER_REFUSED)
+
+
 @dataclass(frozen=True)
 class CenterFailure:
     center: str
     phase: str
     reason: str
+
+    def describe(self) -> str:
+        """One line: "CENTER refused: why (phase)" or "CENTER (phase: why)"."""
+        if self.reason.startswith(REFUSED):
+            return f"{self.center} {self.reason} ({self.phase})"
+        return f"{self.center} ({self.phase}: {self.reason})"
 
 
 @dataclass
@@ -65,8 +81,10 @@ class Broadcaster:
         group: str,
         min_centers: int = 1,
         connect_timeout: float = 0.0,
+        min_roster: int = 3,
     ):
         self.grid = grid
+        self.min_roster = min_roster
         self.min_fraction = min_fraction
         self.timeout = timeout
         self.group = group
@@ -93,7 +111,7 @@ class Broadcaster:
             self.alive.remove(node_id)
         failure = CenterFailure(self.name(node_id), phase, reason)
         self.failures.append(failure)
-        log.warning("center %s dropped in phase %s: %s", failure.center, phase, reason)
+        log.warning("center dropped: %s", failure.describe())
 
     def ask(
         self,
@@ -126,8 +144,11 @@ class Broadcaster:
                 continue
             if reply.has_error():
                 reason = reply.error.reason or f"error code {reply.error.code}"
-                if reply.error.code == CENTER_ERROR and node_id not in self.names:
-                    self.names[node_id] = reason.split(": ", 1)[0]
+                if reply.error.code in (CENTER_ERROR, CENTER_REFUSED):
+                    name, _, why = reason.partition(": ")
+                    self.names.setdefault(node_id, name)
+                    if reply.error.code == CENTER_REFUSED:
+                        reason = REFUSED + why
                 self._remove(node_id, phase, reason)
                 continue
             up += record_bytes(reply.content)
@@ -169,6 +190,12 @@ class Broadcaster:
         phase = reply_type.ACTION
         for _ in range(max_attempts):
             roster = list(self.alive)
+            if len(roster) < self.min_roster:
+                raise RoundFailed(
+                    f"phase '{phase}': a secure sum needs at least min-roster={self.min_roster} "
+                    f"centers and only {len(roster)} remain (with fewer, the sum tells too much "
+                    "about each member)"
+                )
             keys = [self.public_keys[node] for node in roster]
             use, self._mask_uses = self._mask_uses, self._mask_uses + 1
             replies = self.ask(make_request(keys, use), reply_type, roster, check)
@@ -200,7 +227,7 @@ class Broadcaster:
                 f"error, so its cause is common to them (not one center's fault): "
                 f"{_unnamed(first)}"
             )
-        failed = ", ".join(f"{f.center} ({f.phase}: {f.reason})" for f in self.failures)
+        failed = ", ".join(failure.describe() for failure in self.failures)
         raise RoundFailed(
             f"only {len(self.alive)} of {self.started} centers remain after phase '{phase}' "
             f"(min-fraction {self.min_fraction:g}); failed: {failed}"

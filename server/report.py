@@ -18,7 +18,7 @@ from feddel.server.report_html import write_coordinator_report
 
 SUMMARY_FILE = "summary.json"
 CENTROIDS_FILE = "centroids.npy"  # the round's global centroids (means of >= min-count samples)
-MEAN_IMAGE_FILE = "mean_image.npy"  # sum of images / count over centers with >= min-count
+MEAN_IMAGE_FILE = "mean_image.npy"  # optidel: the noisy federated image sum / count
 
 
 def _with_total(by_phase: dict[str, int]) -> dict[str, int]:
@@ -62,6 +62,7 @@ def round_summary(result: RoundResult) -> RoundSummary:
         synthesized=synthesized_summary(result) if config.selection_method.synthesizes else None,
         warnings=round_warnings(result),
         config=config.to_run_config(),
+        privacy=result.privacy.summary(),
     )
 
 
@@ -144,8 +145,8 @@ def k_reduced_warning(asked: int, used: int) -> str | None:
         return None
     return (
         f"k={asked} was reduced to {used}: the pool cannot fill more clusters (a federated "
-        f"round seeds them from local centroids of at least min-count samples); ask for "
-        f"k <= {used}, or add data"
+        f"round keeps only clusters of at least min-count members, merging smaller ones into "
+        f"their neighbours); ask for k <= {used}, or add data"
     )
 
 

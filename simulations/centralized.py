@@ -11,27 +11,29 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from feddel.common.config import CurationConfig
 from feddel.common.curation.kmeans import (
-    KMeansResult,
     assign,
     cluster_stats,
-    lloyd,
     merge_stats,
     weighted_kmeans_plusplus,
 )
+from feddel.common.curation.lloyd import KMeansResult, lloyd
 from feddel.common.curation.local import (
+    CenterScores,
     auto_tau,
+    beyond_share_counts,
     candidate_histograms,
     score_center,
     smoothed_prior,
 )
 from feddel.common.curation.methods import CenterView, Merged, Method, Plan
 from feddel.common.data.manifest import MANIFEST_COLUMNS, manifest_rows
-from feddel.common.data.pool import prepare_center
+from feddel.common.data.pool import CenterPool, prepare_center
 from feddel.common.io import write_csv, write_json
 from feddel.common.models.embed import EncoderSpec
 from feddel.common.reports.summary import RoundSummary
@@ -64,8 +66,20 @@ def pooled_plan(method: Method, views: list[CenterView], k: int, config: Curatio
         np.sum([candidate_histograms(view.scores, k) for view in views], axis=0),
         np.sum([method.survivors(view, config.keep) for view in views], axis=0),
         config.eta,
+        np.sum([beyond_share_counts(view.scores, k) for view in views], axis=0),
     )
     return method.plan(merged, math.ceil(config.budget * total), config.budget)
+
+
+class PooledRound(NamedTuple):
+    """What the centralized reference decided for prepared pools."""
+
+    kmeans: KMeansResult
+    inertia: float  # of the pooled eligible embeddings to the final centers
+    tau: float
+    scores: list[CenterScores]
+    plan: Plan
+    masks: list[np.ndarray]  # per center, (n,) bool: selected
 
 
 def run_centralized(
@@ -82,43 +96,19 @@ def run_centralized(
     centers = center_dirs(data_dir)
     spec = encoder_spec(config)
     pools = [prepare_center(folder, state / folder.name, spec) for folder in centers]
-    method = config.selection_method.selection
-    eligible = [method.eligible(p.disruptive) for p in pools]
-    shards = [np.asarray(p.embeddings)[e] for p, e in zip(pools, eligible, strict=True)]
-    kmeans = pooled_kmeans(shards, config)
-    k = len(kmeans.centers)
-    stats = merge_stats(cluster_stats(x, assign(x, kmeans.centers), k) for x in shards)
-    prior = smoothed_prior(stats.count)
-    tau = config.tau or auto_tau(stats.inertia, int(stats.count.sum()))
-    scores = [
-        score_center(
-            p.embeddings,
-            e,
-            kmeans.centers,
-            prior,
-            tau=tau,
-            eps=config.eps,
-            eta=config.eta,
-            keep=config.keep,
-        )
-        for p, e in zip(pools, eligible, strict=True)
-    ]
-    views = [
-        CenterView(p.embeddings, s, p.sample_ids, e)
-        for p, s, e in zip(pools, scores, eligible, strict=True)
-    ]
-    plan = pooled_plan(method, views, k, config)
-    masks = method.select_pooled(views, plan, config.seed, config.keep)
+    kmeans, inertia, tau, scores, plan, masks = curate_pools(pools, config)
     rows = [
         row
         for p, s, m in zip(pools, scores, masks, strict=True)
-        for row in manifest_rows(p.name, p.files, p.sample_ids, s.labels, s.pvi, m)
+        for row in manifest_rows(p.name, p.files, p.sample_ids, s.labels, s.pvi, m, p.frames)
     ]
     write_csv(out / "selection.csv", MANIFEST_COLUMNS, rows)
     selection = {
-        p.name: [p.files[i] for i in np.flatnonzero(m)] for p, m in zip(pools, masks, strict=True)
+        p.name: [p.locators[i] for i in np.flatnonzero(m)]
+        for p, m in zip(pools, masks, strict=True)
     }
-    pool_ids = {p.name: (p.sample_ids, p.files) for p in pools}
+    pool_ids = {p.name: (p.sample_ids, p.locators) for p in pools}
+    k = len(kmeans.centers)
     summary = RoundSummary(
         mode="centralized",
         method=config.method,
@@ -127,7 +117,7 @@ def run_centralized(
         selected=len(rows),
         k=k,
         kmeans_rounds=kmeans.rounds,
-        inertia=float(stats.inertia),
+        inertia=inertia,
         tau=tau,
         eta=plan.eta,
         per_center={
@@ -140,3 +130,39 @@ def run_centralized(
     )
     write_json(out / "summary.json", summary.to_json())
     return summary
+
+
+def curate_pools(pools: list[CenterPool], config: CurationConfig) -> PooledRound:
+    """The round on prepared pools: pooled k-means, every center's scores (with its series),
+    the method's plan from the pooled aggregates, and every center's selection."""
+    method = config.selection_method.selection
+    eligible = [method.eligible(p.disruptive) for p in pools]
+    shards = [np.asarray(p.embeddings)[e] for p, e in zip(pools, eligible, strict=True)]
+    kmeans = pooled_kmeans(shards, config)
+    k = len(kmeans.centers)
+    stats = merge_stats(cluster_stats(x, assign(x, kmeans.centers), k) for x in shards)
+    prior = smoothed_prior(stats.count)
+    tau = config.tau or auto_tau(stats.inertia, int(stats.count.sum()))
+    series_share = method.series_share(config.series_cap, config.budget)
+    scores = [
+        score_center(
+            p.embeddings,
+            e,
+            kmeans.centers,
+            prior,
+            tau=tau,
+            eps=config.eps,
+            eta=config.eta,
+            keep=config.keep,
+            series=p.series_codes(),
+            series_share=series_share,
+        )
+        for p, e in zip(pools, eligible, strict=True)
+    ]
+    views = [
+        CenterView(p.embeddings, s, p.sample_ids, e)
+        for p, s, e in zip(pools, scores, eligible, strict=True)
+    ]
+    plan = pooled_plan(method, views, k, config)
+    masks = method.select_pooled(views, plan, config.seed, config.keep)
+    return PooledRound(kmeans, float(stats.inertia), tau, scores, plan, masks)

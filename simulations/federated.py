@@ -6,8 +6,10 @@
   tests, and the same protocol byte for byte.
 
 Each virtual center maps its `partition-id` to the i-th center folder of the federation; its
-state directory is `<state_root>/<center>`. After the round the center manifests are gathered
-under `RUN/centers/<center>/` and concatenated into `RUN/selection.csv`.
+state directory is `<state_root>/<center>`. Its privacy floor is the safe default, or the
+[privacy] section of a `center.toml` in its folder, or the `policy` a caller passes for all.
+After the round the center manifests are gathered under `RUN/centers/<center>/` and
+concatenated into `RUN/selection.csv`.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from flwr.serverapp import ServerApp
 
 from feddel.client.app import build_client_app
 from feddel.client.handlers import CenterPaths
+from feddel.client.site import load_privacy_policy
 from feddel.common.config import CurationConfig
 from feddel.common.data.manifest import MANIFEST_COLUMNS, manifest_name, read_manifest
 from feddel.common.errors import ConfigError, DataError
 from feddel.common.io import write_csv
+from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.reports.summary import RoundSummary
 from feddel.server.app import build_server_app
 from feddel.simulations.inprocess import InProcessGrid
@@ -39,8 +43,11 @@ ENGINES = ("ray", "inprocess")
 MAX_WORKERS = 8  # in-process threads at most (see worker_threads)
 
 
-def simulation_resolver(centers: list[Path], state_root: Path):
-    """Map a virtual node's partition-id to its center folder and state folder."""
+SITE_FILE = "center.toml"  # a simulated center's own settings; only [privacy] is read
+
+
+def simulation_resolver(centers: list[Path], state_root: Path, policy: PrivacyPolicy | None = None):
+    """Map a virtual node's partition-id to its center folder, state folder and policy."""
 
     def resolve(context: Context) -> CenterPaths:
         partition = int(context.node_config["partition-id"])
@@ -49,7 +56,13 @@ def simulation_resolver(centers: list[Path], state_root: Path):
                 f"partition-id {partition} has no center folder (federation has {len(centers)})"
             )
         folder = centers[partition]
-        return CenterPaths(folder.name, folder, state_root / folder.name)
+        return CenterPaths(folder.name, folder, state_root / folder.name, center_policy(folder))
+
+    def center_policy(folder: Path) -> PrivacyPolicy:
+        if policy is not None:
+            return policy
+        site = folder / SITE_FILE
+        return load_privacy_policy(site) if site.is_file() else PrivacyPolicy()
 
     return resolve
 
@@ -62,8 +75,10 @@ def run_federated(
     engine: str = "ray",
     state_root: str | Path | None = None,
     observer: Callable[[int, Message], None] | None = None,
+    policy: PrivacyPolicy | None = None,
 ) -> RoundSummary:
-    """Run one federated curation round over the federation in `data_dir`; return the summary."""
+    """Run one federated curation round over the federation in `data_dir`; return the summary.
+    `policy`: every simulated center's privacy floor (default: each its own, see above)."""
     centers = center_dirs(data_dir)
     out = Path(out_dir)
     state = Path(state_root) if state_root else out / "centers"
@@ -72,7 +87,8 @@ def run_federated(
     )
     captured: list[RoundSummary] = []
     server_app = build_server_app(lambda _context: config, on_summary=captured.append)
-    run_apps(server_app, centers, state, engine, observer, worker_threads(config.phase_timeout))
+    workers = worker_threads(config.phase_timeout)
+    run_apps(server_app, centers, state, engine, observer, workers, policy)
     if not captured:
         raise DataError(f"the simulated round wrote no summary; see the log above (output: {out})")
     gather_manifests(centers, state, out, config)
@@ -86,12 +102,13 @@ def run_apps(
     engine: str,
     observer: Callable[[int, Message], None] | None = None,
     workers: int = MAX_WORKERS,
+    policy: PrivacyPolicy | None = None,
 ) -> None:
     """Run `server_app` against one simulated center per folder, on the chosen engine
-    (`workers`: in-process threads, see `worker_threads`)."""
+    (`workers`: in-process threads, see `worker_threads`; `policy`: see run_federated)."""
     if engine not in ENGINES:
         raise ConfigError(f"engine={engine!r} must be one of {', '.join(ENGINES)}")
-    client_app = build_client_app(simulation_resolver(centers, state_root))
+    client_app = build_client_app(simulation_resolver(centers, state_root, policy))
     if engine == "ray":
         _run_ray(server_app, client_app, len(centers))
         return

@@ -371,6 +371,7 @@ class Pipeline:
             group=run,
             min_centers=len(self.centers),
             connect_timeout=self.base.connect_timeout,
+            min_roster=self.base.min_roster,
         )
 
     def _head(self, seed: int) -> HeadConfig:

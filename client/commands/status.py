@@ -1,15 +1,23 @@
-"""`feddel-center status`: what this center has taken part in, from its state folder alone.
+"""`feddel-center status`: this center's connection, rounds, phase progress and errors, from its
+state folder alone.
 
-Reads <state>/events.jsonl (written by the ClientApp and by `join`, see client/state.py) and
-the manifests beside it: the runs seen, the manifests written (and whether they are still
-there), the last join or leave, and the last error with its phase. Works whether or not the
-SuperNode is running, so IT staff can check a center without touching the federation.
+Reads <state>/events.jsonl (written by `join` and by the ClientApp, see client/state.py), the
+audit log (client/policy.py) and the manifests beside them: whether the SuperNode is connected
+(`join` still running, and with --config the SuperLink answering from here), the runs seen with
+the phases each one went through, the manifests written (and whether they are still there),
+rounds the center's policy refused, and the last error with its phase. Works whether or not the
+SuperNode is running, so IT staff can check a center without touching the federation. `--check`
+exits 1 unless the center is connected (a container or monitoring health check); `--prometheus
+FILE` writes the same as gauges.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +26,19 @@ from rich.table import Table
 
 from feddel.client.site import load_center_site
 from feddel.client.state import CenterState
-from feddel.common.cliutil import EXIT_OK, console
-from feddel.common.errors import ConfigError, DataError
-from feddel.common.io import write_json
+from feddel.common.cliutil import EXIT_FAILED, EXIT_OK, console
+from feddel.common.deployment.audit import AuditLog
+from feddel.common.deployment.metrics import Gauge, write_status_files
+from feddel.common.deployment.sites import superlink_health
+from feddel.common.errors import DataError
+
+# Connection events `join` records, and what the last of them means.
+CONNECTION_STATES = {
+    "join": "connecting",
+    "connected": "connected",
+    "connection-lost": "reconnecting",
+    "leave": "stopped",
+}
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,36 +46,55 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--config", type=Path, metavar="FILE", help="center.toml (its state)")
     source.add_argument("--state", type=Path, metavar="DIR", help="the center's state folder")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the status as JSON")
+    parser.add_argument(
+        "--prometheus", type=Path, metavar="FILE",
+        help="also write gauges for node_exporter's textfile collector (e.g. "
+        "/var/lib/node_exporter/textfile/feddel-center.prom)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--check", action="store_true",
+        help="exit 1 unless the center is connected (for health checks)",
+    )  # fmt: skip
 
 
 def run_status(args: argparse.Namespace) -> int:
-    state_dir = load_center_site(args.config).state if args.config else args.state
-    status = center_status(state_dir)
+    probe = None
+    if args.config:
+        site = load_center_site(args.config)
+        state_dir, name = site.state, site.name
+        probe = partial(superlink_health, site.address, site.ca_cert)
+    else:
+        state_dir, name = args.state, args.state.name
+    status = center_status(state_dir, name, probe)
     _print_status(status)
-    if args.json:
-        write_json(args.json, status)
-        console.print(f"wrote {args.json}")
+    write_status_files(status, center_gauges, args.json, args.prometheus)
+    if args.check and status["connection"]["state"] != "connected":
+        return EXIT_FAILED
     return EXIT_OK
 
 
-def center_status(state_dir: Path) -> dict[str, Any]:
-    """Runs seen, manifests written, last connection event and last error, as JSON-ready data."""
+def center_status(
+    state_dir: Path, name: str | None = None, probe: Callable[[], str | None] | None = None
+) -> dict[str, Any]:
+    """Connection, runs with their phases, manifests, refusals and errors, JSON-ready.
+    `probe` asks the SuperLink's /health from here (None: judge by the recorded events)."""
     if not state_dir.is_dir():
         raise DataError(
             f"state folder {state_dir} does not exist; this center has not joined a round yet"
         )
-    try:
-        events = CenterState(state_dir).events()
-    except ValueError as exc:  # json.JSONDecodeError: a line cut by a crash
-        raise ConfigError(f"{state_dir / 'events.jsonl'} has an unreadable line: {exc}") from None
+    events = CenterState(state_dir).events()
     runs: dict[str, dict[str, Any]] = {}
     manifests = []
     for event in events:
         if "run" in event:
-            run = runs.setdefault(event["run"], {"run": event["run"], "first_seen": event["time"]})
+            run = runs.setdefault(
+                event["run"], {"run": event["run"], "first_seen": event["time"], "phases": []}
+            )
             run["last_seen"] = event["time"]
             if event["event"] == "inventory":
                 run["samples"] = event.get("samples")
+            if event["event"] == "phase":
+                run["phases"].append(event["phase"])
         if event["event"] == "manifest":
             path = state_dir / event["path"]
             manifests.append(
@@ -72,30 +109,102 @@ def center_status(state_dir: Path) -> dict[str, Any]:
             )
             runs[event["run"]]["selected"] = event.get("selected")
     errors = [e for e in events if e["event"] == "error"]
-    connections = [e for e in events if e["event"] in ("join", "leave")]
+    refused = [e for e in AuditLog.in_folder(state_dir).entries() if e["outcome"] == "refused"]
     return {
+        "center": name or state_dir.name,
         "state": str(state_dir.resolve()),
+        "connection": _connection(events, probe),
         "runs": list(runs.values()),
+        "last_round": list(runs.values())[-1] if runs else None,
         "manifests": manifests,
-        "last_connection": connections[-1] if connections else None,
+        "refused_rounds": refused,
         "last_error": errors[-1] if errors else None,
         "errors": len(errors),
     }
 
 
+def _connection(
+    events: list[dict[str, Any]], probe: Callable[[], str | None] | None
+) -> dict[str, Any]:
+    """Whether the SuperNode is connected now: `join` must still run (its pid is alive) and,
+    when the site is known, the SuperLink must answer from here; else the last event says."""
+    changes = [e for e in events if e["event"] in CONNECTION_STATES or _refused_at_connect(e)]
+    if not changes:
+        return {"state": "never joined", "since": None}
+    last = changes[-1]
+    if _refused_at_connect(last):
+        return {"state": "refused", "since": last["time"], "reason": last.get("reason")}
+    joined = next(e for e in reversed(changes) if e["event"] in ("join", "leave"))
+    node = next((e.get("node") for e in reversed(changes) if e.get("node")), None)
+    result = {"since": last["time"], "superlink": last.get("superlink"), "node": node}
+    if joined["event"] == "leave":
+        return {**result, "state": "stopped"}
+    if not _alive(joined.get("pid")):
+        return {**result, "state": "stopped", "reason": "`feddel-center join` is not running"}
+    problem = probe() if probe is not None else None
+    if problem is not None:
+        return {**result, "state": "reconnecting", "reason": f"the SuperLink is {problem}"}
+    state = "connected" if probe is not None else CONNECTION_STATES[last["event"]]
+    return {**result, "state": state}
+
+
+def _alive(pid: Any) -> bool:
+    """True while the process `join` recorded runs (on this host; unknown pids count)."""
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _refused_at_connect(event: dict[str, Any]) -> bool:
+    return event["event"] == "error" and event.get("phase") == "connect"
+
+
+def center_gauges(status: dict[str, Any]) -> list[Gauge]:
+    center = status["center"]
+    last = status["last_round"] or {}
+    return [
+        Gauge("feddel_center_connected", "1 when the SuperNode is connected to the SuperLink")
+        .add(float(status["connection"]["state"] == "connected"), center=center),
+        Gauge("feddel_center_runs", "curation runs this center took part in")
+        .add(len(status["runs"]), center=center),
+        Gauge("feddel_center_errors", "errors recorded by this center").add(
+            status["errors"], center=center
+        ),
+        Gauge("feddel_center_refused_rounds", "rounds this center's policy refused").add(
+            len(status["refused_rounds"]), center=center
+        ),
+        Gauge("feddel_center_last_round_seen_timestamp_seconds", "last message of a round")
+        .add(float(last.get("last_seen", 0.0)), center=center),
+        Gauge("feddel_center_last_round_selected", "samples selected in the last round").add(
+            float(last.get("selected") or 0), center=center
+        ),
+    ]  # fmt: skip
+
+
 def _print_status(status: dict[str, Any]) -> None:
-    console.print(f"[bold]{status['state']}[/]")
-    if status["last_connection"]:
-        event = status["last_connection"]
-        console.print(f"last {event['event']}: {_when(event['time'])} ({event.get('superlink')})")
+    console.print(f"[bold]center {status['center']}[/]: {status['state']}")
+    connection = status["connection"]
+    style = "green" if connection["state"] == "connected" else "yellow"
+    since = f" since {_when(connection['since'])}" if connection["since"] else ""
+    node = f", node {connection['node']}" if connection.get("node") else ""
+    console.print(f"[{style}]connection: {connection['state']}{since}{node}[/]")
+    if connection.get("reason"):
+        console.print(f"[red]  {escape(str(connection['reason']))}[/]")
     table = Table(title="runs seen", title_justify="left")
-    for column in ("run", "first seen", "last seen", "samples", "selected"):
+    for column in ("run", "first seen", "last seen", "phases", "samples", "selected"):
         table.add_column(column)
     for run in status["runs"]:
         table.add_row(
             run["run"],
             _when(run["first_seen"]),
             _when(run["last_seen"]),
+            _phases(run["phases"]),
             str(run.get("samples", "-")),
             str(run.get("selected", "-")),
         )
@@ -106,6 +215,11 @@ def _print_status(status: dict[str, Any]) -> None:
             f"manifest {manifest['path']}: {manifest['selected']} selected, "
             f"{_when(manifest['time'])}{missing}"
         )
+    for entry in status["refused_rounds"][-5:]:
+        console.print(
+            f"[yellow]refused round {entry.get('run')} from {entry['actor']} at "
+            f"{entry['time']}: {escape(str(entry.get('reason', '')))}[/]"
+        )
     if error := status["last_error"]:
         console.print(
             f"[red]last error ({status['errors']} in all), {_when(error['time'])}, "
@@ -113,6 +227,17 @@ def _print_status(status: dict[str, Any]) -> None:
         )
     else:
         console.print("no errors recorded")
+
+
+def _phases(phases: list[str]) -> str:
+    """`inventory, keys, seed, lloyd x20, score, select`: repeated phases counted."""
+    parts: list[list[Any]] = []
+    for phase in phases:
+        if parts and parts[-1][0] == phase:
+            parts[-1][1] += 1
+        else:
+            parts.append([phase, 1])
+    return ", ".join(f"{p} x{n}" if n > 1 else p for p, n in parts) or "-"
 
 
 def _when(timestamp: float) -> str:

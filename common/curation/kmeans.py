@@ -1,8 +1,8 @@
-"""Federated k-means: per-center sufficient statistics, an exact merge, the server's update.
+"""Federated k-means: per-center sufficient statistics, their exact merge, k-means++ seeding.
 
 A center runs `assign` and `cluster_stats` on its own embeddings and sends only the statistics;
-the server runs `merge_stats`, `update_centers` and `inertia_converged`. `lloyd` is that same loop
-over a list of shards, so the centralized and the federated paths share every line of arithmetic.
+the server merges them (`merge_stats`) and runs the loop of common/curation/lloyd.py, which the
+centralized reference runs over a list of shards, so both paths share every line of arithmetic.
 
 Exactness: Lloyd over shards equals Lloyd over their concatenation bit for bit, whatever the shard
 sizes, the chunk sizes or the order in which centers reply, because
@@ -17,9 +17,8 @@ sizes, the chunk sizes or the order in which centers reply, because
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -27,9 +26,6 @@ from sklearn.cluster import KMeans
 
 from feddel.common.errors import ConfigError, DataError, ProtocolError
 
-log = logging.getLogger(__name__)
-
-SPLIT_SCALE = 0.1  # a re-seeded center sits 0.1 RMS radii away from the split cluster's center
 _GRID = 2.0**30  # cluster_stats rounds to multiples of 1/_GRID (see the module docstring)
 _ROW_BLOCK = 8192  # rows per float64 sub-block: temporaries stay ~ _ROW_BLOCK * max(d, k) * 8 B
 _UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
@@ -53,21 +49,9 @@ class ClusterStats(NamedTuple):
         return float(self.sqdist.sum())
 
 
-class UpdatedCenters(NamedTuple):
-    centers: np.ndarray  # (k, d) float64
-    reseeded: list[int]  # clusters that were empty and re-seeded by a split
-    shift: float  # largest L2 move of a center from the previous round
-
-
 class LocalClusters(NamedTuple):
     centers: np.ndarray  # (k', d) float64 means of the local clusters
     counts: np.ndarray  # (k',) int64 members of each (every count >= 1)
-
-
-class KMeansResult(NamedTuple):
-    centers: np.ndarray  # (k, d) float64 after the last update
-    inertia_history: list[float]  # inertia of the centers each round started from
-    rounds: int
 
 
 def check_embeddings(X: np.ndarray, name: str = "X") -> np.ndarray:
@@ -232,50 +216,6 @@ def merge_stats(stats: Iterable[ClusterStats]) -> ClusterStats:
     return ClusterStats(count, total, sqdist)
 
 
-def update_centers(
-    stats: ClusterStats, previous: np.ndarray, rng: np.random.Generator
-) -> UpdatedCenters:
-    """New centers = cluster means; an empty cluster is re-seeded by splitting the largest one.
-
-    Split rule: the donor is the cluster with the largest count (ties: lowest index); the empty
-    cluster gets donor_center + SPLIT_SCALE * sqrt(donor_sqdist / donor_count) * u, u a unit
-    vector drawn from `rng`. Each split halves the donor's count in this bookkeeping, so several
-    empty clusters split several large ones. A donor with zero spread gives a duplicate center,
-    which stays empty and is re-seeded again next round: harmless, and no division by zero.
-    """
-    k, d = stats.sum.shape
-    prev = check_centers(previous, d, "previous centers")
-    if prev.shape[0] != k:
-        raise ProtocolError(f"previous centers have k={prev.shape[0]}; statistics have k={k}")
-    count = stats.count
-    if count.sum() <= 0:
-        raise DataError("no sample was assigned to any cluster; every center reported zero counts")
-    centers = np.zeros((k, d))
-    full = count > 0
-    centers[full] = stats.sum[full] / count[full, None]
-    size = count.astype(np.float64)
-    radius2 = np.where(full, stats.sqdist / np.maximum(count, 1), 0.0)
-    reseeded = [int(j) for j in np.flatnonzero(~full)]
-    for j in reseeded:
-        donor = int(np.argmax(size))
-        direction = rng.standard_normal(d)
-        direction /= max(float(np.linalg.norm(direction)), np.finfo(np.float64).tiny)
-        centers[j] = centers[donor] + SPLIT_SCALE * math.sqrt(radius2[donor]) * direction
-        size[donor] /= 2.0
-        size[j], radius2[j] = size[donor], radius2[donor]
-    if reseeded:
-        log.info("re-seeded empty clusters %s by splitting the largest ones", reseeded)
-    shift = float(np.sqrt(((centers - prev) ** 2).sum(axis=1)).max())
-    return UpdatedCenters(centers, reseeded, shift)
-
-
-def inertia_converged(previous: float, current: float, tol: float) -> bool:
-    """True when |previous - current| / previous < tol (or both are zero)."""
-    if previous <= 0.0:
-        return current <= 0.0
-    return abs(previous - current) / previous < tol
-
-
 def weighted_kmeans_plusplus(
     points: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -360,67 +300,3 @@ def local_kmeans(
     stats = cluster_stats(X, assign(X, centers, chunk_size), centers.shape[0], chunk_size)
     used = stats.count > 0
     return LocalClusters(stats.sum[used] / stats.count[used, None], stats.count[used])
-
-
-def lloyd(
-    shards: np.ndarray | Sequence[np.ndarray],
-    init: np.ndarray,
-    max_rounds: int,
-    tol: float,
-    rng: np.random.Generator,
-    chunk_size: int = 65536,
-) -> KMeansResult:
-    """Reference Lloyd loop over one matrix or a list of shards (one per center).
-
-    Each round: assign + cluster_stats per shard, merge_stats, update_centers; stop after
-    `max_rounds`, when inertia_converged(previous, current, tol), or when no center moved.
-    """
-    parts = [shards] if isinstance(shards, np.ndarray) else list(shards)
-    if not parts:
-        raise DataError("lloyd got no shards; pass at least one (n, d) matrix")
-    parts = [check_embeddings(p, f"shard {i}") for i, p in enumerate(parts)]
-    centers = check_centers(init, parts[0].shape[1], "init")
-    if not isinstance(max_rounds, int) or max_rounds < 1:
-        raise ConfigError(f"max_rounds={max_rounds!r} must be an integer >= 1")
-    if not math.isfinite(tol) or tol < 0:
-        raise ConfigError(f"tol={tol!r} must be a finite number >= 0")
-    k = centers.shape[0]
-
-    def pooled_stats(current: np.ndarray) -> ClusterStats:
-        return merge_stats(cluster_stats(p, assign(p, current, chunk_size), k) for p in parts)
-
-    return lloyd_rounds(pooled_stats, centers, max_rounds, tol, rng).result
-
-
-class LloydRun(NamedTuple):
-    result: KMeansResult
-    stats: ClusterStats  # merged statistics of the last round (of the centers it started from)
-
-
-def lloyd_rounds(
-    stats_of: Callable[[np.ndarray], ClusterStats],
-    init: np.ndarray,
-    max_rounds: int,
-    tol: float,
-    rng: np.random.Generator,
-) -> LloydRun:
-    """The Lloyd loop with the statistics supplied by `stats_of(centers)`.
-
-    The centralized reference passes a function over local shards; the coordinator passes
-    one that asks the centers for a secure sum. Same loop, same stopping rule: `max_rounds`,
-    inertia_converged(previous, current, tol), or no center moved.
-    """
-    centers = np.asarray(init, dtype=np.float64)
-    history: list[float] = []
-    stats = stats_of(centers)
-    for _ in range(max_rounds):
-        if history:
-            stats = stats_of(centers)
-        history.append(stats.inertia)
-        update = update_centers(stats, centers, rng)
-        centers = update.centers
-        if update.shift == 0.0 or (
-            len(history) > 1 and inertia_converged(history[-2], history[-1], tol)
-        ):
-            break
-    return LloydRun(KMeansResult(centers, history, len(history)), stats)

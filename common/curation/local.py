@@ -33,10 +33,16 @@ from feddel.common.curation.selection import (
     score_edges,
     score_histograms,
     water_fill,
+    within_series_share,
 )
 from feddel.common.curation.vinfo import cluster_pvi
 
 DEDUP_POOL_LIMIT = 50_000
+# Across series, two samples are near-duplicates only when the encoder can hardly tell them
+# apart (a re-export, a resave): with the random-init encoder 5% of the pairs of *different*
+# modes of the real-image federation lie above cos 0.99, and a center-wide threshold of 0.98
+# cost FedDEL whole modes there.
+CROSS_SERIES_ETA = 0.999
 # MedDEL picks eta for the budget from this grid. It spans every cosine, so a budget down to one
 # sample per cluster is reachable: a trained encoder spreads a cluster so far that eta 0.5 still
 # kept 12% of the demo federation (the grid used to start there).
@@ -51,8 +57,10 @@ class CenterScores(NamedTuple):
     outlier: np.ndarray  # (n,) bool: cosine distance to centroid > eps
     duplicate: np.ndarray  # (n,) bool: near-duplicate of a harder kept sample (cos > eta)
     pvi: np.ndarray  # (n,) float64 cluster PVI in bits (low = hard)
-    log_gx: np.ndarray  # (n,) float64 t = log2 g_x(y), the histogram variable
+    log_gx: np.ndarray  # (n,) float64 t = log2 g_x(y), the histogram variable (0 past a series'
+    # share of the budget, see score_center)
     candidate: np.ndarray  # (n,) bool: eligible, not outlier, not duplicate
+    beyond_share: np.ndarray | None = None  # (n,) bool: a candidate past its series' share
 
 
 def pvi_edges(k: int, bins: int = HISTOGRAM_BINS) -> np.ndarray:
@@ -86,11 +94,22 @@ def score_center(
     eps: float,
     eta: float,
     keep: str,
+    series: np.ndarray | None = None,
+    series_share: float = 0.0,
 ) -> CenterScores:
     """Assign, drop outliers and near-duplicates among the eligible, and score by cluster PVI.
 
     X: (n, d) unit rows; eligible: (n,) bool (e.g. not disruptive); centers: (k, d);
-    prior: (k,) global cluster prior.
+    prior: (k,) global cluster prior. `series` (n,) codes (the center's own grouping of its
+    samples into acquisitions, common/data/scan.py) make near-duplicates a matter of one series:
+    cos > eta within a series, cos > max(eta, CROSS_SERIES_ETA) across series; without them the
+    whole center is one series. `series_share` > 0 then marks the candidates beyond their
+    series' share of the budget (`within_series_share`) and moves them to the easy end of the
+    score range (t = 0): they still count, so the budget can still be filled and every cluster
+    keeps its size for the privacy floor, but the coordinator gives quotas to the candidates
+    within their share first (`plan_feddel`), and a cluster takes them only after all of those,
+    so the slices of one volume or the frames of one cine cannot fill the budget while other
+    series wait.
     """
     assignment = assign(X, centers)
     labels, sqdist = assignment.labels, assignment.sqdist
@@ -99,14 +118,24 @@ def score_center(
     outlier = ~outlier_mask(cosine_distance_to_centroid(X, labels, centers), eps) & eligible
     kept = eligible & ~outlier
     duplicate = np.zeros(len(labels), dtype=bool)
-    if kept.any():
-        index = np.flatnonzero(kept)
-        survivors = near_duplicate_mask(
-            X, dedup_cells(labels[index]), eta, hardness=-pvi[index], keep=keep, rows=index
-        )
-        duplicate[index[~survivors]] = True
+    passes: list[tuple[float, np.ndarray | None]] = [(eta, None)]  # one series: the center
+    if series is not None:  # within each series, then across them
+        passes = [(eta, np.asarray(series)), (max(eta, CROSS_SERIES_ETA), None)]
+    for threshold, within in passes:
+        index = np.flatnonzero(kept & ~duplicate)
+        if index.size:
+            survivors = near_duplicate_mask(
+                X, dedup_cells(labels[index]), threshold, hardness=-pvi[index], keep=keep,
+                groups=None if within is None else within[index], rows=index,
+            )  # fmt: skip
+            duplicate[index[~survivors]] = True
     candidate = kept & ~duplicate
-    return CenterScores(labels, sqdist, outlier, duplicate, pvi, log_gx, candidate)
+    beyond = np.zeros(len(labels), dtype=bool)
+    if series is not None and series_share > 0:
+        within = within_series_share(series, candidate, eligible, -pvi, series_share, keep)
+        beyond = candidate & ~within
+        log_gx = np.where(beyond, 0.0, log_gx)
+    return CenterScores(labels, sqdist, outlier, duplicate, pvi, log_gx, candidate, beyond)
 
 
 def dedup_cells(labels: np.ndarray) -> np.ndarray:
@@ -121,6 +150,14 @@ def dedup_cells(labels: np.ndarray) -> np.ndarray:
     if len(labels) <= DEDUP_POOL_LIMIT:
         return np.zeros(len(labels), dtype=labels.dtype)
     return labels
+
+
+def beyond_share_counts(scores: CenterScores, k: int) -> np.ndarray:
+    """(k,) candidates per cluster past their series' share (they sit in the last histogram bin)."""
+    beyond = scores.beyond_share
+    if beyond is None:
+        return np.zeros(k, dtype=np.int64)
+    return np.bincount(scores.labels[scores.candidate & beyond], minlength=k).astype(np.int64)
 
 
 def candidate_histograms(scores: CenterScores, k: int, bins: int = HISTOGRAM_BINS) -> np.ndarray:
@@ -181,11 +218,21 @@ def select_meddel(
     return selected
 
 
-def plan_feddel(histograms: np.ndarray, budget_total: int) -> tuple[np.ndarray, list[ClusterPlan]]:
+def plan_feddel(
+    histograms: np.ndarray, budget_total: int, beyond_share: np.ndarray | None = None
+) -> tuple[np.ndarray, list[ClusterPlan]]:
     """Server side: water-fill the budget over clusters by their candidate counts, then turn each
     cluster's quota into a threshold on its merged histogram (hardest bins first).
 
-    histograms: (k, bins) merged candidate counts. Returns (quotas (k,), plans).
+    histograms: (k, bins) merged candidate counts; beyond_share: (k,) of them past their series'
+    share (in the last bin). Those are water-filled only with what the others leave, so the
+    budget goes first to clusters whose candidates come from many series. Returns (quotas (k,),
+    plans).
     """
-    quotas = water_fill(histograms.sum(axis=1), budget_total)
+    totals = histograms.sum(axis=1)
+    beyond = np.zeros_like(totals) if beyond_share is None else np.asarray(beyond_share)
+    quotas = water_fill(totals - beyond, budget_total)
+    rest = budget_total - int(quotas.sum())
+    if rest > 0 and beyond.any():
+        quotas = quotas + water_fill(beyond.astype(np.int64), rest)
     return quotas, plan_from_histograms(histograms, quotas)

@@ -6,9 +6,10 @@ merged histograms and survivor counts (`plan`), and what a center keeps given th
 (`select`). Method names travel on the wire and in configs; code asks `method_named(name)` for
 the object and never compares names.
 
-- feddel: disruptive frames out, cluster-PVI thresholds per cluster from merged histograms
-  (hard within a cluster, water-filled across clusters); loosens its near-duplicate threshold
-  when deduplication leaves fewer candidates than the budget.
+- feddel: disruptive frames out, at most a series' share of the budget from any one series
+  (a volume, a cine), cluster-PVI thresholds per cluster from merged histograms (hard within a
+  cluster, water-filled across clusters); loosens its near-duplicate threshold when
+  deduplication leaves fewer candidates than the budget.
 - meddel: SemDeDup-style, as published: every readable sample, eps outliers out, the eta that
   hits the budget best.
 - random: a uniform draw at the budget.
@@ -68,6 +69,7 @@ class Merged(NamedTuple):
     histograms: np.ndarray  # (k, bins) candidate counts over t = log2 g_x(y)
     survivors: np.ndarray  # (len(ETA_GRID),) MedDEL survivor counts per eta, else zeros
     eta: float  # the near-duplicate threshold the candidates were deduplicated at
+    beyond_share: np.ndarray | None = None  # (k,) candidates past their series' share
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Method(ABC):
     reports_survivors: ClassVar[bool] = False  # centers send eps+eta survivor counts per eta
     synthesizes: ClassVar[bool] = False  # centers make OptiDEL mosaics after selecting
     keeps_everything: ClassVar[bool] = False  # R = 1 whatever the budget
+    caps_series: ClassVar[bool] = False  # no series may fill its candidates (score_center)
     eta_ladder: tuple[float, ...] = field(default=(), repr=False)
 
     @property
@@ -101,6 +104,10 @@ class Method(ABC):
     def budget_for(self, budget: float) -> float:
         """The retention a run of this method targets: full keeps everything whatever asked."""
         return 1.0 if self.keeps_everything else budget
+
+    def series_share(self, series_cap: float, budget: float) -> float:
+        """The share of a series a center may keep as candidates (0 = no cap), in [0, 1]."""
+        return min(1.0, series_cap * budget) if self.caps_series else 0.0
 
     def eligible(self, disruptive: np.ndarray) -> np.ndarray:
         """(n,) bool: the samples this method may cluster and select."""
@@ -136,10 +143,11 @@ class Method(ABC):
 class FedDEL(Method):
     drops_disruptive: ClassVar[bool] = True
     plans_by_histograms: ClassVar[bool] = True
+    caps_series: ClassVar[bool] = True
     eta_ladder: tuple[float, ...] = ETA_LADDER
 
     def plan(self, merged: Merged, budget: int, budget_share: float) -> Plan:
-        quotas, plans = plan_feddel(merged.histograms, budget)
+        quotas, plans = plan_feddel(merged.histograms, budget, merged.beyond_share)
         return Plan(
             quotas,
             np.array([p.threshold_bin for p in plans], dtype=np.int64),

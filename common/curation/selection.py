@@ -209,6 +209,44 @@ def _greedy_within(B: np.ndarray, eta: float) -> np.ndarray:
     return keep
 
 
+def within_series_share(
+    series: np.ndarray,
+    candidate: np.ndarray,
+    eligible: np.ndarray,
+    hardness: np.ndarray,
+    share: float,
+    keep: str = "hard",
+) -> np.ndarray:
+    """(n,) bool: the candidates within their series' share, the hardest first.
+
+    A series (`series`: (n,) codes of a volume, a cine, a DICOM series) of s eligible samples
+    holds max(1, floor(share * s)) of its candidates within its share, taken hardest first
+    (easiest for keep="easy"): at most its proportional share of the budget, a short series one.
+    `share` = 0 puts every candidate within.
+    """
+    codes = np.asarray(series)
+    cand = np.asarray(candidate, dtype=bool)
+    n = cand.size
+    if codes.shape != (n,) or np.asarray(eligible).shape != (n,) or np.shape(hardness) != (n,):
+        raise DataError(f"series, eligible and hardness must have one entry per sample ({n})")
+    if not math.isfinite(share) or not 0.0 <= share <= 1.0:
+        raise ConfigError(f"series share={share!r} must be in [0, 1] (0 = no cap)")
+    if keep not in KEEP_CHOICES:
+        raise ConfigError(f"keep={keep!r} must be 'hard' or 'easy'")
+    if share == 0.0 or not cand.any():
+        return cand.copy()
+    codes = np.unique(codes, return_inverse=True)[1].reshape(n)
+    sizes = np.bincount(codes, weights=np.asarray(eligible, dtype=np.float64))
+    caps = np.maximum(1, np.floor(share * sizes)).astype(np.int64)
+    index = np.flatnonzero(cand)
+    h = np.asarray(hardness, dtype=np.float64)[index]
+    order = index[np.lexsort((index, -h if keep == "hard" else h, codes[index]))]
+    first = np.searchsorted(codes[order], codes[order], side="left")
+    rank = np.full(n, np.iinfo(np.int64).max)
+    rank[order] = np.arange(order.size) - first
+    return cand & (rank < caps[codes])
+
+
 def water_fill(eligible: np.ndarray, budget: int) -> np.ndarray:
     """Split `budget` across clusters: (k,) int64 quotas, sum == min(budget, eligible.sum()).
 

@@ -1,4 +1,4 @@
-"""Decode one image file (PNG/JPEG/BMP/TIFF or DICOM) to 8-bit RGB, by content, read-only.
+"""Decode one image file (PNG/JPEG/BMP/TIFF, DICOM or NIfTI) to 8-bit RGB, by content, read-only.
 
 Every format ends as the same thing the encoder and the quality metrics expect: an (h, w, 3)
 uint8 RGB array. The rules that get it there are fixed so that a center's pool does not depend on
@@ -7,10 +7,14 @@ how a scanner exported its files:
 - grayscale is replicated to three channels; RGBA/LA/P with transparency are composited on black;
 - 16- and 32-bit grayscale (I;16, I, F) is min-max scaled to 0..255 by the image's own range (a
   constant image is scaled by the full 16-bit range instead);
-- DICOM: the middle frame of a multi-frame object; palette colour through its LUT; monochrome
+- a file may hold several frames (a multi-frame DICOM, a NIfTI volume): `frame` picks one,
+  None the middle one;
+- DICOM: palette colour through its LUT; monochrome
   through the modality LUT (rescale slope/intercept) and the VOI LUT or window when present, then
   min-max scaled, and MONOCHROME1 (high = dark) inverted so that bright is always dense tissue;
-  YBR colour is converted to RGB by pydicom.
+  YBR colour is converted to RGB by pydicom;
+- NIfTI (.nii, .nii.gz, by name: gzip has no NIfTI marker): slices along the acquisition axis,
+  windowed as common/data/volume.py says.
 
 The format is read from the bytes, never the extension: a PNG named .jpg decodes as a PNG. EXIF
 orientation is not applied, so a mask stays aligned with its image's stored pixel grid. How much
@@ -44,6 +48,7 @@ from feddel.common.data.budget import (
     shared_budget,
     stored_bytes_per_pixel,
 )
+from feddel.common.data.volume import VolumeError, is_nifti, nifti_frames, nifti_slice
 from feddel.common.errors import DataError
 
 DICOM_MAGIC = b"DICM"
@@ -56,6 +61,7 @@ REASON_CORRUPT = "truncated or corrupt image data"
 REASON_UNKNOWN_FORMAT = "not a recognized image format"
 REASON_NO_PIXELS = "DICOM without pixel data"
 REASON_CORRUPT_DICOM = "truncated or corrupt DICOM data"
+REASON_CORRUPT_NIFTI = "truncated or corrupt NIfTI data"
 
 
 class UnreadableImage(DataError):
@@ -76,8 +82,10 @@ class DecodedImage:
     """A decoded image: pixels (height, width, 3) uint8 RGB and where they came from."""
 
     pixels: np.ndarray
-    modality: str  # "PNG", "JPEG", "TIFF", "BMP", ... or "DICOM:<Modality>"
+    modality: str  # "PNG", "JPEG", "TIFF", "BMP", ..., "DICOM:<Modality>" or "NIFTI"
     stored_size: tuple[int, int] | None = None  # (width, height) in the file, when reduced
+    frames: int = 1  # frames the file holds (multi-frame DICOM, NIfTI slices)
+    series: str = ""  # DICOM SeriesInstanceUID, "" when the file names none
 
     @property
     def width(self) -> int:
@@ -97,28 +105,39 @@ def has_dicom_magic(path: str | os.PathLike[str]) -> bool:
 
 
 def decode_file(
-    path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS, *, reduce_to: int | None = None
+    path: str | os.PathLike[str],
+    max_pixels: int = MAX_PIXELS,
+    *,
+    reduce_to: int | None = None,
+    frame: int | None = None,
 ) -> DecodedImage:
-    """Decode a whole image file to RGB uint8 (see the module docstring for the rules).
+    """Decode one frame of an image file to RGB uint8 (see the module docstring for the rules).
 
     `reduce_to`: the side the caller will resize to; an image far larger is then decoded
     reduced (common/data/budget.py), and `width`/`height` still report the stored size.
+    `frame` (0-based) picks a frame of a multi-frame file, None its middle one; a single-frame
+    file has only frame 0.
     Raises UnreadableImage (never anything else for a bad file) when the bytes cannot be decoded,
-    or when the image has more than `max_pixels` pixels or more than MAX_DECODE_BYTES of
-    stored pixels, before allocating them.
+    the frame does not exist, or the image has more than `max_pixels` pixels or more than
+    MAX_DECODE_BYTES of stored pixels, before allocating them.
     """
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise UnreadableImage(path, REASON_ZERO_BYTES)
+        if is_nifti(path):
+            return _decode_nifti(path, max_pixels, frame)
         if has_dicom_magic(path):
-            return _decode_dicom(path, max_pixels, reduce_to, force=False)
+            return _decode_dicom(path, max_pixels, reduce_to, force=False, frame=frame)
         try:
-            return _decode_pil(path, max_pixels, reduce_to)
+            decoded = _decode_pil(path, max_pixels, reduce_to)
         except UnreadableImage as exc:
             if exc.reason == REASON_UNKNOWN_FORMAT and path.suffix.lower() == ".dcm":
-                return _decode_dicom(path, max_pixels, reduce_to, force=True)  # no preamble
+                # DICOM without preamble
+                return _decode_dicom(path, max_pixels, reduce_to, force=True, frame=frame)
             raise
+        _check_frame(path, frame, 1)
+        return decoded
     except OSError as exc:  # the file itself: permissions, vanished, I/O error
         raise UnreadableImage(path, f"cannot open file ({exc.strerror or exc})") from exc
 
@@ -133,13 +152,16 @@ def resize_square(pixels: np.ndarray, size: int, resample: Image.Resampling) -> 
     return np.asarray(Image.fromarray(pixels).resize((size, size), resample))
 
 
-def load_image(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode and resize to (size, size, 3) uint8 RGB (PIL bilinear with antialiasing).
+def load_image(
+    path: str | Path, size: int, max_pixels: int = MAX_PIXELS, frame: int | None = None
+) -> np.ndarray:
+    """Decode (one frame, see decode_file) and resize to (size, size, 3) uint8 RGB (PIL bilinear
+    with antialiasing).
 
     Raises UnreadableImage naming the file when it cannot be decoded.
     """
     _check_size(size)
-    pixels = decode_file(path, max_pixels, reduce_to=size).pixels
+    pixels = decode_file(path, max_pixels, reduce_to=size, frame=frame).pixels
     return resize_square(pixels, size, Image.Resampling.BILINEAR)
 
 
@@ -160,6 +182,14 @@ def load_mask(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> np.n
 def _check_size(size: int) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise DataError(f"image size {size!r} must be a positive integer (pixels per side)")
+
+
+def _check_frame(path: Path, frame: int | None, frames: int) -> int:
+    """The 0-based frame to decode: `frame`, or the middle one when None."""
+    index = frames // 2 if frame is None else frame
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < frames:
+        raise UnreadableImage(path, f"no frame {frame!r} (the file holds {frames})")
+    return index
 
 
 def _too_large(path: Path, width: int, height: int, max_pixels: int) -> UnreadableImage:
@@ -259,7 +289,9 @@ def _pil_to_rgb(image: Image.Image, path: Path) -> np.ndarray:
 # --- DICOM ------------------------------------------------------------------------------------
 
 
-def _decode_dicom(path: Path, max_pixels: int, reduce_to: int | None, force: bool) -> DecodedImage:
+def _decode_dicom(
+    path: Path, max_pixels: int, reduce_to: int | None, force: bool, frame: int | None
+) -> DecodedImage:
     with _bad_data(path, REASON_UNKNOWN_FORMAT if force else REASON_CORRUPT_DICOM):
         ds = pydicom.dcmread(path, defer_size="64 KB", force=force)
     if not any(name in ds for name in _PIXEL_ELEMENTS) or "Rows" not in ds:
@@ -270,9 +302,11 @@ def _decode_dicom(path: Path, max_pixels: int, reduce_to: int | None, force: boo
         rows, columns = int(ds.Rows), int(ds.Columns)
         frames = max(1, int(ds.get("NumberOfFrames") or 1))
         modality = f"DICOM:{ds.get('Modality') or 'unknown'}"
+        series = str(ds.get("SeriesInstanceUID") or "")
         sample_bytes = int(ds.get("SamplesPerPixel") or 1) * -(-int(ds.BitsAllocated) // 8)
     if rows * columns > max_pixels:
         raise _too_large(path, columns, rows, max_pixels)
+    index = _check_frame(path, frame, frames)
     factor = reduction(columns, rows, reduce_to)
     cost = _decode_cost(path, columns, rows, sample_bytes, factor)
     _check_decoder(path, ds)
@@ -280,11 +314,12 @@ def _decode_dicom(path: Path, max_pixels: int, reduce_to: int | None, force: boo
     with _bad_data(path, REASON_CORRUPT_DICOM), shared_budget().hold(cost):
         # From the path, pydicom reads only the frame it decodes; a raw file (no preamble or no
         # transfer syntax) needs the dataset, and so loads its whole pixel element.
-        frame = dicom_pixel_array(path if from_file else ds, index=frames // 2)
+        values = dicom_pixel_array(path if from_file else ds, index=index)
         if factor > 1:  # on the stored values; palette indices are picked, not averaged
-            frame = reduce_array(frame, factor, average=not palette)
-        pixels = _dicom_to_rgb(frame, ds)
-    return DecodedImage(pixels, modality, (columns, rows) if factor > 1 else None)
+            values = reduce_array(values, factor, average=not palette)
+        pixels = _dicom_to_rgb(values, ds)
+    stored = (columns, rows) if factor > 1 else None
+    return DecodedImage(pixels, modality, stored, frames, series)
 
 
 def _set_transfer_syntax(ds: pydicom.Dataset) -> None:
@@ -328,6 +363,21 @@ def _dicom_to_rgb(frame: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     if photometric == "MONOCHROME1":
         gray = 255 - gray
     return _gray_to_rgb(gray)
+
+
+# --- NIfTI ------------------------------------------------------------------------------------
+
+
+def _decode_nifti(path: Path, max_pixels: int, frame: int | None) -> DecodedImage:
+    with _bad_data(path, REASON_CORRUPT_NIFTI):
+        try:
+            frames, (height, width) = nifti_frames(path, max_pixels)
+            if height * width > max_pixels:
+                raise _too_large(path, width, height, max_pixels)
+            gray = nifti_slice(path, _check_frame(path, frame, frames), max_pixels)
+        except VolumeError as exc:
+            raise UnreadableImage(path, str(exc)) from exc
+    return DecodedImage(_gray_to_rgb(gray), "NIFTI", frames=frames)
 
 
 # --- shared helpers ---------------------------------------------------------------------------

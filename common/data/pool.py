@@ -58,6 +58,20 @@ class CenterPool:
     def files(self) -> list[str]:
         return [sample.file for sample in self.samples]
 
+    @property
+    def frames(self) -> list[int | None]:
+        return [sample.frame for sample in self.samples]
+
+    def series_codes(self) -> np.ndarray:
+        """(n,) int64: equal codes for the samples of one series (scan.py says what one is)."""
+        labels = [sample.series for sample in self.samples]
+        return np.unique(np.array(labels, dtype=object), return_inverse=True)[1].astype(np.int64)
+
+    @property
+    def locators(self) -> list[str]:
+        """`file` or `file#frame` per sample: how evaluation and reports name a sample."""
+        return [sample.locator for sample in self.samples]
+
 
 class DecodePass(NamedTuple):
     disruptive: np.ndarray  # (n,) bool
@@ -66,14 +80,24 @@ class DecodePass(NamedTuple):
     image_sum: np.ndarray  # (size, size, 3) float64 sum of the decoded images
 
 
+def quality_group(sample: Sample) -> str:
+    """The group whose statistics a sample's quality is judged against: its modality (DICOM
+    Modality, NIfTI, or the file format) under its top-level folder. Hospitals export by
+    department or modality (ct/, us/, fundus/), and an MR series, an ultrasound cine and a
+    fundus photograph differ more than a good frame and a bad one of the same kind do."""
+    top = sample.file.split("/", 1)[0] if "/" in sample.file else "."
+    return f"{sample.modality} in {top}"
+
+
 def decode_pass(root: Path, samples: list[Sample], size: int, config: QualityConfig) -> DecodePass:
-    """Decode each sample once: quality features (flagged against the center's own
-    distribution) and the running sum of images for the federated mean image."""
+    """Decode each sample once: quality features (flagged against the statistics of the
+    sample's `quality_group` and series at this center) and the running sum of images for the
+    federated mean image."""
     features, failed = [], []
     image_sum = np.zeros((size, size, 3), dtype=np.float64)
     for index, sample in enumerate(samples):
         try:
-            image = load_image(root / sample.file, size)
+            image = load_image(root / sample.file, size, frame=sample.frame)
         except UnreadableImage as exc:
             log.warning("%s", exc)
             failed.append(index)
@@ -85,7 +109,10 @@ def decode_pass(root: Path, samples: list[Sample], size: int, config: QualityCon
     disruptive = np.zeros(len(samples), dtype=bool)
     reasons = [""] * len(samples)
     if keep:
-        result = detect_disruptive(np.asarray(features), config)
+        kept = [samples[i] for i in keep]
+        groups = [quality_group(sample) for sample in kept]
+        series = [sample.series or sample.sample_id for sample in kept]
+        result = detect_disruptive(np.asarray(features), config, groups, series)
         for row, index in enumerate(keep):
             disruptive[index] = bool(result.disruptive[row])
             reasons[index] = result.reason[row]

@@ -11,8 +11,15 @@ Layout rules (the same at every depth):
   labeled split, which must never enter the curation pool (both case-insensitive);
 - the mask of `<dir>/<stem>.<ext>` is `<dir>/../masks/<stem>.<any image ext>` (the `masks`
   folder beside the image's folder), or `<dir>/masks/...` for images at the center's root;
-- a candidate is a file with an image extension, or a file with no or an unknown extension
-  whose bytes carry the DICOM marker; everything else is counted as ignored.
+- a candidate is a file with an image extension (NIfTI volumes: .nii, .nii.gz), or a file with
+  no or an unknown extension whose bytes carry the DICOM marker; everything else is counted as
+  ignored;
+- a file with several frames (a multi-frame DICOM, a NIfTI volume) gives one sample per frame,
+  with the id sha256(file hash : frame) so it stays stable; masks pair with single frames only;
+- every sample names its series, the group of frames one acquisition made (it stays at the
+  center): a DICOM's SeriesInstanceUID, a volume's or multi-frame file's own path, and for
+  other images the folder plus the file name without its trailing number (slice_001.png,
+  slice_002.png, ... are one series).
 Folder symlinks are not followed (no cycles). A file symlink whose target lies inside the
 center's folder is read like a file; one that leads outside it is never opened (it could make
 the center read, embed and train on any file of the machine) and is counted in
@@ -33,12 +40,14 @@ from pathlib import Path
 
 from feddel.common.data.decode import (
     MAX_PIXELS,
+    DecodedImage,
     UnreadableImage,
     decode_file,
     has_dicom_magic,
     load_image,
     load_mask,
 )
+from feddel.common.data.volume import NIFTI_SUFFIXES, is_nifti
 from feddel.common.errors import DataError
 
 __all__ = [
@@ -50,6 +59,7 @@ __all__ = [
     "UnreadableImage",
     "load_image",
     "load_mask",
+    "locator",
     "scan_center",
 ]
 
@@ -66,14 +76,27 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Sample:
-    """One unique, decodable image of the pool (the first file of its duplicate group)."""
+    """One unique, decodable image of the pool (a frame of the first file of its duplicate
+    group)."""
 
-    sample_id: str  # first 16 hex chars of sha256 of the file bytes (stable, content-based)
+    sample_id: str  # 16 hex chars: sha256 of the file bytes (of "hash:frame" for a frame)
     file: str  # posix path relative to the center root
     mask: str | None  # relative path of the matched mask, or None
     width: int
     height: int
-    modality: str  # "PNG", "JPEG", "TIFF", "BMP", or "DICOM:<Modality>"
+    modality: str  # "PNG", "JPEG", "TIFF", "BMP", "DICOM:<Modality>" or "NIFTI"
+    frame: int | None = None  # the frame of a multi-frame file, None for a single image
+    series: str = ""  # the acquisition it belongs to (module docstring); never leaves a center
+
+    @property
+    def locator(self) -> str:
+        """The file, or `file#frame` for a frame of a multi-frame file (a display name)."""
+        return locator(self.file, self.frame)
+
+
+def locator(file: str, frame: int | None) -> str:
+    """How reports and evaluation name a sample: its file, `file#frame` for one frame of many."""
+    return file if frame is None else f"{file}#{frame}"
 
 
 @dataclass(frozen=True)
@@ -87,8 +110,8 @@ class Inventory:
     """What `scan_center` found: the pool (`samples`) and everything that did not make it."""
 
     root: Path
-    samples: list[Sample]  # one per unique content, sorted by file
-    duplicates: dict[str, list[str]]  # sample_id -> all files (sorted, >= 2) with that content
+    samples: list[Sample]  # one per unique content (and frame), sorted by file and frame
+    duplicates: dict[str, list[str]]  # content id -> all files (sorted, >= 2) with that content
     unreadable: list[Unreadable]  # sorted by file
     ignored: int  # non-image files skipped
     outside_links: int = 0  # symlinks leading outside the folder: skipped, never opened
@@ -101,7 +124,7 @@ class Inventory:
     @property
     def n_readable(self) -> int:
         """Files that decoded, byte-identical copies included."""
-        return len(self.samples) + self.n_duplicate_files
+        return len({sample.file for sample in self.samples}) + self.n_duplicate_files
 
     @property
     def n_duplicate_files(self) -> int:
@@ -143,6 +166,8 @@ class _Checked:
     width: int = 0
     height: int = 0
     modality: str = ""
+    frames: int = 1
+    series: str = ""
     reason: str | None = None  # set when unreadable
 
 
@@ -170,7 +195,8 @@ def scan_center(
         links = f", {outside} links leading outside the folder skipped" if outside else ""
         raise DataError(
             f"no images found under {root} (looked for "
-            f"{', '.join(sorted(ext.lstrip('.') for ext in IMAGE_EXTENSIONS))} and DICOM, "
+            f"{', '.join(sorted(ext.lstrip('.') for ext in IMAGE_EXTENSIONS))}, "
+            f"NIfTI ({', '.join(NIFTI_SUFFIXES)}) and DICOM, "
             f"outside hidden, masks/ and test/ folders; {ignored} other files skipped{links}); "
             "pass the folder that holds the center's images"
         )
@@ -251,7 +277,7 @@ def _mask_index(root: Path, folder: Path, real_root: Path) -> dict[str, str]:
 
 
 def _is_candidate(path: Path) -> bool:
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
+    if path.suffix.lower() in IMAGE_EXTENSIONS or is_nifti(path):
         return True
     try:
         return has_dicom_magic(path)
@@ -269,7 +295,31 @@ def _check_one(root: Path, file: str, max_pixels: int) -> _Checked:
         decoded = decode_file(path, max_pixels, reduce_to=CHECK_SIZE)
     except UnreadableImage as exc:
         return _Checked(file, digest, reason=exc.reason)
-    return _Checked(file, digest, decoded.width, decoded.height, decoded.modality)
+    return _Checked(
+        file,
+        digest,
+        decoded.width,
+        decoded.height,
+        decoded.modality,
+        decoded.frames,
+        series_of(file, decoded),
+    )
+
+
+def series_of(file: str, decoded: DecodedImage) -> str:
+    """The series a file's frames belong to (see the module docstring); local to the center."""
+    if decoded.series:
+        return f"dicom:{decoded.series}"
+    if decoded.frames > 1 or is_nifti(file):
+        return f"file:{file}"
+    folder, _, name = file.rpartition("/")
+    stem = name.split(".")[0].rstrip("0123456789").rstrip("_-. ")
+    return f"folder:{folder}/{stem or '#'}"
+
+
+def frame_sample_id(digest: str, frame: int) -> str:
+    """The stable id of frame `frame` of the file whose sha256 is `digest`."""
+    return hashlib.sha256(f"{digest}:{frame}".encode()).hexdigest()[:SAMPLE_ID_HEX]
 
 
 def _sha256(path: Path) -> str:
@@ -325,17 +375,11 @@ def _assemble(
         else:
             groups.setdefault(item.digest[:SAMPLE_ID_HEX], []).append(item)
     samples = [
-        Sample(
-            sample_id,
-            first.file,
-            _find_mask(first.file, masks),
-            first.width,
-            first.height,
-            first.modality,
-        )
-        for sample_id, (first, *_) in groups.items()
+        sample
+        for content, (first, *_) in groups.items()
+        for sample in _samples(content, first, masks)
     ]
-    samples.sort(key=lambda sample: sample.file)
+    samples.sort(key=lambda sample: (sample.file, -1 if sample.frame is None else sample.frame))
     duplicates = {
         sample_id: [item.file for item in items]
         for sample_id, items in groups.items()
@@ -352,6 +396,30 @@ def _assemble(
         ignored,
     )
     return inventory
+
+
+def _samples(content: str, item: _Checked, masks: dict[str, dict[str, str]]) -> list[Sample]:
+    """The samples of one readable file: itself, or one per frame of a multi-frame file."""
+    if item.frames == 1:
+        mask = _find_mask(item.file, masks)
+        return [
+            Sample(
+                content, item.file, mask, item.width, item.height, item.modality, None, item.series
+            )
+        ]
+    return [
+        Sample(
+            frame_sample_id(item.digest, frame),
+            item.file,
+            None,
+            item.width,
+            item.height,
+            item.modality,
+            frame,
+            item.series,
+        )
+        for frame in range(item.frames)
+    ]
 
 
 def _find_mask(file: str, masks: dict[str, dict[str, str]]) -> str | None:

@@ -8,17 +8,18 @@ Flower 1.41 secures a deployment in two independent ways, and FedDEL sets up bot
   sending its aggregates to an impostor. The certificate always also names `localhost` and
   `127.0.0.1`, because the SuperLink's own SuperExec (which starts the ServerApp) connects to it
   on the loopback address with the same CA.
-- Node authentication: each center holds an EC P-384 key pair in OpenSSH format
-  (`--auth-supernode-private-key`); the coordinator registers the public key with the SuperLink
-  (`flwr supernode register`), which then refuses every SuperNode whose key it does not know.
+- Node authentication: each center makes its own EC P-384 key pair in OpenSSH format
+  (`feddel-center keygen`, used as `--auth-supernode-private-key`) and sends only the public
+  key; the coordinator registers it with the SuperLink (`flwr supernode register`), which then
+  refuses every SuperNode whose key it does not know. No private key ever travels.
 
 Folder layout written here (the coordinator's certificate folder):
 
     ca.crt, ca.key                      the CA (ca.key never leaves the coordinator)
     superlink.crt, superlink.key        the SuperLink's TLS certificate and key
     centers/<name>/center.pub           a center's public key: registered by `start`
-    centers/<name>/center.key           its private key: handed to that center only
     centers/<name>/ca.crt               a copy of the CA certificate for the center
+    revoked/<name>@<time>/              a revoked center's folder, kept for the record
 
 Private keys are written with mode 0600 and are never replaced unless the caller says so.
 """
@@ -53,6 +54,7 @@ SERVER_KEY = "superlink.key"
 CENTERS_DIR = "centers"
 CENTER_PUBLIC = "center.pub"
 CENTER_PRIVATE = "center.key"
+REVOKED_DIR = "revoked"
 
 CA_DAYS = 3650  # the CA outlives many server certificates: centers keep trusting ca.crt
 SERVER_DAYS = 397  # browsers' and most TLS stacks' ceiling for a leaf certificate
@@ -75,12 +77,11 @@ class Authority(NamedTuple):
 
 
 class CenterKeys(NamedTuple):
-    """A center's folder under centers/: its public key, CA copy and (if made here) private key."""
+    """A center's folder under centers/: its public key and the CA certificate it trusts."""
 
     name: str
     folder: Path
     public_key: Path
-    private_key: Path | None  # None when the center generated its own pair
     ca_cert: Path
 
 
@@ -171,16 +172,13 @@ def init_authority(
 
 
 def add_center(
-    out: str | Path,
-    name: str,
-    *,
-    public_key: str | Path | None = None,
-    force: bool = False,
+    out: str | Path, name: str, public_key: str | Path, *, force: bool = False
 ) -> CenterKeys:
-    """Give center `name` a node-authentication key pair (or take its own public key).
+    """Admit center `name` with the public key it made (`feddel-center keygen`).
 
-    The public key goes to centers/<name>/center.pub, which `feddel-coordinator start`
-    registers with the SuperLink; the private key, when made here, must reach that center only.
+    The key goes to centers/<name>/center.pub, which `feddel-coordinator start` registers with
+    the SuperLink; nobody but the center ever holds its private key. A key that already
+    belongs to another center, or that was revoked, is refused.
     """
     root = Path(out)
     check_center_name(name)
@@ -190,25 +188,41 @@ def add_center(
             "--host NAME` first"
         )
     folder = root / CENTERS_DIR / name
-    existing = [p for p in (folder / CENTER_PRIVATE, folder / CENTER_PUBLIC) if p.exists()]
-    if existing and not force:
+    if (folder / CENTER_PUBLIC).exists() and not force:
         raise ConfigError(
-            f"center {name!r} already has keys in {folder}; pass --force to replace them "
+            f"center {name!r} already has a key in {folder}; pass --force to replace it "
             "(a running `feddel-coordinator start` then unregisters the old key)"
         )
-    private_path: Path | None = None
-    if public_key is None:
-        key = ec.generate_private_key(_CURVE())
-        private_path = _write_private_key(
-            folder / CENTER_PRIVATE, key, serialization.PrivateFormat.OpenSSH
+    public_bytes = _read_center_public_key(Path(public_key))
+    key = serialization.load_ssh_public_key(public_bytes)
+    owner = known_center_keys(root).get(spki(key))  # type: ignore[arg-type]
+    if owner is not None and (owner.revoked or owner.center != name):
+        whose = "was revoked" if owner.revoked else "is already registered"
+        raise ConfigError(
+            f"{public_key} {whose} as center {owner.center!r}; every center needs a key of "
+            "its own: make a new one at the center with `feddel-center keygen`"
         )
-        public_bytes = _openssh_public(key.public_key(), name)
-    else:
-        public_bytes = _read_center_public_key(Path(public_key))
-        (folder / CENTER_PRIVATE).unlink(missing_ok=True)
+    (folder / CENTER_PRIVATE).unlink(missing_ok=True)  # made here by an older FedDEL
     atomic_write_bytes(folder / CENTER_PUBLIC, public_bytes)
     shutil.copyfile(root / CA_CERT, folder / CA_CERT)
-    return CenterKeys(name, folder, folder / CENTER_PUBLIC, private_path, folder / CA_CERT)
+    return CenterKeys(name, folder, folder / CENTER_PUBLIC, folder / CA_CERT)
+
+
+def make_center_key(folder: str | Path, comment: str, *, force: bool = False) -> tuple[Path, Path]:
+    """Make a center's node-authentication key pair where the center keeps it: center.key
+    (EC P-384, OpenSSH format, mode 0600) and center.pub (the only file sent to the
+    coordinator). An existing key is never replaced without `force`."""
+    root = Path(folder)
+    private_path, public_path = root / CENTER_PRIVATE, root / CENTER_PUBLIC
+    if private_path.exists() and not force:
+        raise ConfigError(
+            f"{private_path} already exists; pass --force to make a new key (the coordinator "
+            "must then register the new center.pub with `certs add-center NAME --force`)"
+        )
+    key = ec.generate_private_key(_CURVE())
+    _write_private_key(private_path, key, serialization.PrivateFormat.OpenSSH)
+    atomic_write_bytes(public_path, _openssh_public(key.public_key(), comment))
+    return private_path, public_path
 
 
 def registered_centers(out: str | Path) -> dict[str, Path]:
@@ -230,8 +244,73 @@ def public_key_fingerprint(path: str | Path) -> str:
         blob = base64.b64decode(fields[1], validate=True)
     except binascii.Error:
         raise ConfigError(f"{path} is not an OpenSSH public key line") from None
-    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    return f"SHA256:{digest}"
+    return _fingerprint(blob)
+
+
+def key_fingerprint(key: ec.EllipticCurvePublicKey) -> str:
+    """The same `SHA256:...` for a key object (e.g. one a SuperNode presented)."""
+    line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return _fingerprint(base64.b64decode(line.split()[1]))
+
+
+class KnownKey(NamedTuple):
+    """A center key the coordinator has seen: whose, and whether it was revoked."""
+
+    center: str
+    revoked: bool
+    fingerprint: str
+
+
+def known_center_keys(out: str | Path) -> dict[bytes, KnownKey]:
+    """Every center key under out/centers/ and out/revoked/, by its DER SubjectPublicKeyInfo
+    (the form a SuperNode's PEM key and a registration request reduce to). Unreadable files
+    are skipped: `add-center` checked each key when it wrote it."""
+    root = Path(out)
+    found: dict[bytes, KnownKey] = {}
+    sources = [(path, path.parent.name, True) for path in _revoked_keys(root)]
+    sources += [(path, name, False) for name, path in registered_centers(root).items()]
+    for path, folder, revoked in sources:  # active keys last: they win over a revoked copy
+        try:
+            key = serialization.load_ssh_public_key(path.read_bytes())
+        except (OSError, ValueError, UnsupportedAlgorithm):
+            continue
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            name = folder.rsplit("@", 1)[0] if revoked else folder
+            found[spki(key)] = KnownKey(name, revoked, key_fingerprint(key))
+    return found
+
+
+def presented_key(data: bytes) -> ec.EllipticCurvePublicKey | None:
+    """The EC public key in a PEM or DER blob sent over the wire, or None."""
+    for load in (serialization.load_pem_public_key, serialization.load_der_public_key):
+        try:
+            key = load(data)
+        except (ValueError, UnsupportedAlgorithm):
+            continue
+        return key if isinstance(key, ec.EllipticCurvePublicKey) else None
+    return None
+
+
+def spki(key: ec.EllipticCurvePublicKey) -> bytes:
+    """A public key's DER SubjectPublicKeyInfo: one form for keys read in any format."""
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def revoke_center(out: str | Path, name: str) -> Path:
+    """Move centers/<name>/ to revoked/<name>@<UTC time>/: `start` unregisters its key within
+    seconds and the SuperLink refuses it from then on. The folder is kept for the record."""
+    check_center_name(name)
+    root = Path(out)
+    folder = root / CENTERS_DIR / name
+    if not (folder / CENTER_PUBLIC).is_file():
+        known = ", ".join(registered_centers(root)) or "none"
+        raise ConfigError(f"there is no center {name!r} in {root / CENTERS_DIR} (centers: {known})")
+    target = root / REVOKED_DIR / f"{name}@{_now():%Y%m%dT%H%M%SZ}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder.rename(target)
+    return target
 
 
 def certificate_expiry(path: str | Path) -> datetime.datetime:
@@ -304,14 +383,33 @@ def describe_expiry(moment: datetime.datetime) -> str:
 
 
 def check_center_name(name: str) -> None:
-    if not _NAME.match(name):
+    check_name(name, "center")
+
+
+def check_name(name: str, what: str) -> None:
+    """Center and operator names: safe as folder names, in logs and in TOML."""
+    if not is_name(name):
         raise ConfigError(
-            f"center name {name!r} must be 1-63 letters, digits, '.', '_' or '-', "
+            f"{what} name {name!r} must be 1-63 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
 
 
+def is_name(name: str) -> bool:
+    return bool(_NAME.match(name))
+
+
 # --- private helpers (inputs already validated) ------------------------------------------
+
+
+def _fingerprint(blob: bytes) -> str:
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
+
+
+def _revoked_keys(root: Path) -> list[Path]:
+    folder = root / REVOKED_DIR
+    return sorted(folder.glob(f"*/{CENTER_PUBLIC}")) if folder.is_dir() else []
 
 
 def _check_private_mode(path: Path) -> None:

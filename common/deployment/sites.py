@@ -13,21 +13,29 @@ asked for them). No Flower import here; only its command-line programs are used.
 
 from __future__ import annotations
 
+import argparse
 import collections
+import logging
 import math
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from feddel.common.errors import ConfigError
+from rich.text import Text
+
+from feddel.common.cliutil import EXIT_USER_ERROR, err_console
+from feddel.common.errors import ConfigError, FedDELError, RunFailed
 
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",  # Flower sends usage events unless told not to
@@ -67,6 +75,33 @@ def flower_program(name: str) -> str:
     return found
 
 
+def superlink_health(address: str, ca_cert: str | Path, timeout: float = 5.0) -> str | None:
+    """None when the SuperLink at HOST:PORT answers GET /health over TLS (trusting only
+    `ca_cert`), else why not, in a few words. /health is open to every TLS client."""
+    url = f"https://{address}/health"
+    try:
+        context = ssl.create_default_context(cafile=str(ca_cert))
+        with urllib.request.urlopen(url, context=context, timeout=timeout):
+            return None
+    except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+        return f"not answering at {url} ({getattr(exc, 'reason', exc)})"
+
+
+def log_to_stdout(logger: str, fmt: str = "feddel %(message)s") -> None:
+    """Send `logger`'s INFO and higher lines to stdout in `fmt`, once per process: a
+    deployed process's stdout is what `start`, `join` and `flwr run --stream` relay to the
+    operator and the journal, while FedDEL's loggers are otherwise silent below WARNING."""
+    target = logging.getLogger(logger)
+    if any(getattr(h, "feddel_stdout", False) for h in target.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.feddel_stdout = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter(fmt))
+    target.addHandler(handler)
+    target.setLevel(logging.INFO)
+    target.propagate = False
+
+
 # --- site configuration files --------------------------------------------------------------
 
 
@@ -75,8 +110,8 @@ def read_site_config(
 ) -> dict[str, dict[str, Any]]:
     """Read a TOML site file; reject unknown sections and keys and wrong types by name.
 
-    `schema` maps section -> key -> type (str, int, float or bool). Missing keys are left out,
-    so callers apply defaults and say which required keys are missing.
+    `schema` maps section -> key -> type (str, int, float, bool, or list: a list of strings).
+    Missing keys are left out, so callers apply defaults and say which required keys are missing.
     """
     file = Path(path)
     if not file.is_file():
@@ -132,13 +167,21 @@ def _check_type(file: Path, section: str, key: str, value: Any, kind: type) -> N
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         ok = True
+    if kind is list:
+        ok = ok and all(isinstance(item, str) for item in value)
     if not ok:
         raise ConfigError(
             f"{file}: [{section}] {key} = {value!r} must be {_KIND_NAMES.get(kind, kind.__name__)}"
         )
 
 
-_KIND_NAMES = {str: "a quoted string", int: "an integer", float: "a number", bool: "true or false"}
+_KIND_NAMES = {
+    str: "a quoted string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: 'a list of quoted strings, e.g. ["a", "b"]',
+}
 
 
 # --- supervised Flower programs -------------------------------------------------------------
@@ -228,3 +271,28 @@ def stop_on_signals() -> Iterator[threading.Event]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def add_hold_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--hold-on-error", action="store_true",
+        help="on a configuration error (exit 2), print it and stay up until stopped instead "
+        "of exiting: for containers, whose restart policy cannot tell exit 2 from a crash",
+    )  # fmt: skip
+
+
+def hold_on_error(enabled: bool, command: Callable[[], int]) -> int:
+    """Run `command`; with `enabled`, a user error (ConfigError, DataError: exit 2) is printed
+    and the process then waits for SIGTERM, so a container does not restart in a loop on a
+    mistake that only a person can fix. Failures that may pass by themselves (RunFailed,
+    exit 1) still end the process, for the restart policy to retry."""
+    try:
+        return command()
+    except FedDELError as exc:
+        if not enabled or isinstance(exc, RunFailed):
+            raise
+        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)))
+        err_console.print("holding until stopped (--hold-on-error): fix the above, then restart")
+        with stop_on_signals() as stop:
+            stop.wait()
+        return EXIT_USER_ERROR

@@ -360,15 +360,21 @@ class EmbedResult(NamedTuple):
 
 
 class _ImageFiles(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[Path | str], size: int) -> None:
+    def __init__(
+        self, paths: Sequence[Path | str], size: int, frames: Sequence[int | None] | None = None
+    ) -> None:
         self.paths, self.size = list(paths), size
+        self.frames = list(frames) if frames is not None else [None] * len(self.paths)
+        if len(self.frames) != len(self.paths):
+            raise DataError(f"{len(self.frames)} frames for {len(self.paths)} files; need one each")
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
-            return index, load_image(self.paths[index], self.size), None
+            frame = self.frames[index]
+            return index, load_image(self.paths[index], self.size, frame=frame), None
         except DataError as exc:  # UnreadableImage: reported, not fatal
             return index, None, str(exc)
 
@@ -413,9 +419,11 @@ def iter_embed_files(
     batch_size: int = 64,
     num_workers: int | None = None,
     precision: str = "auto",
+    frames: Sequence[int | None] | None = None,
 ) -> Iterator[EmbeddedBatch]:
     """Embed image files in order, batch by batch; decoding runs in DataLoader worker processes.
 
+    `frames` (one per path, None = a single image) picks the frame of a multi-frame file.
     Batch k always holds files [k*batch_size, (k+1)*batch_size) minus unreadable ones, so a
     caller that persists batches can resume at a batch boundary with identical arithmetic.
     """
@@ -427,7 +435,7 @@ def iter_embed_files(
         workers = default_num_workers(len(paths), batch_size, device)
     shared_budget()  # made before the workers fork, so they share it (common/data/budget.py)
     loader = torch.utils.data.DataLoader(
-        _ImageFiles(paths, size),
+        _ImageFiles(paths, size, frames),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

@@ -191,8 +191,9 @@ def embed_center(
         todo = np.flatnonzero(~layout.done)
         rows, done = cache.open_rows(writable=True), layout.done.copy()
         paths = [Path(root) / samples[i].file for i in todo]
+        frames = [samples[i].frame for i in todo]
         for batch in iter_embed_files(
-            encoder, paths, spec.image_size, batch_size, num_workers, precision
+            encoder, paths, spec.image_size, batch_size, num_workers, precision, frames
         ):
             rows[todo[batch.indices]] = batch.embeddings
             rows.flush()

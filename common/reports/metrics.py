@@ -14,7 +14,10 @@ from typing import Any
 
 from feddel.common.errors import ConfigError, DataError
 
-TRUTH_COLUMNS = ("file", "video", "mode", "disruptive", "duplicate_of", "corrupt")
+TRUTH_COLUMNS = ("file", "mode", "disruptive", "duplicate_of", "corrupt")
+# optional groupings: frames of one video (synthetic endoscopy), slices of one series (DICOM,
+# volumes, cine); each present column gives its distinct-per-selected measure
+GROUP_COLUMNS = {"video": "distinct_videos_per_selected", "series": "distinct_series_per_selected"}
 _FALSE_FLAGS = ("", "0", "false", "no", "none")
 
 
@@ -37,7 +40,8 @@ def curation_quality(
     selected_files_by_center: Mapping[str, Sequence[str]],
     truth_by_center: Mapping[str, list[dict[str, str]]],
 ) -> dict[str, Any]:
-    """Judge a selection against simulation ground truth (TRUTH_COLUMNS, all strings).
+    """Judge a selection against simulation ground truth (TRUTH_COLUMNS and any of
+    GROUP_COLUMNS, all strings).
 
     `disruptive` is true unless "", "0", "false", "no" or "none" (it may name the defect, e.g.
     "blur"); a duplicate file inherits it and its content from the root of its duplicate_of
@@ -63,16 +67,23 @@ def curation_quality(
     pool_modes = Counter(row["mode"] for _, row in pool)
     modes = Counter(row["mode"] for _, row in chosen)
     contents = {(center, row["content"]) for center, row in chosen}
-    return {
+    covered = len(set(modes) & set(pool_modes))
+    measures: dict[str, Any] = {
         "selected": n,
-        "disruptive_rate": _rate(sum(_flag(r["disruptive"]) for _, r in chosen), n),
-        "pool_disruptive_rate": _rate(sum(_flag(r["disruptive"]) for _, r in pool), len(pool)),
-        "distinct_videos_per_selected": _rate(len({(c, r["video"]) for c, r in chosen}), n),
-        "mode_coverage": _rate(len(set(modes) & set(pool_modes)), len(pool_modes)),
+        "disruptive_rate": _rate(sum(truth_flag(r["disruptive"]) for _, r in chosen), n),
+        "pool_disruptive_rate": _rate(sum(truth_flag(r["disruptive"]) for _, r in pool), len(pool)),
+    }
+    for column, measure in GROUP_COLUMNS.items():
+        if pool and all(column in row for _, row in pool):
+            measures[measure] = _rate(len({(c, r[column]) for c, r in chosen}), n)
+    return measures | {
+        "mode_coverage": _rate(covered, len(pool_modes)),
+        "modes_covered": covered,
+        "modes_total": len(pool_modes),
         "modes_selected": dict(sorted(modes.items())),
         "mode_entropy": _entropy_bits(modes),
         "pool_mode_entropy": _entropy_bits(pool_modes),
-        "corrupt_selected": sum(_flag(r["corrupt"]) for _, r in chosen),
+        "corrupt_selected": sum(truth_flag(r["corrupt"]) for _, r in chosen),
         "duplicate_files_selected": n - len(contents),
     }
 
@@ -95,7 +106,8 @@ def _resolved(by_file: Mapping[str, dict[str, str]], file: str) -> dict[str, str
     return by_file[root] | {"content": root}
 
 
-def _flag(value: str) -> bool:
+def truth_flag(value: str) -> bool:
+    """A truth cell as a yes/no: true unless "", "0", "false", "no" or "none"."""
     return value.strip().lower() not in _FALSE_FLAGS
 
 

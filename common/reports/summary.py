@@ -70,6 +70,7 @@ class RoundSummary:
     synthesized: dict[str, Any] | None = None  # optidel: mosaics per center
     warnings: list[str] = field(default_factory=list)
     quality: dict[str, Any] | None = None  # against truth.csv, simulations only
+    privacy: dict[str, Any] | None = None  # federated: noise per phase, DP epsilon and delta
 
     @property
     def centers(self) -> int:
@@ -83,6 +84,23 @@ class RoundSummary:
     def bytes_total(self) -> int:
         """Both directions, every phase (0 for the centralized reference)."""
         return sum((traffic or {}).get("total", 0) for traffic in (self.bytes_up, self.bytes_down))
+
+    @property
+    def privacy_line(self) -> str:
+        """One line on what protects the round's statistics ("" for the centralized run)."""
+        if not self.privacy:
+            return ""
+        dp = self.privacy.get("dp")
+        if dp:
+            return (
+                f"differential privacy: epsilon {dp['epsilon']:.3g} at delta {dp['delta']:g} "
+                f"(target {dp['epsilon_target']:g}) over {dp['releases']} Gaussian releases"
+            )
+        return (
+            f"noise sigma {self.privacy['noise_sigma']:g} in every shared sum of embeddings, "
+            f"exact counts, min-count {self.privacy['min_count']}, min-roster "
+            f"{self.privacy['min_roster']} (no DP guarantee: set dp-epsilon for one)"
+        )
 
     def to_json(self) -> dict[str, Any]:
         """summary.json: every field (None as null), plus centers and retention."""

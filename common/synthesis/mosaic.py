@@ -220,7 +220,7 @@ def synthesize_mosaics(
     rows = []
     for m in range(len(chosen) // CELLS):
         group = chosen[m * CELLS : (m + 1) * CELLS]
-        images = [decode_file(root / sources[p.source].file).pixels for p in group]
+        images = [_pixels(root, sources[p.source]) for p in group]
         cells = [p.box.crop(image) for p, image in zip(group, images, strict=True)]
         name = f"mosaic-{m:05d}.png"
         _write_png(out / name, stitch(cells, *images[0].shape[:2]))
@@ -264,13 +264,18 @@ def _load_source(root: Path, sample: Sample) -> tuple[np.ndarray, np.ndarray | N
     load_mask only resizes to squares, so the mask is read at max(H, W) and then
     nearest-resized to (H, W).
     """
-    image = decode_file(root / sample.file).pixels
+    image = _pixels(root, sample)
     if sample.mask is None:
         return image, None
     height, width = image.shape[:2]
     square = load_mask(root / sample.mask, max(height, width)).astype(np.uint8)
     resized = Image.fromarray(square).resize((width, height), Image.Resampling.NEAREST)
     return image, np.asarray(resized) > 0
+
+
+def _pixels(root: Path, sample: Sample) -> np.ndarray:
+    """The sample's pixels (H, W, 3) uint8 at full resolution (its frame of a multi-frame file)."""
+    return decode_file(root / sample.file, frame=sample.frame).pixels
 
 
 def _null_crop(mean: np.ndarray, box: Box, height: int, width: int) -> np.ndarray:

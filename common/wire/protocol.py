@@ -12,6 +12,7 @@ This is the only module of `common` that imports Flower.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import typing
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ FIELDS, ARRAYS = "fields", "arrays"
 # Error.code of a center's error reply whose reason reads "<center name>: <what to fix>"
 # (client/app.py); the coordinator learns the name of a center that fails before it replied once.
 CENTER_ERROR = 1
+# Error.code of a center that declines a request below its privacy floor (center.toml); the
+# reason reads "<center name>: <what it refused and its floor>".
+CENTER_REFUSED = 3
 
 
 @dataclass(frozen=True)
@@ -237,8 +241,8 @@ def check_range(message: str, key: str, value: float, low: float, high: float) -
 
 _KIND = {"f": "floating point", "i": "integer", "u": "uint64"}
 _COUNT_FIELDS = {
-    "files", "samples", "unreadable", "duplicate_files", "disruptive", "dim", "image_count",
-    "candidates", "selected", "k_local", "min_count", "bins", "round", "attempt",
+    "files", "samples", "unreadable", "duplicate_files", "disruptive", "dim",
+    "candidates", "selected", "k_local", "min_count", "bins", "round", "attempt", "image_size",
 }  # fmt: skip
 
 
@@ -288,26 +292,19 @@ class InventoryReply(Payload):
     disruptive: int
     dim: int
     fingerprint: str
-    image_count: int  # 0 when the center holds fewer than min_count samples
-    # (s, s, 3) sum of the center's images, for the global mean image
-    image_sum: np.ndarray = array_field("f", 3, nonnegative=True)
 
     def check(self) -> None:
         name = "InventoryReply"
         check_center_name(name, self.center)
-        if self.files != self.samples + self.unreadable + self.duplicate_files:
+        # every file is a sample, unreadable or a copy; a multi-frame file (a volume, a cine)
+        # is several samples, so samples may outnumber the files they come from
+        if self.files > self.samples + self.unreadable + self.duplicate_files:
             raise ProtocolError(
-                f"{name}: files={self.files} must equal samples + unreadable + duplicate_files "
+                f"{name}: files={self.files} exceeds samples + unreadable + duplicate_files "
                 f"({self.samples} + {self.unreadable} + {self.duplicate_files})"
             )
         if self.disruptive > self.samples:
             raise ProtocolError(f"{name}: disruptive={self.disruptive} exceeds samples")
-        if self.image_count > self.samples:
-            raise ProtocolError(f"{name}: image_count exceeds samples")
-        if self.image_sum.shape[2:] != (3,) or self.image_sum.shape[0] != self.image_sum.shape[1]:
-            raise ProtocolError(f"{name}: image_sum must be (s, s, 3), got {self.image_sum.shape}")
-        if self.image_sum.size and self.image_sum.max() > 255.0 * self.image_count:
-            raise ProtocolError(f"{name}: image_sum exceeds 255 x image_count (8-bit images)")
 
 
 # --- keys: one X25519 public key per center and run (common/privacy/secagg.py) ---
@@ -334,14 +331,22 @@ class KeysReply(Payload):
 
 @dataclass(frozen=True, kw_only=True)
 class Masked(Payload):
-    """Fields of every securely summed phase: who is in the sum, and which attempt it is."""
+    """Fields of every securely summed phase: who is in the sum, which attempt it is, and the
+    Gaussian noise the sum must carry (common/privacy/noise.py): `noise_sigma` in each sum of
+    embeddings (or pixels), 4 x that in each sum of squared distances, `count_sigma` in each
+    count (0: exact). Each of the m roster members adds 1/sqrt(m) of it."""
 
     run: str
     attempt: int
+    noise_sigma: float
+    count_sigma: float
     roster: np.ndarray = array_field("i", 2, nonnegative=True)  # (m, 32) public keys, as bytes
 
     def check(self) -> None:
-        check_run(type(self).__name__, self.run)
+        name = type(self).__name__
+        check_run(name, self.run)
+        check_range(name, "noise_sigma", self.noise_sigma, 0.0, np.inf)
+        check_range(name, "count_sigma", self.count_sigma, 0.0, np.inf)
 
     def roster_keys(self) -> list[bytes]:
         if (
@@ -375,9 +380,11 @@ class SeedRequest(Payload):
     k_local: int
     min_count: int
     seed: int
+    noise_sigma: float  # std of the noise in each local centroid's sum (the center's own)
 
     def check(self) -> None:
         check_run("SeedRequest", self.run)
+        check_range("SeedRequest", "noise_sigma", self.noise_sigma, 0.0, np.inf)
         _check_choice("SeedRequest", "method", self.method, SELECTION_NAMES)
         check_range("SeedRequest", "k_local", self.k_local, 1, MAX_CLUSTERS)
         check_range("SeedRequest", "min_count", self.min_count, 1, MAX_COUNT)
@@ -393,21 +400,61 @@ class SeedReply(Payload):
         _same_rows("SeedReply", centroids=self.centroids, counts=self.counts)
 
 
-# --- phase 2: Lloyd (securely summed) -------------------------------------------------------
+# --- phase 2: Lloyd (securely summed: first the cell sizes, then the open cells' sums) -------
 
 
 @dataclass(frozen=True, kw_only=True)
-class LloydRequest(Masked):
-    ACTION: ClassVar[str] = "lloyd"
+class CountsRequest(Masked):
+    """How many members each center's cell holds: decides which cells are open (>= min-count)
+    before any sum over them is shared."""
+
+    ACTION: ClassVar[str] = "counts"
     method: str
-    noise_sigma: float  # std of the Gaussian noise each center adds to its per-cluster sums
     centers: np.ndarray = array_field("f", 2)  # (k, d)
 
     def check(self) -> None:
         super().check()
-        _check_choice("LloydRequest", "method", self.method, SELECTION_NAMES)
-        check_range("LloydRequest", "noise_sigma", self.noise_sigma, 0.0, np.inf)
-        _check_centers("LloydRequest", self.centers)
+        _check_choice("CountsRequest", "method", self.method, SELECTION_NAMES)
+        _check_centers("CountsRequest", self.centers)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CountsReply(MaskedReply):
+    """Masked count (k,): see `counts_layout`."""
+
+    ACTION: ClassVar[str] = "counts"
+
+
+def counts_layout(k: int) -> dict[str, tuple[int, ...]]:
+    return {"count": (k,)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LloydRequest(Masked):
+    """The open cells' statistics: every eligible sample assigned to its nearest open center,
+    so each cell holds at least the members its count showed. The centers are those of the
+    counts request just before (`cells`: their digest), so they are not sent twice; `open`
+    flags the ones whose cell reached min-count."""
+
+    ACTION: ClassVar[str] = "lloyd"
+    method: str
+    cells: str  # centers_digest of the counts request's centers
+    open: np.ndarray = array_field("i", 1, nonnegative=True)  # (k,) 0 or 1
+
+    def check(self) -> None:
+        super().check()
+        name = "LloydRequest"
+        _check_choice(name, "method", self.method, SELECTION_NAMES)
+        if not 1 <= len(self.open) <= MAX_CLUSTERS or self.open.max(initial=0) > 1:
+            raise ProtocolError(f"{name}: open must be 1 to {MAX_CLUSTERS} flags of 0 or 1")
+        if not self.open.any():
+            raise ProtocolError(f"{name}: no cell is open")
+
+
+def centers_digest(centers: np.ndarray) -> str:
+    """A short name for a set of centers, so a request can refer to the ones sent before."""
+    data = np.ascontiguousarray(centers, dtype=np.float64)
+    return hashlib.sha256(repr(data.shape).encode() + data.tobytes()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -432,19 +479,19 @@ class ScoreRequest(Masked):
     eps: float
     eta: float
     keep: str
-    bins: int
+    series_share: float  # the share of a series a center may keep as candidates; 0 = no cap
     centers: np.ndarray = array_field("f", 2)  # (k, d)
     prior: np.ndarray = array_field("f", 1, nonnegative=True)  # (k,)
 
     def check(self) -> None:
         super().check()
         name = "ScoreRequest"
+        check_range(name, "series_share", self.series_share, 0.0, 1.0)
         _check_choice(name, "method", self.method, SELECTION_NAMES)
         _check_choice(name, "keep", self.keep, KEEP_CHOICES)
         check_range(name, "tau", self.tau, np.finfo(np.float64).tiny, np.inf)
         check_range(name, "eps", self.eps, 0.0, 2.0)
         check_range(name, "eta", self.eta, -1.0, 1.0)
-        check_range(name, "bins", self.bins, 1, MAX_BINS)
         _check_centers(name, self.centers)
         _same_rows(name, centers=self.centers, prior=self.prior)
         if not self.prior.all():
@@ -453,13 +500,44 @@ class ScoreRequest(Masked):
 
 @dataclass(frozen=True, kw_only=True)
 class ScoreReply(MaskedReply):
-    """Masked (histograms (k, bins), eta_survivors (len(ETA_GRID),)): see `score_layout`."""
+    """Masked (candidates (k,), eta_survivors (len(ETA_GRID),), beyond_share (k,)): see
+    `score_layout`."""
 
     ACTION: ClassVar[str] = "score"
 
 
-def score_layout(k: int, bins: int, etas: int) -> dict[str, tuple[int, ...]]:
-    return {"histograms": (k, bins), "eta_survivors": (etas,)}
+def score_layout(k: int, etas: int) -> dict[str, tuple[int, ...]]:
+    return {"candidates": (k,), "eta_survivors": (etas,), "beyond_share": (k,)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistogramRequest(Masked):
+    """The score histograms of the clusters whose candidates reach min-count (`open` = 1);
+    a center sends zeros for the others."""
+
+    ACTION: ClassVar[str] = "histograms"
+    method: str
+    bins: int
+    open: np.ndarray = array_field("i", 1, nonnegative=True)  # (k,) 0 or 1
+
+    def check(self) -> None:
+        super().check()
+        name = "HistogramRequest"
+        _check_choice(name, "method", self.method, SELECTION_NAMES)
+        check_range(name, "bins", self.bins, 1, MAX_BINS)
+        if not 1 <= len(self.open) <= MAX_CLUSTERS or self.open.max(initial=0) > 1:
+            raise ProtocolError(f"{name}: open must be 1 to {MAX_CLUSTERS} flags of 0 or 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistogramReply(MaskedReply):
+    """Masked histograms (k, bins): see `histogram_layout`."""
+
+    ACTION: ClassVar[str] = "histograms"
+
+
+def histogram_layout(k: int, bins: int) -> dict[str, tuple[int, ...]]:
+    return {"histograms": (k, bins)}
 
 
 # --- phase 4: selection (securely summed per-cluster counts) ------------------------------
@@ -511,6 +589,81 @@ class SelectReply(MaskedReply):
 
 def select_layout(k: int) -> dict[str, tuple[int, ...]]:
     return {"per_cluster": (k,)}
+
+
+# --- the federated mean image (optidel) and, with DP, the moments k-means starts from ------
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeanImageRequest(Masked):
+    """The sum of the images of every center holding at least min_count of them (and willing
+    to share), with their count: the federated mean image, the null predictor of MAE PVI."""
+
+    ACTION: ClassVar[str] = "mean_image"
+    image_size: int
+    min_count: int
+
+    def check(self) -> None:
+        super().check()
+        check_range("MeanImageRequest", "image_size", self.image_size, 16, MAX_IMAGE_SIZE)
+        check_range("MeanImageRequest", "min_count", self.min_count, 1, MAX_COUNT)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeanImageReply(MaskedReply):
+    """Masked (count (1,), image_sum (s, s, 3)): see `mean_image_layout`."""
+
+    ACTION: ClassVar[str] = "mean_image"
+
+
+def mean_image_layout(size: int) -> dict[str, tuple[int, ...]]:
+    return {"count": (1,), "image_sum": (size, size, 3)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MomentsRequest(Masked):
+    """With DP, the first and second moments of the eligible embeddings (count, sum, sum of
+    outer products): k-means starts from them instead of the k-FED local centroids, whose
+    local clustering has no bounded sensitivity."""
+
+    ACTION: ClassVar[str] = "moments"
+    method: str
+
+    def check(self) -> None:
+        super().check()
+        _check_choice("MomentsRequest", "method", self.method, SELECTION_NAMES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MomentsReply(MaskedReply):
+    """Masked (count (1,), sum (d,), outer (d, d)): see `moments_layout`."""
+
+    ACTION: ClassVar[str] = "moments"
+
+
+def moments_layout(d: int) -> dict[str, tuple[int, ...]]:
+    return {"count": (1,), "sum": (d,), "outer": (d, d)}
+
+
+# The noise each part of a securely summed vector carries, as a multiple of the request's
+# sigmas: counts get count_sigma, sums noise_sigma, squared distances (each <= 4 for unit
+# embeddings and centers inside the unit ball) 4 x noise_sigma.
+PART_NOISE: dict[str, tuple[str, float]] = {
+    "count": ("count", 1.0), "candidates": ("count", 1.0), "eta_survivors": ("count", 1.0),
+    "beyond_share": ("count", 1.0),
+    "histograms": ("count", 1.0), "per_cluster": ("count", 1.0),
+    "sum": ("noise", 1.0), "outer": ("noise", 1.0), "image_sum": ("noise", 1.0),
+    "sqdist": ("noise", 4.0),
+}  # fmt: skip
+
+
+def noise_scales(layout: dict[str, tuple[int, ...]], request: Masked) -> np.ndarray:
+    """Per-value standard deviation of the noise the whole roster's sum must carry."""
+    sigma = {"count": request.count_sigma, "noise": request.noise_sigma}
+    return np.concatenate([
+        np.full(int(np.prod(shape)), sigma[PART_NOISE[name][0]] * PART_NOISE[name][1])
+        for name, shape in layout.items()
+    ])  # fmt: skip
 
 
 # --- packing a layout into one vector and back ----------------------------------------------

@@ -1,4 +1,4 @@
-"""Pure aggregation of center replies: encoder agreement, k-FED seeding, merged sums.
+"""Pure aggregation of center replies: encoder agreement, k-FED seeding, the unmasked sums.
 
 No Flower and no I/O here, so each step is tested on hand-made replies.
 """
@@ -11,8 +11,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from feddel.common.curation.kmeans import ClusterStats, weighted_kmeans_plusplus
-from feddel.common.privacy.cells import suppress_small_cells
-from feddel.common.wire.protocol import InventoryReply, SeedReply, lloyd_layout, unpack
+from feddel.common.wire.protocol import InventoryReply, SeedReply
 from feddel.server.broadcast import RoundFailed
 
 
@@ -69,14 +68,14 @@ def unique_names(names: Mapping[int, str]) -> dict[int, str]:
     return unique
 
 
-def global_mean_image(inventories: Mapping[int, InventoryReply]) -> np.ndarray | None:
-    """Sum of images / count over the centers that reported them: the context-free predictor
-    of MAE PVI (docs/science.md 2). None when no center reported (all below min-count)."""
-    count = sum(reply.image_count for reply in inventories.values())
-    if count == 0:
+def mean_image(parts: Mapping[str, np.ndarray], min_count: int) -> np.ndarray | None:
+    """The federated mean image from the unmasked secure sum of (count, image sum)
+    (`mean_image_layout`): the context-free predictor of MAE PVI (docs/science.md 2). None
+    when fewer than min_count images were shared (no center holds that many, or none shares)."""
+    count = float(parts["count"][0])
+    if count < min_count:
         return None
-    total = np.sum([r.image_sum for r in inventories.values() if r.image_count], axis=0)
-    return total / count
+    return np.clip(parts["image_sum"] / count, 0.0, 255.0)
 
 
 def seed_centers(replies: Mapping[int, SeedReply], k: int, rng: np.random.Generator) -> np.ndarray:
@@ -97,9 +96,33 @@ def seed_centers(replies: Mapping[int, SeedReply], k: int, rng: np.random.Genera
     return model.fit(points, sample_weight=weights.astype(np.float64)).cluster_centers_
 
 
-def lloyd_merge(total: np.ndarray, k: int, d: int, min_count: int) -> ClusterStats:
+def lloyd_stats(parts: Mapping[str, np.ndarray]) -> ClusterStats:
     """One Lloyd round's statistics from the unmasked secure sum of the centers' packed
-    (count, sum, sqdist) vectors; aggregate cells under min-count are discarded."""
-    parts = unpack(lloyd_layout(k, d), total)
-    count = np.rint(parts["count"]).astype(np.int64)
-    return suppress_small_cells(ClusterStats(count, parts["sum"], parts["sqdist"]), min_count)
+    (count, sum, sqdist) vectors (`lloyd_layout`); counts rounded (with DP they carry noise)
+    and at least 0."""
+    count = np.maximum(np.rint(parts["count"]), 0).astype(np.int64)
+    return ClusterStats(count, parts["sum"], np.maximum(parts["sqdist"], 0.0))
+
+
+DRAWS_PER_CENTER = 50  # Gaussian draws per wanted center in moments_centers
+
+
+def moments_centers(
+    parts: Mapping[str, np.ndarray], k: int, rng: np.random.Generator
+) -> np.ndarray:
+    """With DP, k-means starts from the federation's first two moments alone (the unmasked,
+    noisy sum of count, sum and sum of outer products, `moments_layout`): k-means on draws
+    from the Gaussian they describe, so the start depends on no image more than they do."""
+    d = len(parts["sum"])
+    count = float(parts["count"][0])
+    if count < 2:
+        raise RoundFailed("the federation's moments count fewer than 2 samples; add data")
+    mean = parts["sum"] / count
+    second = parts["outer"] / count
+    cov = (second + second.T) / 2 - np.outer(mean, mean)
+    values, vectors = np.linalg.eigh(cov)
+    root = vectors * np.sqrt(np.clip(values, 0.0, None))
+    draws = mean + rng.standard_normal((DRAWS_PER_CENTER * k, d)) @ root.T
+    init = weighted_kmeans_plusplus(draws, np.ones(len(draws)), k, rng)
+    model = KMeans(n_clusters=k, init=init, n_init=1, random_state=int(rng.integers(2**31)))
+    return model.fit(draws).cluster_centers_

@@ -1,11 +1,11 @@
 """One federated curation round, phases 0-4 of docs/design.md, as the coordinator runs it.
 
 Each phase is one broadcast of a typed request and one merge of typed replies. The math is the
-same as the centralized reference (common/curation/kmeans.py, common/curation/local.py); what
-differs is that every
-per-cluster statistic reaches the coordinator only as a secure sum over the centers
-(common/privacy/secagg.py), and aggregate cells under min-count are discarded
-(common/privacy/cells.py).
+same as the centralized reference (common/curation/lloyd.py, common/curation/local.py); what
+differs is that every per-cluster statistic reaches the coordinator only as a noisy secure sum
+over at least min-roster centers (common/privacy/secagg.py, server/curation/privacy.py), and
+that cells are sized first: a cell's sums are asked for only when the secure sum of its count
+reaches min-count (the Lloyd rounds, the score histograms).
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from feddel.common.config import CurationConfig
-from feddel.common.curation.kmeans import ClusterStats, lloyd_rounds
+from feddel.common.curation.kmeans import ClusterStats
+from feddel.common.curation.lloyd import lloyd_rounds
 from feddel.common.curation.local import ETA_GRID, auto_tau, pvi_edges, smoothed_prior
 from feddel.common.curation.methods import Merged, Plan
 from feddel.common.curation.selection import HISTOGRAM_BINS
@@ -29,34 +30,50 @@ from feddel.common.curation.vobjective import (
     v_objective,
 )
 from feddel.common.errors import ProtocolError
-from feddel.common.privacy.cells import suppress_small_counts
 from feddel.common.wire.protocol import (
+    CountsReply,
+    CountsRequest,
+    HistogramReply,
+    HistogramRequest,
     InventoryReply,
     InventoryRequest,
     KeysReply,
     KeysRequest,
     LloydReply,
     LloydRequest,
+    Masked,
+    MaskedReply,
+    MeanImageReply,
+    MeanImageRequest,
+    MomentsReply,
+    MomentsRequest,
     ScoreReply,
     ScoreRequest,
     SeedReply,
     SeedRequest,
     SelectReply,
     SelectRequest,
+    centers_digest,
+    counts_layout,
+    histogram_layout,
     lloyd_layout,
+    mean_image_layout,
+    moments_layout,
     roster_array,
     score_layout,
     select_layout,
     unpack,
 )
-from feddel.server.broadcast import Broadcaster, RoundFailed
+from feddel.server.broadcast import Broadcaster, Check, RoundFailed
 from feddel.server.curation.aggregate import (
     encoder_outliers,
-    global_mean_image,
-    lloyd_merge,
+    lloyd_stats,
+    mean_image,
+    moments_centers,
     seed_centers,
     unique_names,
 )
+from feddel.server.curation.privacy import RoundPrivacy
 
 if TYPE_CHECKING:  # optidel's synthesis needs torch; curation alone does not load it
     from feddel.common.models.mae import MAE
@@ -73,13 +90,14 @@ class RoundResult:
     centers: np.ndarray
     stats: ClusterStats
     inertia_history: list[float]
-    candidates: np.ndarray  # (k,) candidates per cluster (secure sum, small cells dropped)
+    candidates: np.ndarray  # (k,) candidates per cluster (secure sum; under min-count: 0)
     quotas: np.ndarray  # (k,)
     selected_per_cluster: np.ndarray  # (k,) secure sum
-    mean_image: np.ndarray | None  # (s, s, 3) federated mean image, the MAE-PVI null predictor
+    mean_image: np.ndarray | None  # (s, s, 3) federated mean image (optidel), else None
     eta: float | None
     tau: float
     broadcaster: Broadcaster
+    privacy: RoundPrivacy
     wall_s: float = 0.0
     # what the selection optimizes (feddel, optidel): V-information of candidates and selection
     v_information: dict[str, VEstimate] = field(default_factory=dict)
@@ -102,23 +120,17 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
     mae = _synthesis_mae(config) if method.synthesizes else None  # fail before any work
     inventories = _inventory(cast, config, round_)
     _keys(cast, config)
+    privacy = RoundPrivacy.plan(config)
+    sums = SecureSums(cast, config, privacy)
     dim = next(iter(inventories.values())).dim
-    seeds = cast.ask(
-        SeedRequest(
-            run=config.run_name, method=method.selection.name, k_local=config.k_local,
-            min_count=config.min_count, seed=config.seed,
-        ),
-        SeedReply,
-        check=lambda _node, reply: _expect_shape(reply.centroids, (config.k_local, dim)),
-    )  # fmt: skip
-    init = seed_centers(seeds, config.k, rng)
     eligible = {
         node: method.eligible_count(reply.samples, reply.disruptive)
         for node, reply in inventories.items()
     }
+    init = _moments_start(sums, dim, rng) if privacy.dp else _seed(cast, config, dim, rng)
     lloyd = lloyd_rounds(
-        lambda centers: _lloyd_stats(cast, config, centers, eligible),
-        init, config.kmeans_max_rounds, config.kmeans_tol, rng,
+        SecureLloyd(sums, eligible), init, config.kmeans_max_rounds, config.kmeans_tol, rng,
+        min_count=config.min_count, k=config.k,
     )  # fmt: skip
     centers, stats = lloyd.result.centers, lloyd.stats
     tau = config.tau or auto_tau(stats.inertia, int(stats.count.sum()))
@@ -126,21 +138,21 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
     total = sum(inventories[n].samples for n in cast.alive if n in inventories)
     budget = math.ceil(config.budget * total)
     eta = config.eta
-    histograms, survivors = _score(cast, config, centers, prior, tau, eligible, eta)
+    merged = _score(sums, centers, prior, tau, eligible, eta)
     for higher in (e for e in method.eta_ladder if e > config.eta):
-        if histograms.sum() >= budget:
+        if merged.histograms.sum() >= budget:
             break
         eta = higher  # too few candidates: the encoder packs samples closer, dedup less
-        histograms, survivors = _score(cast, config, centers, prior, tau, eligible, eta)
-    plan = method.plan(Merged(histograms, survivors, eta), budget, config.budget)
-    per_cluster, selected = _select(cast, config, round_, plan, inventories)
-    mean_image = global_mean_image(inventories)
+        merged = _score(sums, centers, prior, tau, eligible, eta)
+    plan = method.plan(merged, budget, config.budget)
+    per_cluster, selected = _select(sums, round_, plan, inventories)
+    image = _mean_image(sums) if mae is not None else None
     synthesized = {}
     if mae is not None:
         selecting = [node for node, reply in selected.items() if reply.selected > 0]
         from feddel.server.curation.synthesis import run_synthesis
 
-        replies = run_synthesis(cast, config, mae, mean_image, selecting)
+        replies = run_synthesis(cast, config, mae, image, selecting)
         synthesized = {cast.name(node): reply for node, reply in replies.items()}
     return RoundResult(
         config=config,
@@ -149,17 +161,116 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
         centers=centers,
         stats=stats,
         inertia_history=lloyd.result.inertia_history,
-        candidates=histograms.sum(axis=1),
+        candidates=merged.histograms.sum(axis=1),
         quotas=plan.quotas,
         selected_per_cluster=per_cluster,
-        mean_image=mean_image,
+        mean_image=image,
         eta=plan.eta,
         tau=tau,
         broadcaster=cast,
+        privacy=privacy,
         wall_s=time.perf_counter() - started,
-        v_information=_v_information(config, histograms, plan),
+        v_information=_v_information(config, merged.histograms, plan),
         synthesized=synthesized,
     )
+
+
+class SecureSums:
+    """One phase's noisy secure sum: the request of the round's settings and this phase's
+    noise, the sum over the live roster, its unpacked parts, and its privacy accounting."""
+
+    def __init__(self, cast: Broadcaster, config: CurationConfig, privacy: RoundPrivacy):
+        self.cast, self.config, self.privacy = cast, config, privacy
+
+    def ask(
+        self,
+        request_type: type[Masked],
+        reply_type: type[MaskedReply],
+        layout: dict[str, tuple[int, ...]],
+        check: Check | None = None,
+        **fields: Any,
+    ) -> tuple[dict[str, np.ndarray], dict[int, MaskedReply]]:
+        phase = reply_type.ACTION
+        sigmas = self.privacy.for_phase(phase)
+
+        def request(roster: list[bytes], attempt: int) -> Masked:
+            return request_type(
+                run=self.config.run_name, attempt=attempt, roster=roster_array(roster),
+                noise_sigma=sigmas.noise, count_sigma=sigmas.count, **fields,
+            )  # fmt: skip
+
+        length = sum(map(_size, layout.values()))
+        total, replies = self.cast.secure_sum(request, reply_type, length, check=check)
+        self.privacy.released(phase)
+        return unpack(layout, total), replies
+
+    def check_counts(self, phase: str, counts: np.ndarray, expected: int, exact: bool) -> None:
+        """A corrupt masked vector from any center turns the sum into noise; see _check_sum."""
+        _check_sum(phase, counts, expected, exact, self.privacy.for_phase(phase).count)
+
+    @property
+    def method(self) -> str:
+        return self.config.selection_method.selection.name
+
+
+class SecureLloyd:
+    """The Lloyd loop's source (common/curation/lloyd.py) as two secure sums per round: cell
+    sizes, then the statistics of the open cells."""
+
+    def __init__(self, sums: SecureSums, eligible: dict[int, int]):
+        self.sums, self.eligible = sums, eligible
+
+    def counts(self, centers: np.ndarray) -> np.ndarray:
+        parts, replies = self.sums.ask(
+            CountsRequest, CountsReply, counts_layout(len(centers)),
+            method=self.sums.method, centers=centers,
+        )  # fmt: skip
+        expected = sum(self.eligible[n] for n in replies)
+        self.sums.check_counts("counts", parts["count"], expected, exact=True)
+        return np.rint(parts["count"]).astype(np.int64)
+
+    def stats(self, cells: np.ndarray, open_cells: np.ndarray) -> ClusterStats:
+        """The centers just counted are not sent again: the request names them by digest."""
+        k, d = int(open_cells.sum()), cells.shape[1]
+        parts, replies = self.sums.ask(
+            LloydRequest, LloydReply, lloyd_layout(k, d), method=self.sums.method,
+            cells=centers_digest(cells), open=open_cells.astype(np.int64),
+        )  # fmt: skip
+        expected = sum(self.eligible[n] for n in replies)
+        self.sums.check_counts("lloyd", parts["count"], expected, exact=True)
+        return lloyd_stats(parts)
+
+
+def _seed(cast: Broadcaster, config: CurationConfig, dim: int, rng: np.random.Generator):
+    """k-FED: every center's noisy local centroids, clustered by the coordinator."""
+    seeds = cast.ask(
+        SeedRequest(
+            run=config.run_name, method=config.selection_method.selection.name,
+            k_local=config.k_local, min_count=config.min_count, seed=config.seed,
+            noise_sigma=config.noise_sigma,
+        ),
+        SeedReply,
+        check=lambda _node, reply: _expect_shape(reply.centroids, (config.k_local, dim)),
+    )  # fmt: skip
+    return seed_centers(seeds, config.k, rng)
+
+
+def _moments_start(sums: SecureSums, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """With DP: k-means starts from the federation's noisy first and second moments."""
+    layout = moments_layout(dim)
+    parts, _ = sums.ask(MomentsRequest, MomentsReply, layout, method=sums.method)
+    return moments_centers(parts, sums.config.k, rng)
+
+
+def _mean_image(sums: SecureSums) -> np.ndarray | None:
+    """optidel: the federated mean image, only ever as a noisy secure sum."""
+    config = sums.config
+    layout = mean_image_layout(config.image_size)
+    parts, _ = sums.ask(
+        MeanImageRequest, MeanImageReply, layout,
+        image_size=config.image_size, min_count=config.min_count,
+    )  # fmt: skip
+    return mean_image(parts, config.min_count)
 
 
 def _synthesis_mae(config: CurationConfig) -> MAE:
@@ -192,11 +303,9 @@ def _inventory(cast: Broadcaster, config: CurationConfig, round_: int) -> dict[i
         run=config.run_name, round=round_, model=config.model, image_size=config.image_size,
         weights=config.weights, seed=config.seed, min_count=config.min_count,
     )  # fmt: skip
-    size = (config.image_size, config.image_size, 3)
 
     def check(node: int, reply: InventoryReply) -> None:
         cast.names[node] = reply.center  # so that a refused reply is refused by name
-        _expect_shape(reply.image_sum, size)
 
     inventories = cast.ask(request, InventoryReply, check=check)
     cast.names.update(unique_names({node: reply.center for node, reply in inventories.items()}))
@@ -227,13 +336,20 @@ def _expect_shape(array: np.ndarray, shape: tuple[int, ...]) -> None:
         raise ProtocolError(f"array of shape {array.shape}, the round expects {shape}")
 
 
-def _check_sum(phase: str, counts: np.ndarray, expected: int, exact: bool) -> None:
+def _check_sum(phase: str, counts: np.ndarray, expected: int, exact: bool, sigma: float) -> None:
     """A securely summed count vector must be made of counts the centers can hold. A corrupt
     masked vector from any center turns the whole sum into noise; no one center can be named,
-    so the round stops instead of curating on garbage."""
+    so the round stops instead of curating on garbage. With DP noise on the counts (sigma) the
+    total may stray from the expected one by noise only (8 standard deviations)."""
     total = float(counts.sum())
-    integral = bool(np.all(counts >= 0) and np.allclose(counts, np.rint(counts), atol=1e-3))
-    if not integral or (total != expected if exact else total > expected):
+    if sigma > 0:
+        slack = 8.0 * sigma * math.sqrt(counts.size)
+        ok = total <= expected + slack and (not exact or total >= expected - slack)
+        ok = ok and bool(np.all(counts >= -8.0 * sigma))
+    else:
+        integral = bool(np.all(counts >= 0) and np.allclose(counts, np.rint(counts), atol=1e-3))
+        ok = integral and (total == expected if exact else total <= expected)
+    if not ok:
         rule = "equal" if exact else "be at most"
         raise RoundFailed(
             f"phase '{phase}': the secure sum is corrupt (counts total {total:g}, must {rule} "
@@ -241,61 +357,47 @@ def _check_sum(phase: str, counts: np.ndarray, expected: int, exact: bool) -> No
         )
 
 
-def _lloyd_stats(
-    cast: Broadcaster, config: CurationConfig, centers: np.ndarray, eligible: dict[int, int]
-) -> ClusterStats:
-    """One Lloyd round's merged statistics; aggregate cells under min-count are discarded."""
-    k, d = centers.shape
-    layout = lloyd_layout(k, d)
-
-    def request(roster: list[bytes], attempt: int) -> LloydRequest:
-        return LloydRequest(
-            run=config.run_name, attempt=attempt, roster=roster_array(roster),
-            method=config.selection_method.selection.name, noise_sigma=config.noise_sigma,
-            centers=centers,
-        )  # fmt: skip
-
-    total, replies = cast.secure_sum(request, LloydReply, sum(map(_size, layout.values())))
-    counts = unpack(layout, total)["count"]
-    _check_sum("lloyd", counts, sum(eligible[n] for n in replies), exact=True)
-    return lloyd_merge(total, k, d, config.min_count)
-
-
 def _score(
-    cast: Broadcaster,
-    config: CurationConfig,
+    sums: SecureSums,
     centers: np.ndarray,
     prior: np.ndarray,
     tau: float,
     eligible: dict[int, int],
     eta: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Merged candidate histograms (k, bins) and MedDEL survivor counts per eta."""
+) -> Merged:
+    """The candidates' histograms (k, bins), MedDEL's survivor counts per eta and candidates
+    past their series' share: first the counts of each cluster, then histograms only of the
+    clusters with min-count (the others' counts are zeroed)."""
+    config = sums.config
     k = len(centers)
-    layout = score_layout(k, HISTOGRAM_BINS, len(ETA_GRID))
-
-    def request(roster: list[bytes], attempt: int) -> ScoreRequest:
-        return ScoreRequest(
-            run=config.run_name, attempt=attempt, roster=roster_array(roster),
-            method=config.selection_method.selection.name, tau=tau, eps=config.eps, eta=eta,
-            keep=config.keep,
-            bins=HISTOGRAM_BINS, centers=centers, prior=prior,
+    series_share = config.selection_method.selection.series_share(config.series_cap, config.budget)
+    parts, replies = sums.ask(
+        ScoreRequest, ScoreReply, score_layout(k, len(ETA_GRID)),
+        method=sums.method, tau=tau, eps=config.eps, eta=eta, keep=config.keep,
+        series_share=series_share, centers=centers, prior=prior,
+    )  # fmt: skip
+    expected = sum(eligible[n] for n in replies)
+    sums.check_counts("score", parts["candidates"], expected, exact=False)
+    survivors = np.maximum(np.rint(parts["eta_survivors"]), 0)
+    open_rows = np.rint(parts["candidates"]) >= config.min_count
+    histograms = np.zeros((k, HISTOGRAM_BINS), dtype=np.int64)
+    if config.selection_method.plans_by_histograms and open_rows.any():
+        rows, _ = sums.ask(
+            HistogramRequest, HistogramReply, histogram_layout(k, HISTOGRAM_BINS),
+            method=sums.method, bins=HISTOGRAM_BINS, open=open_rows.astype(np.int64),
         )  # fmt: skip
-
-    total, replies = cast.secure_sum(request, ScoreReply, sum(map(_size, layout.values())))
-    parts = unpack(layout, total)
-    _check_sum("score", parts["histograms"], sum(eligible[n] for n in replies), exact=False)
-    histograms = np.rint(parts["histograms"]).astype(np.int64)
-    return suppress_small_counts(histograms, config.min_count), np.rint(parts["eta_survivors"])
+        histograms = np.maximum(np.rint(rows["histograms"]), 0).astype(np.int64)
+    beyond = np.where(open_rows, np.maximum(np.rint(parts["beyond_share"]), 0), 0)
+    return Merged(histograms, survivors, eta, beyond.astype(np.int64))
 
 
 def _select(
-    cast: Broadcaster,
-    config: CurationConfig,
+    sums: SecureSums,
     round_: int,
     plan: Plan,
     inventories: dict[int, InventoryReply],
 ) -> tuple[np.ndarray, dict[int, SelectReply]]:
+    config = sums.config
     k = len(plan.quotas)
 
     def check(node: int, reply: SelectReply) -> None:
@@ -305,20 +407,17 @@ def _select(
                 "samples"
             )
 
-    def request(roster: list[bytes], attempt: int) -> SelectRequest:
-        return SelectRequest(
-            run=config.run_name, attempt=attempt, roster=roster_array(roster), round=round_,
-            method=config.selection_method.selection.name, seed=config.seed,
-            retention=plan.retention,
-            eta=plan.eta if plan.eta is not None else config.eta, keep=config.keep,
-            bins=HISTOGRAM_BINS, threshold_bins=plan.threshold_bins,
-            boundary_fractions=plan.fractions, quotas=plan.quotas,
-        )  # fmt: skip
-
-    total, replies = cast.secure_sum(request, SelectReply, k, check=check)
-    per_cluster = unpack(select_layout(k), total)["per_cluster"]
-    _check_sum("select", per_cluster, sum(r.selected for r in replies.values()), exact=True)
-    return np.rint(per_cluster).astype(np.int64), replies
+    parts, replies = sums.ask(
+        SelectRequest, SelectReply, select_layout(k), check=check,
+        round=round_, method=sums.method, seed=config.seed, retention=plan.retention,
+        eta=plan.eta if plan.eta is not None else config.eta, keep=config.keep,
+        bins=HISTOGRAM_BINS, threshold_bins=plan.threshold_bins,
+        boundary_fractions=plan.fractions, quotas=plan.quotas,
+    )  # fmt: skip
+    per_cluster = parts["per_cluster"]
+    expected = sum(r.selected for r in replies.values())
+    sums.check_counts("select", per_cluster, expected, exact=True)
+    return np.maximum(np.rint(per_cluster), 0).astype(np.int64), replies
 
 
 def _size(shape: tuple[int, ...]) -> int:

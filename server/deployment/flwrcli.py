@@ -4,7 +4,8 @@ In Flower 1.41 `flwr` reaches a SuperLink only through a named connection in
 $FLWR_HOME/config.toml (the pyproject `[tool.flwr.federations]` table is legacy), and
 registering a SuperNode's public key is a Control API call (`flwr supernode register`) against
 a running SuperLink. The Control API is served on the same TLS port as the Fleet API, so the
-connection trusts our CA like the centers do.
+connection trusts our CA like the centers do, and FedDEL's SuperLink answers it only with an
+operator token (server/deployment/operators.py), stored where `flwr` reads it.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from typing import Any
 from feddel.common.deployment.sites import flower_env, flower_program, toml_document
 from feddel.common.errors import RunFailed
 from feddel.common.io import atomic_write_text
+from feddel.server.deployment.operators import write_cli_credentials
 
 CONNECTION = "feddel"  # the connection name in config.toml
 CLI_TIMEOUT = 120.0  # seconds for one `flwr` call (it retries while the SuperLink starts)
 
 
-def write_connection(flwr_home: Path, address: str, ca_cert: Path) -> dict[str, str]:
-    """Write $FLWR_HOME/config.toml with one TLS connection; return the environment for `flwr`."""
+def write_connection(flwr_home: Path, address: str, ca_cert: Path, token: str) -> dict[str, str]:
+    """Write $FLWR_HOME/config.toml with one TLS connection and the operator token `flwr`
+    sends on it; return the environment for `flwr`."""
     env = flower_env(flwr_home)
+    write_cli_credentials(env["FLWR_HOME"], address, token)
     text = (
         f"[superlink]\n{toml_document({'default': CONNECTION})}\n"
         f"[superlink.{CONNECTION}]\n"
@@ -59,3 +63,20 @@ def error_message(reply: dict[str, Any]) -> str:
     """The last line of a failed reply's message (Flower prefixes the connection it used)."""
     lines = str(reply.get("error-message", "no answer")).strip().splitlines()
     return lines[-1] if lines else "no answer"
+
+
+def boxed_error(output: str) -> str:
+    """The message of the last error box `flwr` draws (╭─ Error ─╮ │ text │ ╰─╯) on one line,
+    else the last non-empty line of `output`."""
+    lines = [line.strip() for line in output.splitlines()]
+    tops = [i for i, line in enumerate(lines) if line.startswith("╭")]
+    if tops:
+        body = []
+        for line in lines[tops[-1] + 1 :]:
+            if line.startswith("╰"):
+                break
+            body.append(line.strip("│").strip())
+        if text := " ".join(part for part in body if part):
+            return text
+    filled = [line for line in lines if line]
+    return filled[-1] if filled else "no output"

@@ -1,34 +1,34 @@
 """`feddel-coordinator curate`: submit one curation round to the running SuperLink with
 `flwr run`, stream its progress, and show the summary the ServerApp wrote.
 
-The run's Flower app is generated into a temporary folder: a pyproject.toml whose components are
-FedDEL's installed ServerApp (server/deployment/deployed.py) and ClientApp (client/app.py) and whose
-config
-defaults are CurationConfig's. The FAB therefore carries configuration, no code: each center
-runs the FedDEL version its IT staff installed, whatever the coordinator has checked out.
+The round's settings are, from weakest to strongest: CurationConfig's defaults, `[round]` of
+coordinator.toml, `--method`/`--budget`, then `--set KEY=VALUE`. The run's Flower app is
+configuration only (server/deployment/fab.py), submitted with the operator's token, and its run
+config names the operator, which the SuperLink checks against the token and every center's
+policy may check against its list of allowed operators.
 
 The ServerApp runs on the coordinator under the SuperLink and writes <out>/<run-name>/
-(summary.json, report.html, centroids.npy); `out` is passed as an absolute path in the run
-config, because the ServerApp's working directory is Flower's, not the operator's.
+(progress.json while it runs, then summary.json, report.html, centroids.npy); `out` is passed
+as an absolute path in the run config, because the ServerApp's working directory is Flower's,
+not the operator's.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
+import dataclasses
 import json
 import re
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.markup import escape
 
 from feddel.common.cliutil import EXIT_OK, console
 from feddel.common.config import CurationConfig, parse_overrides
-from feddel.common.curation.methods import FEDDEL, METHOD_HELP, METHOD_NAMES
+from feddel.common.curation.methods import METHOD_HELP, METHOD_NAMES
 from feddel.common.deployment.sites import (
     FlowerProcess,
     flower_program,
@@ -38,15 +38,19 @@ from feddel.common.deployment.sites import (
 from feddel.common.errors import ConfigError, RunFailed
 from feddel.common.io import atomic_write_text, require_writable_folder
 from feddel.common.reports.summary import RoundSummary
-from feddel.server.deployment.flwrcli import CONNECTION, error_message, flwr_json, write_connection
-from feddel.server.deployment.site import load_site
+from feddel.server.deployment.fab import OPERATOR_KEY, write_app
+from feddel.server.deployment.flwrcli import (
+    CONNECTION,
+    boxed_error,
+    error_message,
+    flwr_json,
+    write_connection,
+)
+from feddel.server.deployment.operators import add_operator_token_argument, operator_token
+from feddel.server.deployment.site import CoordinatorSite, load_site
 from feddel.server.deployment.superlink import add_site_arguments
 from feddel.server.report import SUMMARY_FILE
 
-COMPONENTS = {
-    "serverapp": "feddel.server.deployment.deployed:app",
-    "clientapp": "feddel.client.app:app",
-}
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 
 
@@ -56,10 +60,14 @@ def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
         "--superlink", metavar="HOST:PORT",
         help="the SuperLink to submit to (default 127.0.0.1:<port> of coordinator.toml)",
     )  # fmt: skip
-    parser.add_argument("--method", choices=METHOD_NAMES, default=FEDDEL.name, help=METHOD_HELP)
     parser.add_argument(
-        "--budget", type=float, default=0.05, help="target retention R, e.g. 0.05 = 5%%"
-    )
+        "--method", choices=METHOD_NAMES,
+        help=f"{METHOD_HELP}. A [round] method in coordinator.toml replaces the default",
+    )  # fmt: skip
+    parser.add_argument(
+        "--budget", type=float,
+        help="target retention R, e.g. 0.05 = 5%% (default: [round] budget, else 0.05)",
+    )  # fmt: skip
     parser.add_argument(
         "--out", type=Path, metavar="DIR",
         help="runs folder on this machine (default: runs of coordinator.toml)",
@@ -72,11 +80,12 @@ def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
         help="any other round setting, e.g. --set min-centers=31 "
         "(list: feddel-coordinator config)",
     )  # fmt: skip
+    add_operator_token_argument(parser)
 
 
 def run_curate(args: argparse.Namespace) -> int:
     site = load_site(args.config, certs=args.certs, state=args.state)
-    config = _round_config(args, site.round, site.runs)
+    config = round_config(args, site)
     run_dir = Path(config.out) / config.run_name
     require_writable_folder(config.out, "--out (or [coordinator] runs)")
     if (run_dir / SUMMARY_FILE).exists():
@@ -85,17 +94,28 @@ def run_curate(args: argparse.Namespace) -> int:
     ca_cert = site.certs / "ca.crt"
     if not ca_cert.is_file():
         raise ConfigError(f"{ca_cert} does not exist; pass --certs DIR (from `certs init`)")
+    token = operator_token(args, site.state)
+    operator = token.split(":", 1)[0]
     with tempfile.TemporaryDirectory(prefix="feddel-curate-") as tmp:
-        env = write_connection(Path(tmp) / "flwr", address, ca_cert)
+        env = write_connection(Path(tmp) / "flwr", address, ca_cert, token)
         app = write_app(Path(tmp) / "app")
         overrides = Path(tmp) / "run-config.toml"
-        atomic_write_text(overrides, toml_document(config.to_run_config()))
-        console.print(f"submitting round {config.run_name!r} to {address} ({config.method}, "
-                      f"budget {config.budget:g}); results go to {run_dir}")  # fmt: skip
+        run_config = {**config.to_run_config(), OPERATOR_KEY: operator}
+        atomic_write_text(overrides, toml_document(run_config))
+        console.print(f"submitting round {config.run_name!r} to {address} as operator "
+                      f"{operator} ({config.method}, budget {config.budget:g}); results go to "
+                      f"{run_dir}")  # fmt: skip
         run_id = _run_and_stream(app, overrides, env)
         status = _run_status(run_id, env)
     summary_path = run_dir / SUMMARY_FILE
     if not summary_path.is_file():
+        if status is None:
+            raise RunFailed(
+                f"lost the SuperLink at {address} during run {run_id} (it stopped or "
+                "restarted); the round did not finish and no center kept a selection. The "
+                "centers need nothing: once `feddel-coordinator status` shows the SuperLink "
+                "up, submit the round again with a new --run-name"
+            )
         raise RunFailed(
             f"run {run_id} ended {status} and wrote no {summary_path}; the lines above (or "
             "the SuperLink's log) say why"
@@ -104,35 +124,21 @@ def run_curate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def write_app(folder: Path) -> Path:
-    """The Flower app of a deployed round: pyproject.toml only (see the module docstring)."""
-    version = importlib.metadata.version("feddel")
-    lines = [
-        "[project]",
-        toml_document({
-            "name": "feddel", "version": version, "license": "Apache-2.0",
-            "description": "FedDEL federated curation round (configuration only)",
-        }),
-        "[tool.flwr.app]", toml_document({"publisher": "feddel"}),
-        "[tool.flwr.app.components]", toml_document(COMPONENTS),
-        "[tool.flwr.app.config]", toml_document(CurationConfig().to_run_config()),
-    ]  # fmt: skip
-    atomic_write_text(folder / "pyproject.toml", "\n".join(lines))
-    return folder
-
-
-def _round_config(
-    args: argparse.Namespace, site_round: dict[str, Any], runs: Path
-) -> CurationConfig:
+def round_config(args: argparse.Namespace, site: CoordinatorSite) -> CurationConfig:
+    """Defaults < [round] of coordinator.toml < --method/--budget < --set; `out` and `run-name`
+    from the site and the flags."""
+    flags = {"method": args.method, "budget": args.budget}
     overrides = {
-        **site_round,
-        "method": args.method,
-        "budget": args.budget,
+        **{key: value for key, value in flags.items() if value is not None},
         **parse_overrides(args.set),
-        "out": str((args.out or runs).expanduser().resolve()),
-        "run-name": args.run_name or f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}",
+        "out": str((args.out or site.runs).expanduser().resolve()),
     }
-    return CurationConfig.from_run_config(overrides)
+    config = site.round_config(overrides)
+    if args.run_name:
+        return dataclasses.replace(config, run_name=args.run_name)
+    if "run-name" in site.round or "run-name" in overrides:
+        return config
+    return dataclasses.replace(config, run_name=f"{config.method}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def _run_and_stream(app: Path, overrides: Path, env: dict[str, str]) -> str:
@@ -154,14 +160,17 @@ def _run_and_stream(app: Path, overrides: Path, env: dict[str, str]) -> str:
         raise KeyboardInterrupt
     if not run_ids:
         raise RunFailed(f"flwr run could not start the round (exit code {code}): "
-                        f"{process.last_line()}")  # fmt: skip
+                        f"{boxed_error(process.output())}")  # fmt: skip
     return run_ids[0]
 
 
-def _run_status(run_id: str, env: dict[str, str]) -> str:
+def _run_status(run_id: str, env: dict[str, str]) -> str | None:
+    """How the run ended, as the SuperLink says; None when the SuperLink does not answer."""
     reply = flwr_json(["list", CONNECTION, "--run-id", run_id], env)
     runs = reply.get("runs") or []
     if not reply.get("success") or not runs:
+        if "unavailable" in str(reply.get("error-message", "")).lower():
+            return None
         return f"in an unknown state ({error_message(reply)})"
     details = runs[0].get("status-details") or ""
     return f"{runs[0].get('status', 'unknown')}{f' ({details})' if details else ''}"
@@ -172,6 +181,8 @@ def _print_summary(summary: RoundSummary, run_dir: Path, run_id: str) -> None:
         f"[bold]run {run_id}[/]: {summary.centers} centers, selected {summary.selected:,} of "
         f"{summary.total_samples:,} samples ({summary.retention:.2%}) with {summary.method}"
     )
+    if summary.privacy_line:
+        console.print(f"privacy: {summary.privacy_line}")
     for failure in summary.failed_centers:
         console.print(
             f"[yellow]dropped {failure.center} in {failure.phase}: {escape(failure.reason)}[/]"

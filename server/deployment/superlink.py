@@ -1,17 +1,22 @@
 """`feddel-coordinator start`: Flower's SuperLink as FedDEL deploys it.
 
-One `flower-superlink` process with
+One SuperLink process (Flower's, started through server/deployment/linkserver.py) with
 - TLS on its single HTTPS port (Flower 1.41 serves the Fleet, Control and Runtime APIs on
   `--host`/`--port`): `--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile` from `certs init`;
 - SuperNode authentication (`--enable-supernode-auth`): only registered public keys connect;
+- operator authentication and the gate: the Control API, Runtime API and /docs answer only
+  the operator networks, and every Control call needs an operator token;
 - no runtime installation of app dependencies (`--disable-runtime-dependency-installation`,
   Flower 1.41 enables it by default);
 - its state in a SQLite file (`--database`), so registered nodes and past runs survive a
-  restart.
+  restart. A run that was under way when the SuperLink stopped cannot go on (its ServerApp
+  died with it): `start` marks it stopped, so it fails cleanly instead of hanging.
 
-While the SuperLink runs, the centers' keys in certs/centers/ are kept registered: a new
+While the SuperLink runs, the SuperLink's key registry is kept equal to certs/centers/: a new
 folder is registered within RESCAN_SECONDS, a replaced key (add-center --force) or a removed
-folder is unregistered. Node ids are remembered in <state>/registered.json.
+or revoked folder is unregistered, and any node the SuperLink knows that FedDEL did not
+register is unregistered (checked at start and every SWEEP_SECONDS). Node ids are remembered in
+<state>/registered.json.
 """
 
 from __future__ import annotations
@@ -20,12 +25,9 @@ import argparse
 import datetime
 import hashlib
 import json
-import ssl
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +40,26 @@ from feddel.common.deployment.certs import (
     describe_expiry,
     registered_centers,
 )
-from feddel.common.deployment.sites import FlowerProcess, flower_program, stop_on_signals
+from feddel.common.deployment.sites import (
+    FlowerProcess,
+    add_hold_argument,
+    hold_on_error,
+    stop_on_signals,
+    superlink_health,
+)
 from feddel.common.errors import RunFailed
 from feddel.common.io import require_writable_folder, write_json
-from feddel.server.deployment.flwrcli import CONNECTION, error_message, flwr_json, write_connection
+from feddel.server.deployment.flwrcli import (
+    CONNECTION,
+    error_message,
+    flwr_json,
+    write_connection,
+)
+from feddel.server.deployment.operators import service_token
 from feddel.server.deployment.site import CoordinatorSite, load_site
 
 RESCAN_SECONDS = 10.0
+SWEEP_SECONDS = 60.0  # how often the SuperLink's own node list is compared with FedDEL's
 READY_TIMEOUT = 120.0  # seconds for the SuperLink to answer /health after it starts
 EXPIRY_WARNING_DAYS = 30
 REGISTRY_FILE = "registered.json"
@@ -69,9 +84,14 @@ def add_start_arguments(parser: argparse.ArgumentParser) -> None:
     add_site_arguments(parser)
     parser.add_argument("--host", help="address to listen on (default 0.0.0.0: all interfaces)")
     parser.add_argument("--port", type=int, help="HTTPS port centers dial (default 9093)")
+    add_hold_argument(parser)
 
 
 def run_start(args: argparse.Namespace) -> int:
+    return hold_on_error(args.hold_on_error, lambda: _start(args))
+
+
+def _start(args: argparse.Namespace) -> int:
     site = load_site(
         args.config, certs=args.certs, state=args.state, host=args.host, port=args.port
     )
@@ -79,11 +99,14 @@ def run_start(args: argparse.Namespace) -> int:
     files = check_superlink_files(site.certs)
     _print_expiry(files)
     site.state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    env = write_connection(site.flwr_home, site.local_address, files.ca_cert)
+    token = service_token(site.state)
+    env = write_connection(site.flwr_home, site.local_address, files.ca_cert, token)
+    started = _now()
     link = FlowerProcess(superlink_argv(site, files), env, echo=sys.stdout)
     with stop_on_signals() as stop:
         try:
             if _wait_until_healthy(link, site, files.ca_cert, stop):
+                stop_orphaned_runs(env, started)
                 _serve(link, Registrar(site, env), site, stop)
         finally:
             code = link.stop()
@@ -102,13 +125,43 @@ def _serve(
         f"SuperLink ready on {site.host}:{site.port}: {count} center(s) registered; new keys "
         f"in {site.certs / 'centers'} are registered within {RESCAN_SECONDS:g} s"
     )
+    last_sweep = time.monotonic()
     while not stop.wait(RESCAN_SECONDS) and link.poll() is None:
-        registrar.sync()
+        sweep = time.monotonic() - last_sweep >= SWEEP_SECONDS
+        registrar.sync(verify=sweep)
+        last_sweep = time.monotonic() if sweep else last_sweep
+
+
+def stop_orphaned_runs(env: dict[str, str], started: datetime.datetime) -> list[str]:
+    """Mark stopped every run submitted before this SuperLink `started` that the database
+    still says is starting or running: its ServerApp died with the previous SuperLink. (A run
+    submitted since, in the seconds before this check, is left alone.) Returns their ids."""
+    reply = flwr_json(["list", CONNECTION], env)
+    if not reply.get("success"):
+        raise RunFailed(f"could not list the SuperLink's runs: {error_message(reply)}")
+    orphans = [
+        str(run["run-id"])
+        for run in reply.get("runs", [])
+        if str(run.get("status", "")).split(":")[0] in ("starting", "running")
+        and _timestamp(run.get("pending-at")) < started
+    ]
+    for run_id in orphans:
+        outcome = flwr_json(["stop", run_id, CONNECTION], env)
+        result = "marked stopped" if outcome.get("success") else error_message(outcome)
+        console.print(
+            f"[yellow]run {run_id} was under way when the SuperLink stopped and cannot go on: "
+            f"{escape(result)}; submit the round again under a new --run-name[/]"
+        )
+    return orphans
 
 
 def superlink_argv(site: CoordinatorSite, files: SuperLinkFiles) -> list[str]:
+    """FedDEL's SuperLink (linkserver.py), then `--` and the flags of `flower-superlink`."""
     return [
-        flower_program("flower-superlink"),
+        sys.executable, "-m", "feddel.server.deployment.linkserver",
+        "--certs", str(site.certs), "--state", str(site.state),
+        "--operators-from", ",".join(site.operators_from),
+        "--",
         "--ssl-certfile", str(files.server_cert),
         "--ssl-keyfile", str(files.server_key),
         "--ssl-ca-certfile", str(files.ca_cert),
@@ -120,6 +173,12 @@ def superlink_argv(site: CoordinatorSite, files: SuperLinkFiles) -> list[str]:
     ]  # fmt: skip
 
 
+def registered_nodes(site: CoordinatorSite) -> dict[str, dict[str, Any]]:
+    """What `start` registered: center name -> {"key": digest, "node": node id}."""
+    path = site.state / REGISTRY_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 class Registrar:
     """Keeps the SuperLink's registered keys equal to the public keys in certs/centers/."""
 
@@ -127,22 +186,23 @@ class Registrar:
         self.certs = site.certs
         self.env = env
         self.path = site.state / REGISTRY_FILE
-        self.records: dict[str, dict[str, Any]] = (
-            json.loads(self.path.read_text()) if self.path.is_file() else {}
-        )
+        self.records = registered_nodes(site)
         self._seen: dict[str, str] = {}
 
     def sync(self, *, verify: bool = False) -> int:
         """Register new keys, unregister removed or replaced ones; return the registered count.
 
         With `verify`, records are checked against the SuperLink's own node list first, so a
-        lost or replaced database is repaired instead of trusted.
+        lost or replaced database is repaired instead of trusted, and any node FedDEL did not
+        register (a key that reached the registry some other way) is unregistered.
         """
         keys = registered_centers(self.certs)
         digests = {name: _key_digest(path) for name, path in keys.items()}
         if not verify and digests == self._seen:
             return len(self.records)
         live = self._live_nodes() if verify else None
+        if live is not None:
+            self._remove_strangers(live)
         for name in sorted(set(self.records) - set(keys)):
             self._unregister(name, "its key folder was removed")
         for name, path in keys.items():
@@ -165,6 +225,16 @@ class Registrar:
             for node in reply.get("nodes", [])
             if node.get("status") != "unregistered"
         }
+
+    def _remove_strangers(self, live: set[str]) -> None:
+        ours = {record["node"] for record in self.records.values()}
+        for node in sorted(live - ours):
+            reply = flwr_json(["supernode", "unregister", node, CONNECTION], self.env)
+            outcome = "unregistered" if reply.get("success") else error_message(reply)
+            console.print(
+                f"[yellow]node {node} is not a center FedDEL registered "
+                f"(`certs add-center`): {escape(outcome)}[/]"
+            )
 
     def _register(self, name: str, path: Path, digest: str) -> None:
         reply = flwr_json(
@@ -191,6 +261,8 @@ class Registrar:
             return
         reply = flwr_json(["supernode", "unregister", node, CONNECTION], self.env)
         outcome = "unregistered" if reply.get("success") else error_message(reply)
+        if "not found" in outcome.lower() or "unregistered" in outcome.lower():
+            outcome = "unregistered"  # `certs revoke` already did it
         console.print(f"center {name}: {why}; node {node} {escape(outcome)}")
 
 
@@ -204,20 +276,15 @@ def _wait_until_healthy(
     link: FlowerProcess, site: CoordinatorSite, ca_cert: Path, stop: threading.Event
 ) -> bool:
     """True once GET /health answers over TLS; False if stopped; raises if the link died."""
-    context = ssl.create_default_context(cafile=str(ca_cert))
-    url = f"https://{site.local_address}/health"
     deadline = time.monotonic() + READY_TIMEOUT
     while not stop.is_set():
         if link.poll() is not None:
             raise RunFailed(f"flower-superlink exited with code {link.poll()}: {link.last_line()}")
-        try:
-            with urllib.request.urlopen(url, context=context, timeout=5):
-                return True
-        except (urllib.error.URLError, OSError):
-            if time.monotonic() > deadline:
-                raise RunFailed(
-                    f"the SuperLink did not answer {url} within {READY_TIMEOUT:g} s"
-                ) from None
+        problem = superlink_health(site.local_address, ca_cert)
+        if problem is None:
+            return True
+        if time.monotonic() > deadline:
+            raise RunFailed(f"the SuperLink is {problem} {READY_TIMEOUT:g} s after it started")
         stop.wait(0.5)
     return False
 
@@ -233,3 +300,11 @@ def _print_expiry(files: SuperLinkFiles) -> None:
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def _timestamp(text: object) -> datetime.datetime:
+    """`flwr list`'s "2026-03-01 12:00:00Z"; an unreadable one counts as long ago."""
+    try:
+        return datetime.datetime.fromisoformat(str(text))
+    except ValueError:
+        return datetime.datetime.min.replace(tzinfo=datetime.UTC)

@@ -2,9 +2,10 @@
 
 Federated: what a round does, composed from the library: each center's `local_kmeans` (small
 local clusters merged, `merge_small_clusters`), the coordinator's k-FED `seed_centers`, then
-`lloyd_rounds` whose statistics come from every center's `assign` + `cluster_stats`, packed
-(`lloyd_layout`), masked for secure summation (`secagg.masked_vector`) and serialized as a
-`LloydReply`; the coordinator unmasks the sum and suppresses cells under min-count. Centers run
+`lloyd_rounds` (common/curation/lloyd.py) whose two secure sums per round come from every
+center's `assign` + `cluster_stats`, packed (`counts_layout`, then `lloyd_layout` for the open
+cells), noised by the round's default noise-sigma, masked for secure summation
+(`secagg.masked_vector`) and serialized as a `CountsReply` / `LloydReply`. Centers run
 one after another here; the critical path (slowest center per phase, plus the coordinator) is
 what a federation whose centers compute in parallel would wait.
 
@@ -23,22 +24,24 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.cluster import KMeans
 
-from feddel.common.curation.kmeans import (
-    ClusterStats,
-    assign,
-    cluster_stats,
-    lloyd_rounds,
-)
+from feddel.common.config import CurationConfig
+from feddel.common.curation.kmeans import ClusterStats, assign, cluster_stats
+from feddel.common.curation.lloyd import lloyd_rounds
 from feddel.common.privacy import secagg
 from feddel.common.privacy.cells import seed_proposal
+from feddel.common.privacy.noise import add_noise, noise_share
 from feddel.common.wire.protocol import (
+    CountsReply,
     LloydReply,
+    MaskedReply,
     SeedReply,
+    counts_layout,
     lloyd_layout,
     pack,
     record_bytes,
+    unpack,
 )
-from feddel.server.curation.aggregate import lloyd_merge, seed_centers
+from feddel.server.curation.aggregate import lloyd_stats, seed_centers
 from feddel.simulations.benchmarks.records import Record, Say, Stopwatch, Target, ratio, record
 from feddel.simulations.benchmarks.synthetic import Datasets, SyntheticSet
 
@@ -59,6 +62,7 @@ class KMeansParams:
     centers: int = 31
     local_ratio: int = 4  # k_local = ceil(k / 4), the ratio of the defaults k=32, k-local=8
     min_count: int = 10
+    noise_sigma: float = CurationConfig.noise_sigma  # the round's default noise in every sum
     max_rounds: int = 20  # the round's defaults: kmeans-max-rounds, kmeans-tol
     tol: float = 1e-4
     central_max_iter: int = 20  # the same Lloyd budget as the federated rounds
@@ -83,11 +87,63 @@ class CentralRun(NamedTuple):
     seconds: float
 
 
+class _MaskedSums:
+    """The coordinator's two secure sums per Lloyd round (server/curation/round.py SecureLloyd)
+    without the network: each center's vector is packed, noised, masked and serialized in
+    turn; the sum of the masked vectors is unmasked. Times the slowest center per sum."""
+
+    def __init__(self, shards: list[np.ndarray], params: KMeansParams):
+        self.shards, self.params = shards, params
+        self.privates = [secagg.generate_private_key() for _ in shards]
+        self.secrets = [secagg.generate_private_key() for _ in shards]  # noise keys
+        self.roster = [secagg.public_key(private) for private in self.privates]
+        self.critical: list[float] = []
+        self.reply_bytes: list[int] = []  # LloydReply sizes (the big one of each round)
+
+    def _sum(self, name: str, layout: dict, reply: type[MaskedReply], values_of) -> dict:
+        context = secagg.context(RUN, name, len(self.critical))  # never the same masks twice
+        scales = np.concatenate([
+            np.full(int(np.prod(shape)), (4.0 if part == "sqdist" else 1.0) *
+                    (self.params.noise_sigma if part in ("sum", "sqdist") else 0.0))
+            for part, shape in layout.items()
+        ]) * noise_share(1.0, len(self.shards))  # fmt: skip
+        vectors, seconds = [], []
+        for shard, private, secret in zip(self.shards, self.privates, self.secrets, strict=True):
+            with Stopwatch() as watch:
+                values = pack(layout, **values_of(shard))
+                noisy = add_noise(secret, context, values, scales)
+                message = reply(masked=secagg.masked_vector(noisy, private, self.roster, context))
+                size = record_bytes(message.to_record())
+            if reply is LloydReply:
+                self.reply_bytes.append(size)
+            vectors.append(message.masked)
+            seconds.append(watch.seconds)
+        with Stopwatch() as watch:
+            parts = unpack(layout, secagg.unmasked_sum(vectors))
+        self.critical.append(max(seconds) + watch.seconds)
+        return parts
+
+    def counts(self, centers: np.ndarray) -> np.ndarray:
+        k = len(centers)
+        parts = self._sum("counts", counts_layout(k), CountsReply, lambda shard: {
+            "count": cluster_stats(shard, assign(shard, centers), k).count})  # fmt: skip
+        return np.rint(parts["count"]).astype(np.int64)
+
+    def stats(self, cells: np.ndarray, open_cells: np.ndarray) -> ClusterStats:
+        centers = cells[open_cells]
+        k, d = centers.shape
+
+        def values_of(shard: np.ndarray) -> dict[str, np.ndarray]:
+            stats = cluster_stats(shard, assign(shard, centers), k)
+            return {"count": stats.count, "sum": stats.sum, "sqdist": stats.sqdist}
+
+        return lloyd_stats(self._sum("lloyd", lloyd_layout(k, d), LloydReply, values_of))
+
+
 def federated_kmeans(
     shards: list[np.ndarray], k: int, params: KMeansParams, rng: np.random.Generator
 ) -> FederatedRun:
     """k-FED seeding and secure-sum Lloyd rounds over `shards` (one (n_c, d) block per center)."""
-    d = shards[0].shape[1]
     k_local = math.ceil(k / params.local_ratio)
     with Stopwatch() as total:
         seed_seconds, replies = [], {}
@@ -97,35 +153,14 @@ def federated_kmeans(
             seed_seconds.append(watch.seconds)
         with Stopwatch() as watch:
             init = seed_centers(replies, k, rng)
-        critical = [max(seed_seconds) + watch.seconds]
-        privates = [secagg.generate_private_key() for _ in shards]
-        roster = [secagg.public_key(private) for private in privates]
-        layout = lloyd_layout(k, d)
-        reply_bytes: list[int] = []
-
-        def stats_of(centers: np.ndarray) -> ClusterStats:
-            # a fresh context per round: masks must never repeat across rounds
-            context = secagg.context(RUN, f"lloyd-{len(critical)}", 0)
-            vectors, seconds = [], []
-            for shard, private in zip(shards, privates, strict=True):
-                with Stopwatch() as watch:
-                    stats = cluster_stats(shard, assign(shard, centers), k)
-                    values = pack(layout, count=stats.count, sum=stats.sum, sqdist=stats.sqdist)
-                    reply = LloydReply(
-                        masked=secagg.masked_vector(values, private, roster, context)
-                    )
-                    reply_bytes.append(record_bytes(reply.to_record()))
-                vectors.append(reply.masked)
-                seconds.append(watch.seconds)
-            with Stopwatch() as watch:
-                merged = lloyd_merge(secagg.unmasked_sum(vectors), k, d, params.min_count)
-            critical.append(max(seconds) + watch.seconds)
-            return merged
-
-        run = lloyd_rounds(stats_of, init, params.max_rounds, params.tol, rng)
+        sums = _MaskedSums(shards, params)
+        run = lloyd_rounds(
+            sums, init, params.max_rounds, params.tol, rng, min_count=params.min_count, k=k
+        )
     seed_bytes = max(record_bytes(reply.to_record()) for reply in replies.values())
+    critical = max(seed_seconds) + watch.seconds + sum(sums.critical)
     return FederatedRun(
-        run.result.centers, run.result.rounds, total.seconds, sum(critical), reply_bytes,
+        run.result.centers, run.result.rounds, total.seconds, critical, sums.reply_bytes,
         seed_bytes,
     )  # fmt: skip
 

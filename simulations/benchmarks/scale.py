@@ -39,7 +39,7 @@ class ScaleParams:
 
 
 QUICK = ScaleParams(
-    centers=(2, 4), centers_samples=400, samples=(200, 400), samples_centers=2, d=8,
+    centers=(3, 4), centers_samples=400, samples=(200, 400), samples_centers=3, d=8,
     lloyd_rounds=1,
 )  # fmt: skip
 

@@ -15,6 +15,7 @@ RAM at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -76,6 +77,18 @@ def write_synthetic(
     rows.flush()
     del rows
     return SyntheticSet(path, sizes)
+
+
+def video_shards(sizes: Sequence[int], d: int, seed: int, modes: int = 64) -> list[np.ndarray]:
+    """In memory, one (size, d) float64 block of video-like unit rows per center: the same
+    structure as `write_synthetic`, for federations of any (small) sizes."""
+    rng = np.random.default_rng(seed)
+    mode_dirs = _unit(rng.standard_normal((modes, d)))
+    mixes = rng.dirichlet(np.full(modes, MIX_ALPHA), len(sizes))
+    return [
+        _frames(np.full(int(size), c), mode_dirs, mixes, rng).astype(np.float64)
+        for c, size in enumerate(sizes)
+    ]
 
 
 def _frames(

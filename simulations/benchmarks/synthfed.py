@@ -85,13 +85,11 @@ def stored_inventory(request: InventoryRequest, paths: CenterPaths) -> Inventory
     """The inventory reply of a center whose pool is already in its state folder."""
     pool = CenterState(paths.state).load_pool(request.run)
     counts = pool.counts
-    shared = counts.samples >= request.min_count
     return InventoryReply(
         center=paths.name, files=counts.files, samples=counts.samples,
         unreadable=counts.unreadable, duplicate_files=counts.duplicate_files,
         disruptive=counts.disruptive, dim=int(pool.embeddings.shape[1]),
-        fingerprint=pool.fingerprint, image_count=counts.samples if shared else 0,
-        image_sum=pool.image_sum if shared else np.zeros_like(pool.image_sum),
+        fingerprint=pool.fingerprint,
     )  # fmt: skip
 
 

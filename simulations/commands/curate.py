@@ -25,7 +25,9 @@ MODES = ("federated", "centralized")
 QUALITY_ROWS = (
     ("disruptive_rate", "disruptive rate in selection", "{:.2%}"),
     ("distinct_videos_per_selected", "distinct videos / selected", "{:.3f}"),
+    ("distinct_series_per_selected", "distinct series / selected", "{:.3f}"),
     ("mode_coverage", "semantic modes covered", "{:.0%}"),
+    ("modes_covered", "semantic modes covered (count)", "{}"),
     ("mode_entropy", "mode entropy (bits)", "{:.2f}"),
     ("corrupt_selected", "corrupt files selected", "{}"),
     ("duplicate_files_selected", "exact duplicates selected", "{}"),
@@ -100,7 +102,7 @@ def _federated_truth(
     pool_ids = {}
     for folder in centers:
         pool = CenterState(state_root / folder.name).load_pool(out.name)
-        pool_ids[folder.name] = (pool.sample_ids, pool.files)
+        pool_ids[folder.name] = (pool.sample_ids, pool.locators)
     return truth_measures(
         centers, selected_files(out / "selection.csv"), pool_ids, config.budget, config.seed
     )
@@ -128,6 +130,8 @@ def print_summary(summary: RoundSummary) -> None:
         )
     if summary.synthesized is not None:
         table.add_row("mosaics made at the centers", str(summary.synthesized["mosaics"]))
+    if summary.privacy_line:
+        table.add_row("privacy", summary.privacy_line)
     table.add_row("wall time", f"{summary.wall_s:.1f} s")
     console.print(table)
     quality = summary.quality
@@ -138,6 +142,8 @@ def print_summary(summary: RoundSummary) -> None:
         compare.add_column("random, same R", justify="right")
         baseline = quality.get("random_baseline", {})
         for key, label, form in QUALITY_ROWS:
+            if key not in quality["selection"]:  # the truth has no such column
+                continue
             compare.add_row(
                 label,
                 form.format(quality["selection"][key]),
@@ -154,8 +160,9 @@ def print_summary(summary: RoundSummary) -> None:
 
 def federation_table(federation: dict) -> Table:
     keys = ("pool", "test", "disruptive", "duplicates", "corrupt")
+    kind = "real-image" if federation.get("source") == "packages" else "synthetic"
     table = Table(
-        title=f"synthetic federation (scale {federation['scale']}, seed {federation['seed']}, "
+        title=f"{kind} federation (scale {federation['scale']}, seed {federation['seed']}, "
         f"{federation['size']} px)"
     )
     table.add_column("center")

@@ -56,7 +56,7 @@ def generate_federation(
     """
     args = _validate(centers, scale, seed, size, workers)
     out = Path(out)
-    _prepare(out, args)
+    prepare_output(out, args)
     plans = plan_federation(centers, SCALES[scale], seed)
     summaries = _write_centers(plans, out, seed, size, workers, progress)
     content = {
@@ -96,7 +96,7 @@ def _validate(
     }
 
 
-def _prepare(out: Path, args: dict[str, object]) -> None:
+def prepare_output(out: Path, args: dict[str, object]) -> None:
     """Make `out` ready: create it, or clear a previous federation made with the same args.
 
     Refuses anything else, so a typo in --out never deletes someone's data.

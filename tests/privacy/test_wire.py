@@ -1,7 +1,8 @@
 """What each center sends, captured on the wire and checked: no per-sample information leaves.
 
-Runs one federated round in-process on a federation with one small and one 10x larger center
-and inspects every reply as serialized bytes and as decoded arrays.
+Runs one federated round in-process, with the default privacy settings, on a federation with
+one small center, one 10x larger and a third (secure sums need three), and inspects every
+reply as serialized bytes and as decoded arrays.
 """
 
 import json
@@ -24,17 +25,17 @@ MIN_COUNT = 10
 
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory):
-    """Round over centers 'small' (one generated center) and 'large' (ten merged ones)."""
+    """Round over centers 'small' (one generated center), 'large' (ten merged ones) and
+    'third' (one more generated center)."""
     root = tmp_path_factory.mktemp("wire")
     generate_federation(root / "gen", centers=12, scale="small", seed=3, size=32)
     centers = sorted(p for p in (root / "gen").iterdir() if p.is_dir())
     data = root / "data"
     by_size = sorted(centers, key=lambda p: len(list((p / "images").iterdir())))
-    small, rest = (
-        by_size[len(by_size) // 2],
-        [p for p in centers if p != by_size[len(by_size) // 2]],
-    )
+    small, third = by_size[len(by_size) // 2], by_size[0]
+    rest = [p for p in centers if p not in (small, third)]
     shutil.copytree(small / "images", data / "small" / "images")
+    shutil.copytree(third / "images", data / "third" / "images")
     (data / "large" / "images").mkdir(parents=True)
     for donor in rest:  # prefix names: every generated center has a v0000_f00.png
         for image in (donor / "images").iterdir():
@@ -45,8 +46,8 @@ def captured(tmp_path_factory):
         data, root / "run", config, engine="inprocess", state_root=root / "state",
         observer=lambda node, message: replies[node].append(message),
     )  # fmt: skip
-    names = {1001: "small", 1002: "large"}  # partition order = sorted folder names
-    pools = {n: CenterState(root / "state" / n).load_pool("run") for n in ("large", "small")}
+    names = {1001: "large", 1002: "small", 1003: "third"}  # partition order = sorted names
+    pools = {n: CenterState(root / "state" / n).load_pool("run") for n in names.values()}
     return {names[node]: msgs for node, msgs in replies.items()}, pools, summary, root / "state"
 
 
@@ -103,14 +104,22 @@ def test_wire_seed_counts_respect_min_count(captured):
 
 
 def test_wire_masked_replies_do_not_reveal_the_center_statistics(captured):
+    """Every masked vector looks uniformly random: each Lloyd reply alone, and a center's
+    (short) cell-count replies together."""
     replies, _, _, _ = captured
     for messages in replies.values():
+        counts = []
         for message in messages:
-            if message.metadata.message_type != "query.lloyd":
+            kind = message.metadata.message_type
+            if kind not in ("query.lloyd", "query.counts"):
                 continue
             masked = message.content.array_records["arrays"]["masked"].numpy()
             bits = np.unpackbits(masked.view(np.uint8))
-            assert abs(bits.mean() - 0.5) < 0.02
+            if kind == "query.counts":
+                counts.append(bits)
+            else:
+                assert abs(bits.mean() - 0.5) < 0.02
+        assert abs(np.concatenate(counts).mean() - 0.5) < 0.02
 
 
 def test_wire_bytes_do_not_grow_with_the_number_of_images(captured):
@@ -129,11 +138,12 @@ def test_wire_coordinator_sees_no_aggregate_cell_under_min_count(captured):
 def test_wire_every_masked_vector_of_a_run_has_its_own_masks(captured):
     """Two Lloyd rounds under one mask would let the coordinator subtract them."""
     _, _, summary, state_root = captured
-    for center in ("small", "large"):
+    for center in ("small", "large", "third"):
         masks = state_root / center / "runs" / "run" / "masks.json"
         contexts = json.loads(masks.read_text())
         lloyd = [key for key in contexts if "/lloyd/" in key]
-        assert len(lloyd) == summary.kmeans_rounds > 1
+        counts = [key for key in contexts if "/counts/" in key]
+        assert len(lloyd) == len(counts) == summary.kmeans_rounds > 1
         assert len({key.rsplit("/", 1)[1] for key in contexts}) == len(contexts)
 
 

@@ -20,6 +20,7 @@ from feddel.client import app as client_app
 from feddel.client.redact import public_reason, redact
 from feddel.common.config import CurationConfig
 from feddel.common.errors import DataError, Refused
+from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.simulations.federated import run_federated
 from feddel.simulations.synth import generate_federation
 
@@ -79,11 +80,11 @@ def test_error_replies_carry_no_path_or_file_name_of_the_center(federation, monk
     _fail(monkeypatch, "lloyd", "center-02", _io_error)
     _fail(monkeypatch, "score", "center-03", lambda paths: Refused(REFUSAL))
     replies = []
-    config = CurationConfig(image_size=32, k=3, budget=0.2, min_fraction=0.3)
+    config = CurationConfig(image_size=32, k=3, budget=0.2, min_fraction=0.3, min_roster=2)
     with caplog.at_level(logging.ERROR, logger="feddel.client.app"):
         summary = run_federated(
             federation / "data", federation / "run", config, engine="inprocess",
-            state_root=federation / "state",
+            state_root=federation / "state", policy=PrivacyPolicy(min_roster=2),
             observer=lambda _node, reply: replies.append(reply),
         )  # fmt: skip
     reasons = {r.error.reason.split(": ", 1)[0]: r.error.reason for r in replies if r.has_error()}

@@ -29,6 +29,7 @@ from feddel.common.config import CurationConfig
 from feddel.common.data.decode import decode_file
 from feddel.common.data.scan import load_image, scan_center
 from feddel.common.io import read_csv
+from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.simulations.federated import run_federated
 
 REPO = Path(__file__).resolve().parents[2]
@@ -219,8 +220,9 @@ def test_center_check_lists_every_unreadable_file_and_exits_0(bad_center, tmp_pa
 def test_round_over_a_center_of_bad_files_selects_and_names_files_as_on_disk(bad_center):
     """The round goes on; a manifest names the non-UTF-8 file by its real bytes."""
     out = bad_center.parent.parent / "run"
-    config = CurationConfig(image_size=32, k=2, k_local=2, min_count=2, method="full")
-    summary = run_federated(bad_center.parent, out, config, engine="inprocess")
+    config = CurationConfig(image_size=32, k=2, k_local=2, min_count=2, method="full", min_roster=1)
+    alone = PrivacyPolicy(min_members=2, min_roster=1)  # one center: its sums are its own
+    summary = run_federated(bad_center.parent, out, config, engine="inprocess", policy=alone)
     row = summary.per_center["bad-center"]
     assert (row.files, row.unreadable, row.duplicate_files) == (24, 12, 1)
     assert row.samples == row.selected == 11

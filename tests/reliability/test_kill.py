@@ -106,6 +106,10 @@ def test_coordinator_killed_mid_round_runs_again_to_the_same_selection(tmp_path,
     monkeypatch.setattr("feddel.server.report.write_coordinator_report", lambda *args: None)
     data, state, run = tmp_path / "data", tmp_path / "state", tmp_path / "killed"
     generate_federation(data, centers=3, scale="small", seed=3, size=32)
+    for center in ("center-00", "center-01", "center-02"):  # the same centers: the same
+        for root in (state, tmp_path / "reference-state"):  # secret that keys their noise
+            (root / center).mkdir(parents=True)
+            (root / center / "noise.key").write_bytes(center.encode().ljust(32, b"."))
     proc = _start(
         """
         import sys

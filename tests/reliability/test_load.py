@@ -24,10 +24,12 @@ from feddel.common.data.scan import scan_center
 from feddel.common.io import read_csv
 from feddel.common.models.embed import EncoderSpec
 from feddel.common.models.embedcache import EmbeddingCache, embed_center
+from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.reports.summary import RoundSummary
 from feddel.simulations.federated import run_federated
 
 DIM = 192  # vit_tiny's width: the caches look like the real encoder's
+SMALL = PrivacyPolicy(min_members=3)  # centers of 6 and 12 images: their floor allows cells of 3
 
 
 def _usage() -> tuple[int, int, int]:
@@ -49,8 +51,8 @@ def _settled(baseline_threads: int, timeout: float = 10.0) -> tuple[int, int, in
 def _write_images(folder: Path, count: int, size: int, rng: np.random.Generator) -> None:
     folder.mkdir(parents=True)
     for i in range(count):
-        pixels = rng.integers(40, 216, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i}.png")
+        coarse = rng.integers(40, 216, (4, 4, 3), dtype=np.uint8)  # smooth: not a noise frame
+        Image.fromarray(coarse).resize((size, size), Image.BILINEAR).save(folder / f"{i}.png")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,7 @@ def test_hundred_center_round_leaks_no_memory_threads_or_file_handles(hundred_ce
     def run(name: str) -> RoundSummary:
         return run_federated(
             hundred_centers / "data", hundred_centers / "runs" / name, config,
-            engine="inprocess", state_root=hundred_centers / "state",
+            engine="inprocess", state_root=hundred_centers / "state", policy=SMALL,
         )  # fmt: skip
 
     first = run("warm-up")  # imports, thread pools and allocator arenas settle here
@@ -114,16 +116,20 @@ def test_ten_concurrent_rounds_select_the_same_and_leak_nothing(tmp_path):
     for center in range(4):
         _write_images(tmp_path / "data" / f"center-{center}", 12, 16, rng)
     config = CurationConfig(image_size=16, k=3, k_local=2, min_count=3, budget=0.2)
+    for center in range(4):  # the same centers: the same secret that keys their noise
+        for root in ("state", "warm-up-state"):
+            (tmp_path / root / f"center-{center}").mkdir(parents=True)
+            (tmp_path / root / f"center-{center}" / "noise.key").write_bytes(bytes([center]) * 32)
 
     def run(name: str) -> RoundSummary:
         return run_federated(
             tmp_path / "data", tmp_path / "runs" / name, config, engine="inprocess",
-            state_root=tmp_path / "state",
+            state_root=tmp_path / "state", policy=SMALL,
         )  # fmt: skip
 
     warm = run_federated(  # torch's first forward and pools settle here, on other caches
         tmp_path / "data", tmp_path / "runs" / "warm-up", config, engine="inprocess",
-        state_root=tmp_path / "warm-up-state",
+        state_root=tmp_path / "warm-up-state", policy=SMALL,
     )  # fmt: skip
     fds, rss, threads = _usage()
     with ThreadPoolExecutor(10) as pool:

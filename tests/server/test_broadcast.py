@@ -7,8 +7,17 @@ import pytest
 from flwr.app import Message
 from flwr.clientapp import ClientApp
 
+from feddel.client import app as client_app
+from feddel.client.handlers import CenterPaths
 from feddel.common.privacy import secagg
-from feddel.common.wire.protocol import LloydReply, LloydRequest, SeedReply, roster_array
+from feddel.common.privacy.policy import PrivacyPolicy
+from feddel.common.wire.protocol import (
+    LloydReply,
+    LloydRequest,
+    SeedReply,
+    SeedRequest,
+    roster_array,
+)
 from feddel.server.broadcast import Broadcaster, RoundFailed
 from feddel.simulations.inprocess import InProcessGrid
 
@@ -41,8 +50,8 @@ def _request():
     """Any request works here: the fake centers answer it with a SeedReply."""
     return LloydRequest(
         run="r", attempt=0, roster=np.zeros((1, 32), dtype=np.int64), method="feddel",
-        noise_sigma=0.0,
-        centers=np.zeros((K, D)),
+        noise_sigma=0.0, count_sigma=0.0,
+        cells="c", open=np.ones(K, dtype=np.int64),
     )  # fmt: skip
 
 
@@ -108,11 +117,65 @@ def test_secure_sum_retries_with_the_survivors_when_a_center_drops():
     def request(roster, attempt):
         return LloydRequest(
             run="r", attempt=attempt, roster=roster_array(roster), method="feddel",
-            noise_sigma=0.0,
-            centers=np.zeros((1, 1)),
+            noise_sigma=0.0, count_sigma=0.0,
+            cells="c", open=np.ones(1, dtype=np.int64),
         )  # fmt: skip
 
     total, replies = cast.secure_sum(request, LloydReply, length=5)
     grid.shutdown()
     np.testing.assert_allclose(total, np.full(5, 5.0), atol=1e-6)  # five survivors
     assert len(replies) == 5 and [f.reason for f in cast.failures] == ["RuntimeError: power cut"]
+
+
+def _policy_app(monkeypatch, tmp_path, strict: set[int]) -> ClientApp:
+    """Real ClientApps whose seed handler only checks the center's policy: the centers in
+    `strict` allow 4 local centroids, the others the default."""
+
+    def seed(request, paths):
+        paths.policy.check_k_local(request.k_local)
+        return SeedReply(centroids=np.ones((K, D)), counts=np.full(K, 10))
+
+    def resolve(context):
+        partition = int(context.node_config["partition-id"])
+        policy = PrivacyPolicy(max_k_local=4) if partition in strict else PrivacyPolicy()
+        state = tmp_path / f"state-{partition}"
+        return CenterPaths(f"hospital-{partition}", tmp_path, state, policy)
+
+    monkeypatch.setitem(client_app.PHASES, "seed", (SeedRequest, seed))
+    return client_app.build_client_app(resolve)
+
+
+def _seed_request():
+    return SeedRequest(run="r", method="feddel", k_local=8, min_count=10, seed=0, noise_sigma=0.05)
+
+
+def test_a_center_below_its_floor_is_reported_as_refused_and_the_round_goes_on(
+    monkeypatch, tmp_path
+):
+    grid = InProcessGrid(_policy_app(monkeypatch, tmp_path, strict={1}), num_nodes=4)
+    cast = Broadcaster(grid, min_fraction=0.5, timeout=10, group="g")
+    replies = cast.ask(_seed_request(), SeedReply)
+    grid.shutdown()
+    assert len(replies) == 3
+    [failure] = cast.failures
+    assert failure.describe() == (
+        "hospital-1 refused: k-local=8 is above this center's max-k-local=4 "
+        "(center.toml [privacy]) (seed)"
+    )
+
+
+def test_a_round_every_center_refuses_stops_with_the_refusal(monkeypatch, tmp_path):
+    grid = InProcessGrid(_policy_app(monkeypatch, tmp_path, strict={0, 1, 2}), num_nodes=3)
+    cast = Broadcaster(grid, min_fraction=0.5, timeout=10, group="g")
+    with pytest.raises(RoundFailed, match=r"all 3 centers failed .*: refused: k-local=8 is above"):
+        cast.ask(_seed_request(), SeedReply)
+    grid.shutdown()
+
+
+def test_no_secure_sum_is_asked_of_fewer_centers_than_min_roster():
+    grid = InProcessGrid(_masking_app({}, set()), num_nodes=4)
+    cast = Broadcaster(grid, min_fraction=0.5, timeout=10, group="g", min_roster=5)
+    with pytest.raises(RoundFailed, match="needs at least min-roster=5 centers and only 4 remain"):
+        cast.secure_sum(lambda roster, attempt: None, LloydReply, length=5)
+    grid.shutdown()
+    assert cast.traffic.down == {}  # nothing was sent

@@ -93,9 +93,9 @@ def test_federated_inprocess_round_writes_summary_manifests_and_selection(federa
         assert manifest.is_file() and len(read_csv(manifest)) == selected
     assert json.loads((out / "summary.json").read_text())["selected"] == summary.selected
     assert (out / "report.html").is_file()
-    mean_image = np.load(out / "mean_image.npy")
-    assert mean_image.shape == (32, 32, 3) and 20 < mean_image.mean() < 235
+    assert not (out / "mean_image.npy").exists()  # only optidel asks for the mean image
     assert np.load(out / "centroids.npy").shape == (summary.k, 192)
+    assert summary.privacy["noise_sigma"] == config.noise_sigma and summary.privacy["dp"] is None
 
 
 @pytest.mark.slow
@@ -121,7 +121,7 @@ def test_federated_kmeans_inertia_within_2_percent_of_centralized_on_the_demo(tm
         ("random", {}, 0.05, 0.15),
         ("full", {}, 1.0, 1.0),
         ("meddel", {}, 0.03, 0.3),
-        ("feddel", {"noise_sigma": 0.01}, 0.07, 0.13),
+        ("feddel", {"noise_sigma": 0.2}, 0.07, 0.13),
     ],
 )
 def test_federated_methods_run_through_the_same_rounds(federation, method, changes, low, high):

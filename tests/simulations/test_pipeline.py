@@ -151,7 +151,7 @@ def test_compare_writes_results_and_resumes(federation, tmp_path, capsys):
         "compare", "--data", str(federation), "--out", str(out), "--budgets", "0.3",
         "--methods", "random,feddel", "--seeds", "1", "--rounds", "1", "--local-steps", "2",
         "--warmup-rounds", "1", "--batch-size", "4", "--head-steps", "20",
-        "--set", "image-size=32", "--set", "k=4", "--set", "k-local=2", "--set", "min-count=3",
+        "--set", "image-size=32", "--set", "k=4", "--set", "k-local=2",
     ]  # fmt: skip
     assert sim_main(argv) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))

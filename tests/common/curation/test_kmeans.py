@@ -5,18 +5,15 @@ import pytest
 from sklearn.cluster import KMeans
 
 from feddel.common.curation.kmeans import (
-    SPLIT_SCALE,
     Assignment,
     ClusterStats,
     assign,
     cluster_stats,
-    inertia_converged,
-    lloyd,
     local_kmeans,
     merge_stats,
-    update_centers,
     weighted_kmeans_plusplus,
 )
+from feddel.common.curation.lloyd import cell_means, lloyd
 from feddel.common.errors import DataError, ProtocolError
 
 
@@ -43,10 +40,7 @@ def test_assign_and_stats_hand_toy():
     np.testing.assert_array_equal(stats.sum, [[3.5, 0.0], [9.0, 0.0]])
     np.testing.assert_array_equal(stats.sqdist, [4.5, 0.5])
     assert stats.inertia == 5.0
-    update = update_centers(stats, centers, np.random.default_rng(0))
-    np.testing.assert_allclose(update.centers, [[3.5 / 3, 0.0], [4.5, 0.0]])
-    assert update.reseeded == []
-    assert update.shift == pytest.approx(3.5 / 3 - 0.5)
+    np.testing.assert_allclose(cell_means(stats, centers, 1), [[3.5 / 3, 0.0], [4.5, 0.0]])
 
 
 def test_assign_matches_plain_float64_reference():
@@ -85,7 +79,7 @@ def test_lloyd_matches_sklearn_inertia_from_same_init():
     X, _ = _mixture(rng, 4000, 8, 6, spread=2.0)
     X = X.astype(np.float64)
     init = X[rng.choice(len(X), 6, replace=False)]
-    ours = lloyd(X, init, max_rounds=300, tol=0.0, rng=np.random.default_rng(0))
+    ours = lloyd(X, init, max_rounds=300, tol=0.0, rng=np.random.default_rng(0), moves=0)
     ref = KMeans(6, init=init, n_init=1, algorithm="lloyd", max_iter=300, tol=0.0).fit(X)
     inertia = float(assign(X, ours.centers).sqdist.astype(np.float64).sum())
     assert inertia == pytest.approx(ref.inertia_, rel=1e-6)
@@ -115,47 +109,6 @@ def test_merge_stats_rejects_mismatched_shapes():
         merge_stats([a, b])
     with pytest.raises(ProtocolError, match="no statistics"):
         merge_stats([])
-
-
-def test_update_centers_reseeds_empty_clusters_by_splitting_the_largest():
-    stats = ClusterStats(
-        count=np.array([10, 0, 4, 0], dtype=np.int64),
-        sum=np.array([[10.0, 0.0], [0, 0], [0.0, 8.0], [0, 0]]),
-        sqdist=np.array([40.0, 0.0, 4.0, 0.0]),
-    )
-    update = update_centers(stats, np.zeros((4, 2)), np.random.default_rng(5))
-    assert update.reseeded == [1, 3]
-    assert np.isfinite(update.centers).all()
-    # cluster 1 splits cluster 0 (count 10, RMS radius 2); cluster 0 is then counted as 5 and
-    # cluster 1 as 5, so cluster 3 splits cluster 0 again (ties: lowest index), not cluster 2.
-    for j in (1, 3):
-        offset = np.linalg.norm(update.centers[j] - [1.0, 0.0])
-        assert offset == pytest.approx(SPLIT_SCALE * 2.0)
-    assert not np.allclose(update.centers[1], update.centers[3])
-
-
-def test_update_centers_zero_spread_donor_gives_finite_duplicate():
-    stats = ClusterStats(np.array([3, 0]), np.array([[3.0, 3.0], [0.0, 0.0]]), np.zeros(2))
-    update = update_centers(stats, np.zeros((2, 2)), np.random.default_rng(0))
-    np.testing.assert_array_equal(update.centers, [[1.0, 1.0], [1.0, 1.0]])
-    with pytest.raises(DataError, match="zero counts"):
-        update_centers(stats._replace(count=np.zeros(2, np.int64)), np.zeros((2, 2)), None)
-
-
-def test_lloyd_recovers_from_empty_cluster_without_nan():
-    rng = np.random.default_rng(6)
-    X = np.vstack([rng.normal(0, 0.1, (200, 2)), rng.normal(5, 0.1, (200, 2))])
-    init = np.array([[0.0, 0.0], [0.1, 0.0], [100.0, 100.0]])  # the third attracts nothing
-    result = lloyd(X, init, 20, 1e-9, np.random.default_rng(0))
-    assert np.isfinite(result.centers).all()
-    counts = np.bincount(assign(X, result.centers).labels, minlength=3)
-    assert (counts > 0).all()
-
-
-def test_inertia_converged_uses_relative_change():
-    assert inertia_converged(100.0, 99.995, 1e-4)
-    assert not inertia_converged(100.0, 99.0, 1e-4)
-    assert inertia_converged(0.0, 0.0, 1e-4)
 
 
 def test_weighted_kmeans_plusplus_heavy_point_is_picked_first():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from feddel.common.curation.local import ETA_GRID
+from feddel.common.curation.local import ETA_GRID, plan_feddel, score_center
 from feddel.common.curation.selection import (
     ClusterPlan,
     apply_plan,
@@ -16,6 +16,7 @@ from feddel.common.curation.selection import (
     score_edges,
     score_histograms,
     water_fill,
+    within_series_share,
 )
 from feddel.common.errors import ConfigError, DataError, ProtocolError
 
@@ -241,3 +242,68 @@ def _select_hardest(scores: np.ndarray, labels: np.ndarray, quotas: np.ndarray) 
     selected = np.zeros(s.size, dtype=bool)
     selected[order[rank < q[y[order]]]] = True
     return selected
+
+
+# --- series: a volume's slices, a cine's frames ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keep", "within"),
+    [
+        ("hard", [1, 1, 0, 0, 0, 1, 0, 1]),  # the hardest two of series 0, the hardest of 1
+        ("easy", [0, 0, 1, 1, 1, 0, 0, 1]),
+    ],
+)
+def test_within_series_share_keeps_the_share_of_each_series_hardest_first(keep, within):
+    series = np.array([0, 0, 0, 0, 1, 1, 1, 2])
+    candidate = np.array([1, 1, 1, 1, 1, 1, 0, 1], dtype=bool)  # sample 6 was a duplicate
+    hardness = np.array([9.0, 8.0, 7.0, 6.0, 1.0, 5.0, 9.0, 0.0])
+    # share 0.5: series 0 (4 eligible) keeps 2, series 1 (3 eligible) keeps max(1, 1), series 2
+    # (a single image) keeps it: at least one
+    got = within_series_share(series, candidate, np.ones(8, bool), hardness, 0.5, keep)
+    np.testing.assert_array_equal(got, np.array(within, dtype=bool))
+    np.testing.assert_array_equal(
+        within_series_share(series, candidate, np.ones(8, bool), hardness, 0.0), candidate
+    )
+
+
+def test_within_series_share_rejects_bad_share():
+    with pytest.raises(ConfigError, match=r"series share=1\.5 must be in \[0, 1\]"):
+        within_series_share(np.zeros(2), np.ones(2, bool), np.ones(2, bool), np.zeros(2), 1.5)
+
+
+def test_plan_feddel_gives_quota_to_candidates_within_their_series_share_first():
+    bins = np.zeros((2, 4), dtype=np.int64)
+    bins[0] = [1, 1, 0, 12]  # cluster 0: one cine's frames, 12 past its share (last bin)
+    bins[1] = [4, 4, 2, 0]  # cluster 1: ten series, one candidate each
+    beyond = np.array([12, 0])
+    quotas, _ = plan_feddel(bins, 12, beyond)
+    np.testing.assert_array_equal(quotas, [2, 10])  # within their share first
+    assert list(plan_feddel(bins, 12)[0]) == [6, 6]  # without the series view
+    quotas, plans = plan_feddel(bins, 20, beyond)  # the budget needs them: they come back
+    np.testing.assert_array_equal(quotas, [10, 10])
+    assert plans[0].threshold_bin == 3  # the last bin, where they sit, is the one cut
+
+
+def test_score_center_deduplicates_within_series_and_marks_what_passes_a_series_share():
+    rng = np.random.default_rng(0)
+    base = _unit(rng.normal(size=(3, 16)))
+    twin = _unit([base[0] + 0.03 * rng.normal(size=16)])[0]  # cos ~0.99 with base[0]
+    X = _unit(np.vstack([base, twin, base[1] + 0.01, base[2] + 0.02]))
+    centers = X[:1].astype(np.float64)
+    args = dict(tau=1.0, eps=2.0, eta=0.98, keep="hard")
+    prior = np.ones(1)
+    center_wide = score_center(X, np.ones(6, bool), centers, prior, **args)
+    assert center_wide.candidate.sum() == 3  # every near-copy of the three bases dropped
+    # the twin is another acquisition (series 1): kept, since 0.99 < 0.999 across series
+    series = np.array([0, 0, 0, 1, 0, 0])
+    per_series = score_center(X, np.ones(6, bool), centers, prior, series=series, **args)
+    assert per_series.candidate[3] and per_series.candidate.sum() == 4
+    shared = score_center(
+        X, np.ones(6, bool), centers, prior, series=series, series_share=0.2, **args
+    )
+    np.testing.assert_array_equal(shared.candidate, per_series.candidate)  # nothing removed
+    assert shared.beyond_share.sum() == 2  # series 0 (5 samples) keeps max(1, 1) of its 3
+    assert (shared.log_gx[shared.beyond_share] == 0.0).all()  # taken last: the easiest bin
+    assert not shared.beyond_share[3]  # the twin's own series keeps its one sample
+    assert not shared.beyond_share[0]  # one centroid: equal scores, the first sample wins

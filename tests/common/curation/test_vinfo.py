@@ -33,7 +33,7 @@ def test_cluster_pvi_on_own_centroid_of_separated_mixture_is_minus_log2_prior():
     assert pvi[2] == pytest.approx(math.log2(10.0))  # the maximum a rare cluster can reach
 
 
-def test_cluster_pvi_matches_plain_softmax_and_is_chunk_independent():
+def test_cluster_pvi_matches_plain_softmax_and_agrees_across_chunk_sizes():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((500, 16)).astype(np.float32)
     centers = rng.standard_normal((5, 16))
@@ -45,7 +45,10 @@ def test_cluster_pvi_matches_plain_softmax_and_is_chunk_independent():
     expected = np.log2(probs[np.arange(500), labels]) - np.log2(prior[labels])
     pvi = cluster_pvi(X, labels, centers, prior, tau=40.0)
     np.testing.assert_allclose(pvi, expected, rtol=1e-9, atol=1e-9)
-    np.testing.assert_array_equal(pvi, cluster_pvi(X, labels, centers, prior, 40.0, chunk_size=7))
+    # Another chunk size may take another BLAS kernel, which sums a row's products in another
+    # order: the same to ~1e-15 relative, not bit for bit (nor across machines), so a tolerance.
+    chunked = cluster_pvi(X, labels, centers, prior, 40.0, chunk_size=7)
+    np.testing.assert_allclose(chunked, pvi, rtol=1e-12, atol=1e-12)
 
 
 def test_cluster_pvi_stays_finite_for_tiny_tau():

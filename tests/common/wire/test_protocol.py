@@ -53,7 +53,7 @@ def test_protocol_masked_reply_rejects_other_dtypes():
 def test_protocol_inventory_reply_round_trip_with_scalars():
     reply = InventoryReply(
         center="c", files=12, samples=10, unreadable=1, duplicate_files=1, disruptive=2, dim=192,
-        fingerprint="ab12", image_count=10, image_sum=np.zeros((4, 4, 3)),
+        fingerprint="ab12",
     )  # fmt: skip
     assert InventoryReply.from_record(reply.to_record()).center == "c"
 
@@ -84,7 +84,7 @@ def test_protocol_rejects_missing_and_mistyped_fields():
         SeedReply.from_record(record)
     inventory = InventoryReply(
         center="c", files=1, samples=1, unreadable=0, duplicate_files=0, disruptive=0, dim=8,
-        fingerprint="f", image_count=0, image_sum=np.zeros((2, 2, 3)),
+        fingerprint="f",
     ).to_record()  # fmt: skip
     inventory.config_records["fields"]["samples"] = "many"
     with pytest.raises(ProtocolError, match="field 'samples' must be int"):
@@ -113,7 +113,8 @@ def test_protocol_rejects_oversized_arrays_before_decoding():
 
 def test_protocol_select_request_checks_fractions():
     request = SelectRequest(
-        run="r", attempt=0, roster=np.zeros((2, 32), dtype=np.int64), round=0, method="feddel",
+        run="r", attempt=0, roster=np.zeros((2, 32), dtype=np.int64), noise_sigma=0.0,
+        count_sigma=0.0, round=0, method="feddel",
         seed=0, retention=1.0, eta=0.9, keep="hard", bins=8, threshold_bins=np.array([1, 2]),
         boundary_fractions=np.array([0.5, 1.5]), quotas=np.array([3, 4]),
     )  # fmt: skip
@@ -128,7 +129,9 @@ def test_protocol_roster_must_be_32_byte_keys():
         roster=np.full((2, 32), 300),
         method="feddel",
         noise_sigma=0.0,
-        centers=np.zeros((2, 2)),
+        count_sigma=0.0,
+        cells="c",
+        open=np.ones(2, dtype=np.int64),
     )
     with pytest.raises(ProtocolError, match="roster must be"):
         LloydRequest.from_record(request.to_record()).roster_keys()

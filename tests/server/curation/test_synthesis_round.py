@@ -27,8 +27,7 @@ from feddel.simulations.federated import run_federated
 from feddel.simulations.synth import generate_federation
 
 SIZE = 32
-ROUND_FLAGS = ["--set", f"image-size={SIZE}", "--set", "k=4", "--set", "k-local=2",
-               "--set", "min-count=3"]  # fmt: skip
+ROUND_FLAGS = ["--set", f"image-size={SIZE}", "--set", "k=4", "--set", "k-local=2"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def optidel_round(tmp_path_factory) -> tuple[Path, Path, Path, list[Message]]:
     weights = save_mae_checkpoint(MAE(EncoderSpec(image_size=SIZE, seed=0)), root / "mae.pt")
     out, state = root / "run", root / "state"
     config = CurationConfig(
-        method="optidel", budget=0.3, image_size=SIZE, k=4, k_local=2, min_count=3,
+        method="optidel", budget=0.3, image_size=SIZE, k=4, k_local=2,
         weights=str(weights), run_name="run",
     )  # fmt: skip
     sent: list[Message] = []
