@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(SPEC_HASH)
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: install demo fedsgd test test-all lint bench clean
+.PHONY: install demo science test test-all lint bench clean
 
 install: $(STAMP)
 
@@ -19,29 +19,31 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# Controls and FedDEL vs random at 5%, 2 seeds side by side (feddel-sim demo --parallel 2)
 demo: $(STAMP)
 	$(BIN)/feddel-sim demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
-# The README's FedSGD comparison on the demo federation: 3 seeds at 5/20/100%, one shard per
-# seed side by side (a simulated federation keeps about one core busy), then the whole table.
-# About 1 h 45 min on 2 cores; rerunning resumes from the finished rounds and cells.
-FEDSGD_OUT ?= runs/fedsgd3
-FEDSGD_ARGS ?= --methods random,feddel --budgets 0.05,0.2,1.0 --fedadam --local-steps 1 \
-	--local-lr 1 --batch-size 4 --centers-per-round 4 --center-weighting equal \
-	--warmup-rounds 1600 --rounds 400
-FEDSGD_COMPARE = $(BIN)/feddel-sim compare --data $(DEMO_OUT)/data --out $(FEDSGD_OUT) \
-	--seeds 3 $(FEDSGD_ARGS)
+# Does curation pay? (docs/does-curation-pay.md) The controls at 5% first, then the methods at
+# 5% and 20% and the full pool, SCIENCE_SEEDS seeds, every cell from its seed's random init by
+# the fast exact FedSGD path, the seeds as side-by-side shards (--parallel). Rerunning resumes
+# from the finished cells. The table, CSV and plots are copied to docs/science/.
+SCIENCE_OUT ?= runs/science
+SCIENCE_DATA ?= $(DEMO_OUT)/data
+SCIENCE_SEEDS ?= 5
+SCIENCE_PARALLEL ?= 2
+SCIENCE_ARGS ?= --fast --fedadam --local-steps 1 --local-lr 1 --batch-size 4 \
+	--centers-per-round 4 --center-weighting equal --rounds 2000 --warmup-rounds 1600 \
+	--curation-encoder warmup
+SCIENCE_COMPARE = $(BIN)/feddel-sim compare --data $(SCIENCE_DATA) --out $(SCIENCE_OUT) \
+	--seeds $(SCIENCE_SEEDS) --parallel $(SCIENCE_PARALLEL) $(SCIENCE_ARGS)
 
-fedsgd: $(STAMP)
-	@test -f $(DEMO_OUT)/data/federation.json || $(BIN)/feddel-sim data --out $(DEMO_OUT)/data
-	@mkdir -p $(FEDSGD_OUT); pids=""; \
-	for k in 1 2 3; do \
-		echo "shard $$k/3: log in $(FEDSGD_OUT)/shard-$$k.log"; \
-		$(FEDSGD_COMPARE) --shard $$k/3 > $(FEDSGD_OUT)/shard-$$k.log 2>&1 & pids="$$pids $$!"; \
-	done; \
-	rc=0; for pid in $$pids; do wait $$pid || rc=$$?; done; \
-	if [ $$rc -ne 0 ]; then echo "a shard failed (exit $$rc): see $(FEDSGD_OUT)/shard-*.log" >&2; exit $$rc; fi
-	$(FEDSGD_COMPARE)
+science: $(STAMP)
+	@test -f $(SCIENCE_DATA)/federation.json || $(BIN)/feddel-sim data --out $(SCIENCE_DATA)
+	$(SCIENCE_COMPARE) --methods oracle,disruptive-only,whole-videos,one-mode-only --budgets 0.05
+	$(SCIENCE_COMPARE) --methods random,meddel,feddel,optidel,full --budgets 0.05,0.2
+	@mkdir -p docs/science
+	cp $(SCIENCE_OUT)/results.csv $(SCIENCE_OUT)/results.md $(SCIENCE_OUT)/results.png \
+		$(SCIENCE_OUT)/paired.png $(SCIENCE_OUT)/settings.json docs/science/
 
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
 test: $(STAMP)

@@ -65,7 +65,7 @@ def train(request: TrainRequest, paths: CenterPaths) -> TrainReply:
         steps=request.steps,
         lr=request.lr,
         batch_size=request.batch_size,
-        seed=_local_seed(request, paths.name),
+        seed=local_seed(request, paths.name),
         local_sgd=request.local_sgd,
         schedule=(request.step_offset, request.total_steps),
     )
@@ -237,7 +237,7 @@ def _reusable_mae(spec: EncoderSpec) -> MAE:
     return _built.mae
 
 
-def _local_seed(request: TrainRequest, center: str) -> int:
+def local_seed(request: TrainRequest, center: str) -> int:
     """Different masks and batch orders per center and round, the same on every rerun."""
     digest = int.from_bytes(hashlib.sha256(center.encode()).digest()[:8], "little")
     return (request.seed * 1_000_003 + request.round * 7919 + digest) % (1 << 63)

@@ -76,4 +76,5 @@ def build_parser(prog: str, description: str, commands: Sequence[Command]) -> Ar
 
 def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a command may start itself again
     return args.run(args)

@@ -136,13 +136,15 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         name="compare",
         summary="curate, pre-train (federated MAE) and evaluate every method x budget x seed",
-        description="For each seed: a federated MAE warm-up on a uniform sample gives curation "
-        "its encoder, and the random-init encoder is scored as the floor. For each cell: a "
-        "curation round, federated MAE pre-training on the selection (the same steps for every "
-        "budget), and downstream segmentation at every center with labeled data. Writes "
-        "RUN/results.csv (method, budget, R, seed, mIoU, DEL, NormDEL, wall_s, curation "
-        "quality), RUN/results.md (mean +- std) and RUN/results.png. Rerun the same command to "
-        "resume after an interruption.",
+        description="For each seed the random-init encoder is scored as the floor, and the "
+        "encoder curation embeds with is made once (a federated MAE warm-up on a uniform "
+        "sample, or the random init). For each cell: a curation round (or, for a control, a "
+        "selection from the simulation's truth), federated MAE pre-training on the selection "
+        "from the seed's random init (the same init and steps for every cell), and downstream "
+        "segmentation at every center with labeled data. Writes RUN/results.csv (method, "
+        "budget, R, seed, mIoU, DEL, NormDEL, wall_s, curation quality, provenance), "
+        "RUN/results.md (mean +- std, and with 2+ seeds paired differences with 95% CIs), "
+        "RUN/results.png and RUN/paired.png. Rerun the same command to resume.",
         add_arguments=add_compare_arguments,
         run=compare_run,
     ),
@@ -176,3 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: returns the exit code (0 ok, 2 user error)."""
     return run_cli(lambda args: dispatch(build_parser(), args), argv)
+
+
+if __name__ == "__main__":  # `python -m feddel.simulations.cli`: how --parallel starts its shards
+    raise SystemExit(main())

@@ -1,10 +1,14 @@
 """The whole FedDEL pipeline on a simulated federation: warm-up, curate, pre-train, evaluate.
 
-For each seed: a short federated MAE warm-up on a small uniform sample gives curation its
-encoder (docs/design.md); the random-init encoder is scored once as the floor. Then for each
-(method, budget) cell: a curation round with the warm-up encoder, federated MAE pre-training on
-the selection starting from the warm-up weights (the same number of steps for every budget:
-compute-matched), and downstream evaluation.
+For each seed the random-init encoder is scored once as the floor (`scratch`). Then for each
+(method, budget) cell: a curation round with the seed's curation encoder, federated MAE
+pre-training on the selection from the seed's random init (the same init and the same number of
+steps for every cell: compute-matched, so the selection is the only difference), and downstream
+evaluation. The curation encoder is a separate artefact, never a cell's starting point: a short
+MAE warm-up on a uniform sample (`curation_encoder="warmup"`, docs/design.md) or the random init
+itself (`"random-init"`). Control cells (simulations/science/controls.py) take their selection from
+the simulation's truth instead of a curation round. `fast` pre-trains with the fast exact
+FedSGD path (simulations/science/fastsgd.py) instead of over the wire.
 
 Everything a cell produces lives under RUN/cells/<cell>/ and a finished cell is not run again,
 so a killed `compare` started again picks up where it stopped (pre-training also resumes
@@ -18,7 +22,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,10 +34,12 @@ from typing import Any
 from flwr.serverapp import Grid
 
 from feddel import client, common, server, simulations
+from feddel.client.handlers import CenterPaths
 from feddel.common.config import CurationConfig, with_field_defaults
 from feddel.common.errors import ConfigError
 from feddel.common.io import write_json
 from feddel.common.models.embed import EncoderSpec
+from feddel.common.models.mae import MAE, save_mae_checkpoint
 from feddel.common.models.segmentation import HeadConfig
 from feddel.common.reports.metrics import del_score, norm_del
 from feddel.common.reports.summary import RoundSummary
@@ -39,13 +47,28 @@ from feddel.server.broadcast import Broadcaster
 from feddel.server.curation.round import run_round
 from feddel.server.report import write_round
 from feddel.server.training.downstream import run_evaluation
-from feddel.server.training.pretrain import PretrainConfig, run_pretraining
+from feddel.server.training.pretrain import (
+    CHECKPOINT,
+    PretrainConfig,
+    PretrainResult,
+    run_pretraining,
+)
 from feddel.simulations.evaluate import selected_files, truth_measures
 from feddel.simulations.federated import gather_manifests
+from feddel.simulations.science.controls import (
+    CONTROLS,
+    Frame,
+    control_selection,
+    pool_frames,
+    write_control_manifests,
+)
+from feddel.simulations.science.fastsgd import check_fedsgd, run_fast_pretraining
 
 log = logging.getLogger(__name__)
 
 SCRATCH = "scratch"  # the row of the random-init encoder: no pre-training at all
+# what curation embeds with: the seed's MAE warm-up on a uniform sample, or its random init
+CURATION_ENCODERS = ("warmup", "random-init")
 
 
 @dataclass(frozen=True)
@@ -75,10 +98,21 @@ class PipelineSettings:
     center_weighting: str = "examples"
     head: HeadConfig = field(default_factory=HeadConfig)
     alpha: float = 1.0
+    curation_encoder: str = "warmup"
+    fast: bool = False  # pre-train with the fast exact FedSGD path (no wire)
 
     def __post_init__(self) -> None:
+        if self.curation_encoder not in CURATION_ENCODERS:
+            raise ConfigError(
+                f"curation-encoder={self.curation_encoder!r} must be one of "
+                f"{', '.join(CURATION_ENCODERS)}"
+            )
         for rounds in (self.warmup_rounds, self.rounds):  # refused now, not an hour into a run
-            self.pretrain_config(run="check", uniform_fraction=self.warmup_fraction, rounds=rounds)
+            config = self.pretrain_config(
+                run="check", uniform_fraction=self.warmup_fraction, rounds=rounds
+            )
+            if self.fast:
+                check_fedsgd(config)
 
     def pretrain_config(self, **run: Any) -> PretrainConfig:
         """A pre-training run (`run`: name, data, init, rounds, seed, model) with these settings."""
@@ -103,6 +137,9 @@ RESULT_PATHS = (
 )  # fmt: skip
 
 
+SOURCE_FOLDERS = ("client", "common", "server", "simulations")
+
+
 def code_fingerprint() -> str:
     """A hash of FedDEL's own Python sources, so cells computed by other code are not reused."""
     digest = hashlib.sha256()
@@ -112,6 +149,26 @@ def code_fingerprint() -> str:
             digest.update(path.relative_to(root.parent).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def source_commit() -> str:
+    """The git commit FedDEL runs from, "+dirty" when its sources differ from it; "" outside a
+    git checkout (an installed wheel). Recorded per cell, beside the code fingerprint."""
+    root = Path(simulations.__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if head.returncode:
+            return ""
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", *SOURCE_FOLDERS],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def discard_results(out: Path) -> list[Path]:
@@ -148,6 +205,7 @@ class Pipeline:
     state_root: Path
     on_row: Callable[[Row], None] = lambda row: None
     _warm: dict[int, Path] = field(default_factory=dict)
+    _frames: list[Frame] = field(default_factory=list)  # the pool with its truth (controls)
 
     def run(self, cells: list[Cell]) -> list[Row]:
         """Every cell's row, preceded per seed by the random-init (scratch) row."""
@@ -188,9 +246,12 @@ class Pipeline:
         if path.is_file():
             row = json.loads(path.read_text())
         else:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             row = compute(cell)
             row["wall_s"] = round(time.perf_counter() - started, 1)
+            # CPU seconds of every thread: what the cell costs on a machine shared with others
+            row["cpu_s"] = round(time.process_time() - cpu, 1)
+            row["commit"] = source_commit()
             write_json(path, row)
         self.on_row(row)
         return row
@@ -201,23 +262,42 @@ class Pipeline:
         return self._row(cell, 0.0, result.miou, {})
 
     def _cell(self, cell: Cell) -> Row:
-        encoder = self.warm_up(cell.seed)
+        control = cell.method in CONTROLS
         cell_dir = self.out / "cells" / cell.name
         run_name = f"{cell.name}-c0"
-        summary, quality = self._curate(cell, run_name, encoder, cell_dir)
+        if control:
+            retention, quality = self._control(cell, run_name)
+        else:
+            encoder = self.curation_encoder(cell.seed)
+            summary, quality = self._curate(cell, run_name, encoder, cell_dir)
+            retention = summary.retention
         pretrain = self._pretrain_config(
             run=f"{run_name}-mae",
             selection=run_name,
-            init=str(encoder),
+            init="",  # the seed's random init: every cell starts from the same weights
             rounds=self.settings.rounds,
             seed=cell.seed,
         )
-        done = run_pretraining(self._cast(run_name), pretrain, cell_dir / "mae-c0")
-        moved = done.bytes_down + done.bytes_up  # the warm-up's are shared by the seed's cells
+        done = self._pretrain(pretrain, cell_dir / "mae-c0")
         spec = EncoderSpec(self.base.model, self.base.image_size, str(done.checkpoint), cell.seed)
         result = run_evaluation(self._cast(cell.name), spec, cell.name, self._head(cell.seed))
-        row = self._row(cell, summary.retention, result.miou, quality)
-        return {**row, "pretrain_gb": round(moved / 1e9, 4)}
+        row = self._row(cell, retention, result.miou, quality)
+        row["curation_encoder"] = "truth" if control else self.settings.curation_encoder
+        row["pretrain_engine"] = "fast" if self.settings.fast else "federated"
+        if not self.settings.fast:  # the fast path moves nothing
+            # the warm-up's bytes are shared by the seed's cells and not counted here
+            row["pretrain_gb"] = round((done.bytes_down + done.bytes_up) / 1e9, 4)
+        return row
+
+    def curation_encoder(self, seed: int) -> Path:
+        """The MAE checkpoint the seed's curation rounds embed with (made once, reused)."""
+        if self.settings.curation_encoder == "random-init":
+            path = self.out / "warmup" / f"random-s{seed}" / CHECKPOINT
+            if not path.is_file():  # optidel needs an MAE (decoder too), not just an encoder
+                spec = EncoderSpec(self.base.model, self.base.image_size, seed=seed)
+                save_mae_checkpoint(MAE(spec), path)
+            return path
+        return self.warm_up(seed)
 
     def warm_up(self, seed: int) -> Path:
         """The seed's warm-up MAE checkpoint (trained once, then reused by every cell)."""
@@ -229,8 +309,31 @@ class Pipeline:
                 seed=seed,
             )
             out = self.out / "warmup" / f"s{seed}"
-            self._warm[seed] = run_pretraining(self._cast(config.run), config, out).checkpoint
+            self._warm[seed] = self._pretrain(config, out).checkpoint
         return self._warm[seed]
+
+    def _pretrain(self, config: PretrainConfig, out: Path) -> PretrainResult:
+        if self.settings.fast:
+            paths = [CenterPaths(c.name, c, self.state_root / c.name) for c in self.centers]
+            return run_fast_pretraining(paths, config, out)
+        return run_pretraining(self._cast(config.run), config, out)
+
+    def _control(self, cell: Cell, run_name: str) -> tuple[float, dict[str, Any]]:
+        """A control's selection from truth, written as the centers' manifests of `run_name`;
+        returns its retention and its truth measures."""
+        if not self._frames:
+            self._frames = pool_frames(self.centers)
+        total = len(self._frames)
+        chosen = control_selection(
+            cell.method, self._frames, math.ceil(cell.budget * total), cell.seed
+        )
+        write_control_manifests(chosen, self.state_root, run_name)
+        selection: dict[str, list[str]] = {}
+        for frame in chosen:
+            selection.setdefault(frame.center, []).append(frame.file)
+        retention = len(chosen) / total
+        measures = truth_measures(self.centers, selection, None, retention, cell.seed)
+        return retention, measures["selection"] if measures else {}
 
     def _pretrain_config(self, **run: Any) -> PretrainConfig:
         """A pre-training run (`run`: name, data, init, rounds, seed) of this pipeline's model."""

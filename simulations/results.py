@@ -1,5 +1,6 @@
 """The comparison's outputs: results.csv (one row per cell), results.md (mean +- std per method
-and budget) and results.png (mIoU and NormDEL against R, one line per method, error bars)."""
+and budget, then the paired comparisons of simulations/science/paired.py), results.png (mIoU and
+NormDEL against R, one line per method, error bars) and paired.png (the paired differences)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from feddel.common.io import atomic_write_bytes, atomic_write_text, write_csv
+from feddel.simulations.science.paired import paired_markdown, paired_plot, standard_comparisons
 
-RESULT_COLUMNS = ("method", "budget", "R", "seed", "mIoU", "DEL", "NormDEL", "wall_s")
+RESULT_COLUMNS = ("method", "budget", "R", "seed", "mIoU", "DEL", "NormDEL", "wall_s", "cpu_s")
 # what the cell's federated pre-training moved, both ways (GB; the warm-up not included)
 TRAFFIC_COLUMN = "pretrain_gb"
 QUALITY_COLUMNS = (
@@ -22,6 +24,10 @@ QUALITY_COLUMNS = (
     "quality_mode_coverage",
 )
 MEASURES = ("R", "mIoU", "DEL", "NormDEL")
+# how a cell was made: the encoder its curation embedded with (warmup, random, or truth for a
+# control), how it was pre-trained (federated, or the fast exact path), and from which commit
+# (the run folder's settings.json holds every setting)
+PROVENANCE_COLUMNS = ("curation_encoder", "pretrain_engine", "commit")
 
 Row = dict[str, Any]
 
@@ -42,7 +48,7 @@ def group_rows(rows: Sequence[Row]) -> list[Group]:
     groups = []
     for (method, budget), members in cells.items():
         mean, std = {}, {}
-        for key in (*MEASURES, *QUALITY_COLUMNS, TRAFFIC_COLUMN, "wall_s"):
+        for key in (*MEASURES, *QUALITY_COLUMNS, TRAFFIC_COLUMN, "wall_s", "cpu_s"):
             values = [float(r[key]) for r in members if r.get(key) not in (None, "")]
             if values:
                 mean[key] = float(np.mean(values))
@@ -52,15 +58,34 @@ def group_rows(rows: Sequence[Row]) -> list[Group]:
 
 
 def write_results(rows: Sequence[Row], out: Path, title: str) -> list[Path]:
-    """results.csv, results.md and results.png under `out`; returns their paths."""
-    columns = (*RESULT_COLUMNS, *QUALITY_COLUMNS, TRAFFIC_COLUMN)
+    """results.csv, results.md and results.png under `out`, and with two seeds or more the
+    paired comparisons in results.md and paired.png; returns the paths written."""
+    columns = (*RESULT_COLUMNS, *QUALITY_COLUMNS, TRAFFIC_COLUMN, *PROVENANCE_COLUMNS)
     csv_path = write_csv(
         out / "results.csv", columns, [[row.get(c, "") for c in columns] for row in rows]
     )
     groups = group_rows(rows)
-    md_path = atomic_write_text(out / "results.md", results_markdown(groups, title))
-    png_path = atomic_write_bytes(out / "results.png", results_plot(groups, title))
-    return [csv_path, md_path, png_path]
+    text = results_markdown(groups, title)
+    comparisons = [p for p in standard_comparisons(rows) if p.n >= 2]
+    paths = [csv_path]
+    if comparisons:
+        text += PAIRED_INTRO + paired_markdown(comparisons)
+        plot = paired_plot(comparisons, f"{title}: paired differences")
+        paths.append(atomic_write_bytes(out / "paired.png", plot))
+    paths.append(atomic_write_text(out / "results.md", text))
+    paths.append(atomic_write_bytes(out / "results.png", results_plot(groups, title)))
+    return paths
+
+
+PAIRED_INTRO = """
+## Paired differences of mIoU
+
+Within each seed, one cell's mIoU minus the other's (the same random init, head initialization
+and batches); the mean over seeds and its 95% confidence interval from the paired t
+distribution; * marks an interval that excludes 0. The first row is the primary comparison and
+the oracle rows are the controls (docs/does-curation-pay.md).
+
+"""
 
 
 def results_markdown(groups: Sequence[Group], title: str) -> str:
@@ -72,15 +97,15 @@ def results_markdown(groups: Sequence[Group], title: str) -> str:
         "NormDEL = sigmoid(DEL) (spans only [0.5, 0.731]). `scratch` is the random-init encoder.",
         "",
         "| method | budget | seeds | R | mIoU | DEL | NormDEL | disruptive | distinct videos "
-        "/ selected | pre-train GB | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "/ selected | pre-train GB | wall s | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in groups:
         cells = [_pm(g, key) for key in MEASURES]
         quality = [_pm(g, key, "{:.3f}") for key in QUALITY_COLUMNS[:2]]
         traffic = f"{g.mean[TRAFFIC_COLUMN]:.2f}" if TRAFFIC_COLUMN in g.mean else "-"
-        wall = f"{g.mean.get('wall_s', 0.0):.0f}"
-        values = [g.method, f"{g.budget:g}", str(g.seeds), *cells, *quality, traffic, wall]
+        wall, cpu = (f"{g.mean[key]:.0f}" if key in g.mean else "-" for key in ("wall_s", "cpu_s"))
+        values = [g.method, f"{g.budget:g}", str(g.seeds), *cells, *quality, traffic, wall, cpu]
         values = " | ".join(values)
         lines.append(f"| {values} |")
     return "\n".join(lines) + "\n"

@@ -38,15 +38,19 @@ from feddel.common.models.embed import (
     autocast_dtype,
     build_encoder,
     input_stats,
+    module_device,
     normalize_images,
     pick_device,
 )
+
+MASK_RATIO = 0.75  # MAE's: three of four patches hidden from the encoder
 
 
 class MAEOutput(NamedTuple):
     loss: torch.Tensor  # () float32: MSE over masked patches
     pred: torch.Tensor  # (b, L, p*p*3) float32: predicted patches (all positions)
     mask: torch.Tensor  # (b, L) bool: True = masked (hidden from the encoder)
+    image_loss: torch.Tensor  # (b,) float32: each image's MSE over its masked patches
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -113,7 +117,7 @@ class MAE(nn.Module):
     def forward(
         self,
         images: torch.Tensor,
-        mask_ratio: float = 0.75,
+        mask_ratio: float = MASK_RATIO,
         generator: torch.Generator | None = None,
         mask: torch.Tensor | None = None,
     ) -> MAEOutput:
@@ -128,8 +132,9 @@ class MAE(nn.Module):
         latent = self._encode_visible(images, keep)
         pred = self.decoder(latent, keep, self.encoder.num_prefix_tokens).float()
         per_patch = (pred - patchify(images.float(), self.patch)).pow(2).mean(dim=-1)
-        loss = (per_patch * mask).sum() / mask.sum()
-        return MAEOutput(loss, pred, mask)
+        masked = per_patch * mask
+        loss = masked.sum() / mask.sum()
+        return MAEOutput(loss, pred, mask, masked.sum(dim=1) / mask.sum(dim=1))
 
     def _encode_visible(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Encoder tokens (b, prefix + kept, D) from the patches at `keep` (b, kept)."""
@@ -194,7 +199,7 @@ def train_mae(
     seed: int = 0,
     device: str | None = None,
     progress: Progress | None = None,
-    mask_ratio: float = 0.75,
+    mask_ratio: float = MASK_RATIO,
     precision: str = "auto",
     schedule: tuple[int, int] | None = None,
     local_sgd: bool = False,
@@ -235,14 +240,11 @@ def train_mae(
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: cosine_factor(offset + s, total, warmup)
         )
-    masks = torch.Generator().manual_seed(seed)
-    crops = torch.Generator().manual_seed(seed + 1)
     losses: list[float] = []
-    for step, batch in zip(range(steps), _batches(data, batch_size, seed), strict=False):
-        images = mae.normalize(torch.as_tensor(batch).to(run_on, non_blocking=True))
-        images = resized_crop_flip(images, crops)
+    draws = masked_batches(mae, data, batch_size, seed, mask_ratio, run_on)
+    for step, (images, mask) in zip(range(steps), draws, strict=False):
         with autocast(run_on, dtype):
-            loss = mae(images, mask_ratio, masks).loss
+            loss = mae(images, mask=mask).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -252,6 +254,33 @@ def train_mae(
             progress(step + 1, steps)
     mae.eval()
     return losses
+
+
+class MaskedBatch(NamedTuple):
+    images: torch.Tensor  # (b, 3, h, w) normalized, cropped and flipped
+    mask: torch.Tensor  # (b, L) bool, True = hidden from the encoder
+
+
+def masked_batches(
+    mae: MAE,
+    data: np.ndarray | Iterable[Any],
+    batch_size: int,
+    seed: int,
+    mask_ratio: float = MASK_RATIO,
+    device: torch.device | None = None,
+) -> Iterator[MaskedBatch]:
+    """What `train_mae` trains on, step by step: batches cut from seeded permutations, each
+    with MAE's crop and flip (generator seed + 1) and a random mask (generator seed). The
+    single source of a step's randomness, so that simulations/science/fastsgd.py draws exactly
+    the batches the centers draw."""
+    device = device or module_device(mae)
+    masks = torch.Generator().manual_seed(seed)
+    crops = torch.Generator().manual_seed(seed + 1)
+    for batch in _batches(data, batch_size, seed):
+        images = mae.normalize(torch.as_tensor(batch).to(device, non_blocking=True))
+        images = resized_crop_flip(images, crops)
+        mask = random_masks(images.shape[0], mae.num_patches, mask_ratio, masks)
+        yield MaskedBatch(images, mask)
 
 
 def mae_adamw(mae: MAE, lr: float, weight_decay: float = 0.05) -> torch.optim.AdamW:

@@ -12,8 +12,8 @@ sensitivity x sqrt(parts) / mu_i. Sensitivities are for one image added to or re
 center: 1 for a count, 1 for a sum of unit embeddings or of their outer products, 4 for a sum
 of squared distances (noise_sigma x 4 by the wire's convention), 255 x sqrt(3) x size for an
 image sum, sqrt(2) for the score phase's candidate and past-series-share counts, and, with
-MedDEL's survivor counts, sqrt(2 + 51) (one image may survive at every eta). Near-duplicate
-removal and the series share are assumed not to change another image's candidacy (see
+MedDEL's survivor counts, sqrt(2 + 201) (it may survive at every eta of ETA_GRID).
+Near-duplicate removal and the series share are assumed not to change another image's candidacy (see
 docs/design.md); the center-level counts of the inventory are outside the guarantee.
 The accountant records what was actually released, and summary.json reports it.
 """

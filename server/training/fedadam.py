@@ -42,6 +42,11 @@ class ServerAdam:
                 param.grad = param - averaged[name].to(param.dtype)
         untrained = {name: value for name, value in averaged.items() if name not in trained}
         self.mae.load_state_dict(untrained, strict=False)  # buffers, frozen parameters
+        self.apply(round_)
+
+    def apply(self, round_: int) -> None:
+        """One AdamW step of round `round_` along the gradients the parameters hold (`step`
+        sets them from the centers' update; simulations/science/fastsgd.py by backward)."""
         factor = cosine_factor(round_, self.rounds, self.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * factor

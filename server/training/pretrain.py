@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,21 @@ class PretrainResult:
     bytes_down: int  # serialized bytes sent to centers over every round so far (resumes too)
     bytes_up: int  # ... and received from them
 
+    @classmethod
+    def of_run(
+        cls, out: Path, progress: dict[str, Any], resumed_from: int, started: float, **traffic: int
+    ) -> PretrainResult:
+        """The result of the run in `out` after `progress` (`started`: its perf_counter)."""
+        return cls(
+            out / CHECKPOINT,
+            progress["rounds_done"],
+            resumed_from,
+            dict(progress["examples"]),
+            list(progress["losses"]),
+            time.perf_counter() - started,
+            **traffic,
+        )
+
 
 def run_pretraining(
     broadcaster: Broadcaster, config: PretrainConfig, out_dir: str | Path
@@ -109,7 +125,7 @@ def run_pretraining(
     """Run (or resume) the rounds; the global MAE is in `out_dir/checkpoint.pt` afterwards."""
     out = Path(out_dir)
     started = time.perf_counter()
-    mae, progress = _resume_or_start(config, out)
+    mae, progress = resume_or_start(config, out)
     resumed_from = progress["rounds_done"]
     server = ServerAdam(mae, config.lr, config.rounds) if config.fedadam else None
     if server is not None and resumed_from:
@@ -118,7 +134,7 @@ def run_pretraining(
     holders = _probe(broadcaster, config) if resumed_from < config.rounds else {}
     equal = config.center_weighting == "equal"
     for round_ in range(resumed_from, config.rounds):
-        participants = _sample(holders, config, round_)
+        participants = [holders[name] for name in sample_centers(holders, config, round_)]
         states, replies = _train_round(broadcaster, config, mae, round_, participants)
         weights = [1 if equal else replies[node].examples for node in states]
         averaged = fedavg(list(states.values()), weights)
@@ -126,17 +142,11 @@ def run_pretraining(
             mae.load_state_dict(averaged)
         else:
             server.step(averaged, round_)
-            server.save(out, round_ + 1)
         progress["rounds_done"] = round_ + 1
         progress["examples"] = {replies[n].center: replies[n].examples for n in states}
         progress["losses"].append(_mean_loss([replies[n] for n in states]))
         progress.update(traffic.totals())
-        # the checkpoint carries its progress: one atomic file is the commit point of a round
-        extra = {"round": round_ + 1, "progress": progress}
-        save_mae_checkpoint(mae, out / CHECKPOINT, extra=extra)
-        write_json(out / PROGRESS, progress)  # a readable copy
-        if server is not None:
-            server.prune(out, round_ + 1)
+        commit(out, mae, server, progress)
         log.info(
             "pretrain %s: round %d/%d, %d centers, loss %.4f",
             config.run,
@@ -145,15 +155,20 @@ def run_pretraining(
             len(states),
             progress["losses"][-1],
         )
-    return PretrainResult(
-        out / CHECKPOINT,
-        progress["rounds_done"],
-        resumed_from,
-        dict(progress["examples"]),
-        list(progress["losses"]),
-        time.perf_counter() - started,
-        **traffic.totals(),
-    )
+    return PretrainResult.of_run(out, progress, resumed_from, started, **traffic.totals())
+
+
+def commit(out: Path, mae: MAE, server: ServerAdam | None, progress: dict[str, Any]) -> None:
+    """Save the state after `progress["rounds_done"]` rounds. The checkpoint carries its
+    progress: that one atomic file is the commit point; the server's state is written before
+    it and the older states removed after it, so a kill anywhere leaves a resumable run."""
+    done = progress["rounds_done"]
+    if server is not None:
+        server.save(out, done)
+    save_mae_checkpoint(mae, out / CHECKPOINT, extra={"round": done, "progress": progress})
+    write_json(out / PROGRESS, progress)  # a readable copy
+    if server is not None:
+        server.prune(out, done)
 
 
 class _TrafficSince:
@@ -179,7 +194,7 @@ def _mean_loss(replies: list[TrainReply]) -> float:
     return sum(r.loss * r.examples for r in replies) / sum(r.examples for r in replies)
 
 
-def _request(config: PretrainConfig, round_: int, steps: int) -> TrainRequest:
+def train_request(config: PretrainConfig, round_: int, steps: int) -> TrainRequest:
     return TrainRequest(
         run=config.run,
         round=round_,
@@ -199,7 +214,7 @@ def _request(config: PretrainConfig, round_: int, steps: int) -> TrainRequest:
 
 def _probe(broadcaster: Broadcaster, config: PretrainConfig) -> dict[str, int]:
     """Center name -> node id of every live center that holds training images."""
-    replies = broadcaster.ask(_request(config, 0, steps=0), TrainReply)
+    replies = broadcaster.ask(train_request(config, 0, steps=0), TrainReply)
     holders = {reply.center: node for node, reply in replies.items() if reply.examples > 0}
     if not holders:
         raise RunFailed(
@@ -209,16 +224,15 @@ def _probe(broadcaster: Broadcaster, config: PretrainConfig) -> dict[str, int]:
     return holders
 
 
-def _sample(holders: dict[str, int], config: PretrainConfig, round_: int) -> list[int]:
-    """The round's nodes: all holders, or `centers_per_round` of them drawn by (seed, round).
-
-    Drawn by center name, not node id, so a resumed run trains the same centers."""
+def sample_centers(holders: Iterable[str], config: PretrainConfig, round_: int) -> list[str]:
+    """The round's centers (sorted names): all holders, or `centers_per_round` of them drawn by
+    (seed, round). Drawn by center name, not node id, so a resumed run trains the same ones."""
     names = sorted(holders)
     count = config.centers_per_round
     if 0 < count < len(names):
         rng = np.random.default_rng([config.seed, round_])
         names = sorted(rng.choice(names, size=count, replace=False).tolist())
-    return [holders[name] for name in names]
+    return names
 
 
 def _source(config: PretrainConfig) -> str:
@@ -235,7 +249,9 @@ def _train_round(
     participants: list[int],
 ) -> tuple[dict[int, State], dict[int, TrainReply]]:
     reference = mae.state_dict()
-    request = _request(config, round_, config.local_steps).with_weights(weights_record(reference))
+    request = train_request(config, round_, config.local_steps).with_weights(
+        weights_record(reference)
+    )
     states: dict[int, State] = {}
 
     def check(node: int, reply: TrainReply) -> None:
@@ -254,7 +270,7 @@ def _train_round(
     return states, replies
 
 
-def _resume_or_start(config: PretrainConfig, out: Path) -> tuple[MAE, dict[str, Any]]:
+def resume_or_start(config: PretrainConfig, out: Path) -> tuple[MAE, dict[str, Any]]:
     """The last checkpoint when `out` holds a run with these settings, else a start (settings
     added since that run was written count as their defaults)."""
     settings = dataclasses.asdict(config)

@@ -24,9 +24,11 @@ from feddel.common.errors import ConfigError, RunFailed
 from feddel.common.io import require_writable_folder
 from feddel.common.models.segmentation import HeadConfig
 from feddel.server.training.pretrain import CENTER_WEIGHTINGS
+from feddel.simulations.commands.shards import add_parallel_argument, run_in_shards
 from feddel.simulations.federated import ENGINES, run_apps, worker_threads
 from feddel.simulations.layout import center_dirs
 from feddel.simulations.pipeline import (
+    CURATION_ENCODERS,
     SCRATCH,
     Cell,
     Pipeline,
@@ -35,11 +37,19 @@ from feddel.simulations.pipeline import (
     discard_results,
 )
 from feddel.simulations.results import write_results
+from feddel.simulations.science.controls import CONTROLS
+from feddel.simulations.science.paired import (
+    NEGATIVE_CONTROLS,
+    PRIMARY,
+    standard_comparisons,
+)
 
 
-def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
-    """Pre-training and evaluation flags shared by `compare` and `demo`."""
-    defaults = PipelineSettings()
+def add_pipeline_arguments(
+    parser: argparse.ArgumentParser, defaults: PipelineSettings | None = None
+) -> None:
+    """Pre-training and evaluation flags shared by `compare` and `demo` (with its defaults)."""
+    defaults = defaults or PipelineSettings()
     parser.add_argument(
         "--rounds", type=int, default=defaults.rounds,
         help=f"federated MAE rounds per cell (default {defaults.rounds})",
@@ -85,6 +95,19 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         "(default, FedAvg) or equally (a center-balanced objective)",
     )  # fmt: skip
     parser.add_argument(
+        "--curation-encoder", choices=CURATION_ENCODERS, default=defaults.curation_encoder,
+        help="what curation embeds with: the seed's MAE warm-up on a uniform sample (default) "
+        "or its random init. Never a cell's starting point: every cell pre-trains from the "
+        "seed's random init",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fast", action=argparse.BooleanOptionalAction, default=defaults.fast,
+        help="pre-train with the fast exact path: FedSGD with a server Adam computed in one "
+        "process, no wire (the same gradients as the federated run, tested). Needs --fedadam "
+        "--local-steps 1 --local-lr 1. For comparisons of many seeds on few cores; curation "
+        "and evaluation still run federated",
+    )  # fmt: skip
+    parser.add_argument(
         "--head-steps", type=int, default=defaults.head.steps,
         help=f"segmentation head training steps (default {defaults.head.steps})",
     )  # fmt: skip
@@ -118,9 +141,24 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods", type=_methods, default=[RANDOM.name, MEDDEL.name, FEDDEL.name],
         help=f"comma-separated, from {', '.join(METHOD_NAMES)} (default random,meddel,feddel); "
-        "`full` runs once, at R = 1",
+        "`full` runs once, at R = 1. Controls chosen from the simulation's truth at the same "
+        f"R: {', '.join(CONTROLS)} (docs/does-curation-pay.md)",
     )  # fmt: skip
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    add_seed_arguments(parser, seeds=3)
+    add_parallel_argument(parser, default=1)
+    add_pipeline_arguments(parser)
+
+
+def add_seed_arguments(parser: argparse.ArgumentParser, seeds: int) -> None:
+    """--seeds, --first-seed and --shard, shared by `compare` and `demo`."""
+    parser.add_argument(
+        "--seeds", type=int, default=seeds, help=f"how many seeds (default {seeds})"
+    )
+    parser.add_argument(
+        "--first-seed", type=int, default=0,
+        help="seeds run from this one: FIRST..FIRST+N-1 (default 0). Pilots take seeds apart "
+        "from the final table's, so that choices made on a pilot are tested on fresh seeds",
+    )  # fmt: skip
     parser.add_argument(
         "--shard", type=_shard, default=(1, 1), metavar="K/N",
         help="run only the seeds s with s mod N = K-1, so that N commands, identical but for "
@@ -128,15 +166,15 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         "Each writes the table of every cell finished so far: the last to finish writes the "
         "whole table, and rerunning without --shard rewrites it (default 1/1: every seed)",
     )  # fmt: skip
-    add_pipeline_arguments(parser)
 
 
-def compare_run(args: argparse.Namespace) -> int:
-    require_writable_folder(args.out, "--out")
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds {args.seeds} must be >= 1")
+def shard_seeds(args: argparse.Namespace) -> list[int]:
+    """The seeds this command runs (checked: --seeds, --first-seed, --shard, --fresh)."""
+    if args.seeds < 1 or args.first_seed < 0:
+        raise ConfigError(f"--seeds {args.seeds} must be >= 1 and --first-seed >= 0")
     shard, shards = args.shard
-    seeds = [seed for seed in range(args.seeds) if seed % shards == shard - 1]
+    everyone = range(args.first_seed, args.first_seed + args.seeds)
+    seeds = [seed for seed in everyone if seed % shards == shard - 1]
     if not seeds:
         raise ConfigError(
             f"--shard {shard}/{shards} holds none of the {args.seeds} seeds; "
@@ -147,6 +185,14 @@ def compare_run(args: argparse.Namespace) -> int:
             "--fresh with --shard would let each shard discard the cells of the others; "
             "start the shards on an empty --out instead"
         )
+    return seeds
+
+
+def compare_run(args: argparse.Namespace) -> int:
+    require_writable_folder(args.out, "--out")
+    seeds = shard_seeds(args)
+    run_in_shards(args, args.out)  # with --parallel: the shards run the cells, this assembles
+    shard, shards = args.shard
     cells = list(
         dict.fromkeys(
             cell_of(method, budget, seed)
@@ -162,8 +208,25 @@ def compare_run(args: argparse.Namespace) -> int:
             "holds the cells other shards had finished"
         )
     console.print(results_table(rows, "comparison"))
+    console.print(paired_summary(rows))
     console.print(f"results: {args.out}/results.csv, results.md, results.png")
     return EXIT_OK
+
+
+def paired_summary(rows: list[Row]) -> str:
+    """The primary comparison and the controls, one line each (results.md has them all)."""
+    lines = []
+    for comparison in standard_comparisons(rows):
+        headline = (comparison.first, comparison.second) == PRIMARY or (
+            comparison.first[0] == "oracle" and comparison.second[0] in NEGATIVE_CONTROLS
+        )
+        if headline and comparison.n >= 2:
+            low, high = comparison.interval
+            lines.append(
+                f"{comparison.label}: {comparison.mean:+.4f} mIoU over {comparison.n} seeds, "
+                f"95% CI [{low:+.4f}, {high:+.4f}] (paired t)"
+            )
+    return "\n".join(lines) or "(paired differences with CIs need 2 seeds or more)"
 
 
 def run_pipeline(
@@ -183,6 +246,8 @@ def run_pipeline(
         local_lr=args.local_lr,
         center_weighting=args.center_weighting,
         head=HeadConfig(steps=args.head_steps, finetune=args.finetune),
+        curation_encoder=args.curation_encoder,
+        fast=args.fast,
     )
     base = CurationConfig.from_run_config(parse_overrides(args.set))
     if args.fresh:
@@ -280,15 +345,15 @@ def _shard(text: str) -> tuple[int, int]:
 
 def cell_of(method: str, budget: float, seed: int) -> Cell:
     """Every method keeps everything at budget 1, so one `full` cell stands for all of them."""
-    budget = method_named(method).budget_for(budget)
+    if method not in CONTROLS:
+        budget = method_named(method).budget_for(budget)
     return Cell(FULL.name, 1.0, seed) if budget >= 1.0 else Cell(method, budget, seed)
 
 
 def _methods(text: str) -> list[str]:
     values = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [v for v in values if v not in METHOD_NAMES]
+    known = (*METHOD_NAMES, *CONTROLS)
+    unknown = [v for v in values if v not in known]
     if not values or unknown:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: methods must come from {', '.join(METHOD_NAMES)}"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r}: methods must come from {', '.join(known)}")
     return values

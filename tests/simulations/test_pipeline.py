@@ -3,6 +3,7 @@ centers send, and `feddel-sim compare` end to end on a tiny federation."""
 
 import csv
 import json
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,6 +37,7 @@ from feddel.simulations.pipeline import (
     PipelineSettings,
     code_fingerprint,
     discard_results,
+    source_commit,
 )
 from feddel.simulations.synth import generate_federation
 
@@ -136,7 +138,7 @@ def test_centers_per_round_trains_that_many_drawn_by_round(federation, tmp_path)
 def test_pretraining_refuses_to_resume_with_other_settings(federation, tmp_path):
     _pretrain(federation, tmp_path / "s", tmp_path / "run")
     with pytest.raises(ConfigError, match="other settings"):
-        pretrain_module._resume_or_start(
+        pretrain_module.resume_or_start(
             PretrainConfig(run="warm", **{**SETTINGS, "rounds": 3}), tmp_path / "run"
         )
 
@@ -215,11 +217,11 @@ def test_pretraining_written_before_a_new_setting_existed_resumes(federation, tm
     del progress["config"]["center_weighting"]
     write_json(progress_path, progress)
     config = PretrainConfig(run="warm", **SETTINGS)
-    _, resumed = pretrain_module._resume_or_start(config, tmp_path / "run")
+    _, resumed = pretrain_module.resume_or_start(config, tmp_path / "run")
     assert resumed["rounds_done"] == SETTINGS["rounds"]
     with pytest.raises(ConfigError, match="other settings"):
         config = PretrainConfig(run="warm", **{**SETTINGS, "center_weighting": "equal"})
-        pretrain_module._resume_or_start(config, tmp_path / "run")
+        pretrain_module.resume_or_start(config, tmp_path / "run")
 
 
 def test_compare_refuses_cells_made_by_other_code(tmp_path, monkeypatch):
@@ -472,3 +474,60 @@ def test_a_center_reusing_its_model_trains_exactly_as_a_fresh_model(federation, 
 def test_pipeline_settings_refuse_bad_pretraining_values_before_any_work(bad, named):
     with pytest.raises(ConfigError, match=named):
         PipelineSettings(**bad)
+
+
+def test_source_commit_names_the_checkout_and_whether_its_sources_changed(tmp_path, monkeypatch):
+    package = tmp_path / "repo" / "simulations"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.setattr(
+        pipeline_module, "simulations", SimpleNamespace(__file__=str(package / "__init__.py"))
+    )
+    assert source_commit() == ""  # not a git checkout (an installed wheel)
+    git = ["git", "-C", str(tmp_path / "repo"), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert source_commit() == head.strip()
+    (tmp_path / "repo" / "notes.md").write_text("not a source")
+    assert source_commit() == head.strip()
+    (package / "__init__.py").write_text("x = 1\n")
+    assert source_commit() == head.strip() + "+dirty"
+
+
+@pytest.mark.slow
+def test_compare_fast_with_controls_starts_every_cell_from_the_random_init(federation, tmp_path):
+    """~1-2 min: the science protocol end to end on 3 centers, 2 seeds."""
+    out = tmp_path / "science"
+    argv = [
+        "compare", "--data", str(federation), "--out", str(out), "--budgets", "0.2",
+        "--methods", "random,oracle,disruptive-only", "--seeds", "2", "--first-seed", "5",
+        "--fast", "--fedadam", "--local-steps", "1", "--local-lr", "1", "--rounds", "3",
+        "--batch-size", "4", "--head-steps", "10", "--curation-encoder", "random-init",
+        "--set", "image-size=32", "--set", "k=4", "--set", "k-local=2", "--set", "min-count=3",
+    ]  # fmt: skip
+    assert sim_main(argv) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["seed"] for r in rows} == {"5", "6"}
+    cells = [r for r in rows if r["method"] != "scratch"]
+    assert len(cells) == 6 and all(r["pretrain_engine"] == "fast" for r in cells)
+    assert all(r["pretrain_gb"] == "" for r in cells)  # nothing travelled
+    assert {r["method"]: r["curation_encoder"] for r in cells} == {
+        "random": "random-init", "oracle": "truth", "disruptive-only": "truth"
+    }  # fmt: skip
+    for r in cells:
+        assert float(r["R"]) == pytest.approx(0.2, abs=0.06)
+        progress = json.loads((out / "cells" / f"{r['method']}-0.2-s{r['seed']}" / "mae-c0" /
+                               "progress.json").read_text())  # fmt: skip
+        assert progress["config"]["init"] == ""  # the seed's random init, never the warm-up
+        assert progress["config"]["seed"] == int(r["seed"])
+    assert {r["quality_disruptive_rate"] for r in cells if r["method"] == "disruptive-only"} == {
+        "1.0"
+    }
+    summary = json.loads((out / "cells" / "random-0.2-s5" / "random-0.2-s5-c0" /
+                          "summary.json").read_text())  # fmt: skip
+    assert summary["config"]["weights"].endswith("warmup/random-s5/checkpoint.pt")
+    text = (out / "results.md").read_text()
+    assert "| oracle 20% - disruptive-only 20% | 2 |" in text
+    assert (out / "paired.png").is_file()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from feddel.common.curation.local import plan_feddel, score_center
+from feddel.common.curation.local import ETA_GRID, plan_feddel, score_center
 from feddel.common.curation.selection import (
     ClusterPlan,
     apply_plan,
@@ -219,6 +219,16 @@ def test_random_selection_hits_retention_and_is_decided_per_sample():
     half = random_selection(ids[::2], 0.05, seed=3)
     np.testing.assert_array_equal(half, mask[::2])  # a center decides alone
     assert random_selection(ids, 1.0, 3).all() and not random_selection(ids, 0.0, 3).any()
+
+
+def test_meddel_eta_grid_reaches_a_5_percent_budget_on_spread_embeddings():
+    """400 isotropic points: every eta >= 0.5 keeps more than 7% of them; the grid goes lower."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 8)).astype(np.float32)
+    counts = meddel_survivors_by_eta(X, np.zeros(400, np.int64), ETA_GRID, rng.random(400))
+    assert counts[ETA_GRID >= 0.5].min() > 28
+    eta = pick_eta(ETA_GRID, counts, 20)
+    assert eta < 0.5 and counts[list(ETA_GRID).index(eta)] == 20
 
 
 def _select_hardest(scores: np.ndarray, labels: np.ndarray, quotas: np.ndarray) -> np.ndarray:

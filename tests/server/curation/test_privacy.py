@@ -6,6 +6,7 @@ import math
 import pytest
 
 from feddel.common.config import CurationConfig
+from feddel.common.curation.local import ETA_GRID
 from feddel.common.privacy.accountant import zcdp_epsilon_bound
 from feddel.server.curation.privacy import RoundPrivacy, Sigmas, planned_releases
 
@@ -64,8 +65,8 @@ def test_dp_sigmas_follow_the_sensitivities():
     assert image.noise == pytest.approx(255 * math.sqrt(3) * 64 * math.sqrt(2) / mu_i)
     meddel = RoundPrivacy.plan(dataclasses.replace(config, method="meddel"))
     assert meddel.for_phase("score").count == pytest.approx(
-        math.sqrt(53) / meddel.mu_per_release
-    )  # its candidate and past-share counts, and it may survive at every one of the 51 etas
+        math.sqrt(2 + len(ETA_GRID)) / meddel.mu_per_release
+    )  # its candidate and past-share counts, and it may survive at every eta of the grid
 
 
 def test_the_dp_summary_reports_epsilon_delta_and_what_it_does_not_cover():
