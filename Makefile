@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(SPEC_HASH)
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: install demo science test test-all lint bench clean
+.PHONY: install demo science test test-all lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -61,6 +61,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/feddel-sim bench --out runs/bench
+
+# CUDA and autocast figures (benchmark 1 and one demo cell) when a GPU is present; says why not
+gpu-check: $(STAMP)
+	$(BIN)/feddel-sim bench --gpu --out runs/gpu-check
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

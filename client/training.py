@@ -25,7 +25,7 @@ from feddel.common.data.manifest import read_manifest, row_frame
 from feddel.common.data.scan import scan_center
 from feddel.common.errors import DataError
 from feddel.common.io import atomic_write_bytes
-from feddel.common.models.embed import EncoderSpec, build_encoder
+from feddel.common.models.embed import EncoderSpec, build_encoder, pick_device
 from feddel.common.models.mae import MAE, train_mae
 from feddel.common.models.segmentation import HeadConfig, evaluate_segmentation
 from feddel.common.synthesis.mosaic import list_mosaics, synthesize_mosaics
@@ -92,6 +92,7 @@ def evaluate(request: EvaluateRequest, paths: CenterPaths) -> EvaluateReply:
         )
     encoder = build_encoder(EncoderSpec(request.model, request.image_size, seed=request.seed))
     encoder.load_state_dict(read_weights(request.to_record(), encoder.state_dict(), "Evaluate"))
+    encoder.to(pick_device(None))  # a GPU when the center has one
     head = HeadConfig(
         steps=request.head_steps,
         lr=request.head_lr,

@@ -145,7 +145,7 @@ def evaluate_segmentation(
         )
         tokens = frozen_tokens(encoder, test_images)
     with torch.inference_mode():
-        predicted = (head.cpu()(tokens) > 0).numpy()
+        predicted = (head(tokens.to(module_device(head))) > 0).cpu().numpy()
     return binary_miou(predicted, test_masks)
 
 
@@ -176,11 +176,13 @@ def _train_frozen(
     config: HeadConfig,
     generator: torch.Generator,
 ) -> SegHead:
-    head = _new_head(encoder, config)
+    device = module_device(encoder)  # the head trains where the encoder runs (a GPU, if any)
+    head = _new_head(encoder, config).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=1e-4)
-    targets = torch.as_tensor(masks, dtype=torch.float32)
+    tokens = tokens.to(device)
+    targets = torch.as_tensor(masks, dtype=torch.float32).to(device)
     for _ in range(config.steps):
-        rows = torch.randint(len(tokens), (config.batch_size,), generator=generator)
+        rows = torch.randint(len(tokens), (config.batch_size,), generator=generator).to(device)
         loss = _seg_loss(head(tokens[rows]), targets[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 from feddel.common.cliutil import EXIT_FAILED, EXIT_OK, console
+from feddel.simulations.benchmarks import gpu
+from feddel.simulations.benchmarks.gpu import run_gpu_check
 from feddel.simulations.benchmarks.suite import FULL, NAMES, QUICK, parse_only, run_suite
 
 
@@ -34,6 +36,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strict", action="store_true", help="exit 1 when any target is missed (for CI gates)"
     )
+    parser.add_argument(
+        "--gpu", action="store_true",
+        help="the GPU check instead of the suite: benchmark 1 and one demo cell on CUDA with "
+        "autocast (about 5 minutes on a data-center GPU), written to OUT/gpu-check.json and "
+        "gpu-check.md; without a CUDA device it says why and exits 0",
+    )  # fmt: skip
 
 
 def bench_run(args: argparse.Namespace) -> int:
@@ -42,6 +50,13 @@ def bench_run(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         minutes, seconds = divmod(int(time.monotonic() - started), 60)
         console.print(f"[dim][{minutes:02d}:{seconds:02d}][/] {line}")
+
+    if args.gpu:
+        records = run_gpu_check(args.out, say, quick=args.quick)
+        if records is not None:
+            console.print((args.out / gpu.MARKDOWN_FILE).read_text(), markup=False)
+        console.print(f"records: {args.out / gpu.JSON_FILE}")
+        return EXIT_OK
 
     result = run_suite(
         args.out, QUICK if args.quick else FULL, args.only, say,

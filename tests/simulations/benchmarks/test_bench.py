@@ -198,3 +198,29 @@ def test_bench_quick_embedding_and_end_to_end_record_their_ratios(tmp_path):
     overhead = rows["e2e_overhead_inprocess"]
     assert overhead["reference"] == pytest.approx(rows["e2e_centralized_s"]["value"])
     assert overhead["params"]["selected"] > 0
+
+
+# --- the GPU check (`feddel-sim bench --gpu`) ----------------------------------------------------
+
+
+def test_gpu_check_without_a_gpu_says_why_and_exits_0(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--gpu", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert result["skipped"] == f"no CUDA device visible to torch {torch.__version__}"
+    assert result["machine"]["cpus"] >= 1
+    assert "GPU check skipped: no CUDA device" in (tmp_path / "gpu-check.md").read_text()
+    assert "GPU check skipped" in capsys.readouterr().out
+    assert not (tmp_path / "cell").exists()  # nothing ran
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_check_quick_measures_embedding_and_a_demo_cell_on_the_gpu(tmp_path):
+    assert main(["bench", "--gpu", "--quick", "--out", str(tmp_path)]) == 0
+    records = {
+        r["name"]: r for r in json.loads((tmp_path / "gpu-check.json").read_text())["records"]
+    }
+    assert any(name.startswith("embed_pipeline_over_bare_vit_base") for name in records)
+    assert 0.0 < records["demo_cell_feddel_miou"]["value"] <= 1.0
+    embedded = [r for name, r in records.items() if name.startswith("embed_")]
+    assert embedded and all(r["params"]["device"].startswith("cuda") for r in embedded)
