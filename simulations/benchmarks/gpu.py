@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from feddel.common.curation.methods import FEDDEL
 from feddel.common.io import atomic_write_text, read_csv, write_json
 from feddel.simulations.benchmarks import embedding
 from feddel.simulations.benchmarks.records import Record, Say, machine, machine_line, record
@@ -76,12 +77,12 @@ def demo_cell(out: Path, say: Say, *, rounds: int) -> list[Record]:
             raise RuntimeError(f"could not generate the demo federation in {data}")
     say(f"one demo cell on the GPU: FedDEL 5%, seed 0, {rounds} fast FedSGD rounds")
     argv = ["compare", "--data", str(data), "--out", str(out), "--seeds", "1"]
-    argv += ["--methods", "feddel", "--budgets", "0.05", "--rounds", str(rounds), *CELL_FLAGS]
+    argv += ["--methods", FEDDEL.name, "--budgets", "0.05", "--rounds", str(rounds), *CELL_FLAGS]
     started = time.perf_counter()
     if main(argv) != 0:
         raise RuntimeError(f"the demo cell failed; see {out}")
     seconds = time.perf_counter() - started
-    cell = next(row for row in read_csv(out / "results.csv") if row["method"] == "feddel")
+    cell = next(row for row in read_csv(out / "results.csv") if row["method"] == FEDDEL.name)
     params = {"rounds": rounds, "device": torch.cuda.get_device_name(0)}
     return [
         record(6, "demo_cell_s", seconds, "s", note="scratch and FedDEL 5%, seed 0", params=params),
