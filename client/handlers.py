@@ -303,7 +303,7 @@ def select(request: SelectRequest, paths: CenterPaths) -> SelectReply:
     view = CenterView(pool.embeddings, scores, ids, method.eligible(pool.disruptive))
     plan = Plan(
         request.quotas, request.threshold_bins, request.boundary_fractions, request.eta,
-        request.retention, request.bins,
+        request.retention, request.bins, request.ranked_fractions,
     )  # fmt: skip
     chosen = method.select(view, plan, request.seed, request.keep)
     k = len(request.quotas)

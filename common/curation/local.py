@@ -219,20 +219,31 @@ def select_meddel(
 
 
 def plan_feddel(
-    histograms: np.ndarray, budget_total: int, beyond_share: np.ndarray | None = None
+    histograms: np.ndarray,
+    budget_total: int,
+    beyond_share: np.ndarray | None = None,
+    unbinned: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[ClusterPlan]]:
     """Server side: water-fill the budget over clusters by their candidate counts, then turn each
     cluster's quota into a threshold on its merged histogram (hardest bins first).
 
     histograms: (k, bins) merged candidate counts; beyond_share: (k,) of them past their series'
     share (in the last bin). Those are water-filled only with what the others leave, so the
-    budget goes first to clusters whose candidates come from many series. Returns (quotas (k,),
-    plans).
+    budget goes first to clusters whose candidates come from many series. unbinned: (k,)
+    candidates of the clusters that have no histogram (fewer than min-count candidates: a
+    federated round never asks for their histograms). They share the budget like the others, so
+    a small cluster (on real images often a whole rare mode) is not left out; each center
+    applies their quota as a ranked fraction of its own candidates, hardest first. Returns
+    (quotas (k,), plans).
     """
-    totals = histograms.sum(axis=1)
+    small = np.zeros(len(histograms), np.int64) if unbinned is None else np.asarray(unbinned)
+    totals = histograms.sum(axis=1) + small
     beyond = np.zeros_like(totals) if beyond_share is None else np.asarray(beyond_share)
     quotas = water_fill(totals - beyond, budget_total)
     rest = budget_total - int(quotas.sum())
     if rest > 0 and beyond.any():
         quotas = quotas + water_fill(beyond.astype(np.int64), rest)
-    return quotas, plan_from_histograms(histograms, quotas)
+    plans = plan_from_histograms(histograms, np.where(small > 0, 0, quotas))
+    for j in np.flatnonzero((small > 0) & (quotas > 0)):
+        plans[j] = ClusterPlan(int(quotas[j]), 0, 0.0, float(quotas[j]) / int(small[j]))
+    return quotas, plans

@@ -61,6 +61,15 @@ class Plan(NamedTuple):
     eta: float | None  # the near-duplicate threshold the selection used, if any
     retention: float  # the share a center keeps by a uniform draw (random), else 1
     bins: int = HISTOGRAM_BINS  # the histograms' bins over t = log2 g_x(y)
+    # (k,) share of its candidates a center keeps, hardest first, in clusters without a
+    # histogram (under min-count candidates); None: every cluster planned by threshold
+    ranked_fractions: np.ndarray | None = None
+
+    def ranked(self) -> np.ndarray:
+        """(k,) ranked fractions, zeros when the plan has none."""
+        if self.ranked_fractions is None:
+            return np.zeros(len(self.quotas))
+        return np.asarray(self.ranked_fractions, dtype=np.float64)
 
 
 class Merged(NamedTuple):
@@ -70,6 +79,7 @@ class Merged(NamedTuple):
     survivors: np.ndarray  # (len(ETA_GRID),) MedDEL survivor counts per eta, else zeros
     eta: float  # the near-duplicate threshold the candidates were deduplicated at
     beyond_share: np.ndarray | None = None  # (k,) candidates past their series' share
+    unbinned: np.ndarray | None = None  # (k,) candidates of clusters without a histogram
 
 
 @dataclass(frozen=True)
@@ -147,13 +157,14 @@ class FedDEL(Method):
     eta_ladder: tuple[float, ...] = ETA_LADDER
 
     def plan(self, merged: Merged, budget: int, budget_share: float) -> Plan:
-        quotas, plans = plan_feddel(merged.histograms, budget, merged.beyond_share)
+        quotas, plans = plan_feddel(merged.histograms, budget, merged.beyond_share, merged.unbinned)
         return Plan(
             quotas,
             np.array([p.threshold_bin for p in plans], dtype=np.int64),
             np.array([p.boundary_fraction for p in plans]),
             merged.eta,
             1.0,
+            ranked_fractions=np.array([p.ranked_fraction for p in plans]),
         )
 
     def select(self, view: CenterView, plan: Plan, seed: int, keep: str) -> np.ndarray:
@@ -252,6 +263,8 @@ def method_named(name: str) -> Method:
 
 def _cluster_plans(plan: Plan) -> list[ClusterPlan]:
     return [
-        ClusterPlan(int(q), int(b), float(f))
-        for q, b, f in zip(plan.quotas, plan.threshold_bins, plan.fractions, strict=True)
+        ClusterPlan(int(q), int(b), float(f), float(r))
+        for q, b, f, r in zip(
+            plan.quotas, plan.threshold_bins, plan.fractions, plan.ranked(), strict=True
+        )
     ]

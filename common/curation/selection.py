@@ -304,11 +304,14 @@ def score_histograms(
 
 @dataclass(frozen=True)
 class ClusterPlan:
-    """Take every sample of a cluster in bins < threshold_bin, and this fraction of that bin."""
+    """Take every sample of a cluster in bins < threshold_bin, and this fraction of that bin;
+    or, for a cluster whose histogram was never asked for (fewer candidates than min-count),
+    this `ranked_fraction` of a center's candidates in it, hardest first."""
 
     quota: int
     threshold_bin: int
     boundary_fraction: float
+    ranked_fraction: float = 0.0
 
 
 def plan_from_histograms(hist: np.ndarray, quotas: np.ndarray) -> list[ClusterPlan]:
@@ -356,6 +359,9 @@ def apply_plan(
     n_b of the cluster's samples takes the floor(f * n_b + 0.5) with the smallest boundary_draw
     (ties by index). Each center is off by at most 1/2, so for every cluster
     |selected_j - quota_j| <= (centers holding its boundary bin) / 2, and it is exact with one.
+    A cluster planned without a histogram (`ranked_fraction` > 0) is one boundary "bin" ranked
+    by score instead: the floor(f * n + 0.5) lowest scores of the center's n in it, with the
+    same bound.
     """
     b = _bin_index(scores, edges)
     y = check_labels(labels, b.size, len(plans))
@@ -372,6 +378,11 @@ def apply_plan(
         rank = np.lexsort((members, draws[in_j]))
         take = math.floor(fraction[j] * members.size + 0.5)
         selected[members[rank[:take]]] = True
+    ranked = np.array([p.ranked_fraction for p in plans])
+    for j in np.flatnonzero(ranked > 0):
+        members = np.flatnonzero(y == j)
+        rank = np.lexsort((members, np.asarray(scores, dtype=np.float64)[members]))
+        selected[members[rank[: math.floor(ranked[j] * members.size + 0.5)]]] = True
     return selected
 
 

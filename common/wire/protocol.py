@@ -556,6 +556,8 @@ class SelectRequest(Masked):
     threshold_bins: np.ndarray = array_field("i", 1, nonnegative=True)  # (k,) feddel
     boundary_fractions: np.ndarray = array_field("f", 1, nonnegative=True)  # (k,) feddel
     quotas: np.ndarray = array_field("i", 1, nonnegative=True)  # (k,) feddel
+    # (k,) feddel: share kept, hardest first, in clusters planned without a histogram
+    ranked_fractions: np.ndarray = array_field("f", 1, nonnegative=True)
 
     def check(self) -> None:
         super().check()
@@ -570,11 +572,14 @@ class SelectRequest(Masked):
             threshold_bins=self.threshold_bins,
             boundary_fractions=self.boundary_fractions,
             quotas=self.quotas,
+            ranked_fractions=self.ranked_fractions,
         )
         if len(self.quotas) > MAX_CLUSTERS:
             raise ProtocolError(f"{name}: more than {MAX_CLUSTERS} clusters")
-        if self.boundary_fractions.size and self.boundary_fractions.max() > 1:
-            raise ProtocolError(f"{name}: boundary_fractions must be in [0, 1]")
+        for field_name in ("boundary_fractions", "ranked_fractions"):
+            fractions = getattr(self, field_name)
+            if fractions.size and fractions.max() > 1:
+                raise ProtocolError(f"{name}: {field_name} must be in [0, 1]")
         if self.threshold_bins.size and self.threshold_bins.max() >= self.bins:
             raise ProtocolError(f"{name}: threshold_bins must be < bins={self.bins}")
 

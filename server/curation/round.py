@@ -388,7 +388,8 @@ def _score(
         )  # fmt: skip
         histograms = np.maximum(np.rint(rows["histograms"]), 0).astype(np.int64)
     beyond = np.where(open_rows, np.maximum(np.rint(parts["beyond_share"]), 0), 0)
-    return Merged(histograms, survivors, eta, beyond.astype(np.int64))
+    unbinned = np.where(open_rows, 0, np.maximum(np.rint(parts["candidates"]), 0))
+    return Merged(histograms, survivors, eta, beyond.astype(np.int64), unbinned.astype(np.int64))
 
 
 def _select(
@@ -413,6 +414,7 @@ def _select(
         eta=plan.eta if plan.eta is not None else config.eta, keep=config.keep,
         bins=HISTOGRAM_BINS, threshold_bins=plan.threshold_bins,
         boundary_fractions=plan.fractions, quotas=plan.quotas,
+        ranked_fractions=plan.ranked(),
     )  # fmt: skip
     per_cluster = parts["per_cluster"]
     expected = sum(r.selected for r in replies.values())

@@ -285,6 +285,7 @@ def _select_request(**changes):
         count_sigma=0.0, round=0, method="feddel",
         seed=0, retention=1.0, eta=0.9, keep="hard", bins=8, threshold_bins=np.array([1, 2]),
         boundary_fractions=np.array([0.5, 0.5]), quotas=np.array([3, 4]),
+        ranked_fractions=np.zeros(2),
     )  # fmt: skip
     values.update(changes)
     return SelectRequest(**values).to_record()

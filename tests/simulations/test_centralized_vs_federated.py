@@ -99,8 +99,10 @@ def test_federated_inprocess_round_writes_summary_manifests_and_selection(federa
 
 
 @pytest.mark.slow
-def test_federated_kmeans_inertia_within_2_percent_of_centralized_on_the_demo(tmp_path):
-    """Demo federation (4,745 frames): about 3 minutes with a cold embedding cache."""
+def test_federated_kmeans_inertia_within_5_percent_of_centralized_on_the_demo(tmp_path):
+    """Demo federation (4,745 frames): about 3 minutes with a cold embedding cache. With the
+    default privacy (min-count 10, noise in every sum) 1.048x at seed 0; it was 1.02x before
+    the noise (docs/experiments.md, sections 12 and 13b, say what the noise costs)."""
     generate_federation(tmp_path / "data", centers=31, scale="demo", seed=0, size=64)
     config = CurationConfig()
     run_federated(tmp_path / "data", tmp_path / "run", config, engine="inprocess",
@@ -112,7 +114,7 @@ def test_federated_kmeans_inertia_within_2_percent_of_centralized_on_the_demo(tm
     pooled = np.concatenate(shards)
     federated = float(assign(pooled, np.load(tmp_path / "run" / "centroids.npy")).sqdist.sum())
     centralized = float(assign(pooled, pooled_kmeans(shards, config).centers).sqdist.sum())
-    assert federated <= 1.02 * centralized
+    assert federated <= 1.05 * centralized
 
 
 @pytest.mark.parametrize(

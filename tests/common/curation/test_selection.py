@@ -307,3 +307,28 @@ def test_score_center_deduplicates_within_series_and_marks_what_passes_a_series_
     assert (shared.log_gx[shared.beyond_share] == 0.0).all()  # taken last: the easiest bin
     assert not shared.beyond_share[3]  # the twin's own series keeps its one sample
     assert not shared.beyond_share[0]  # one centroid: equal scores, the first sample wins
+
+
+def test_plan_feddel_gives_clusters_without_a_histogram_their_share_as_a_ranked_fraction():
+    bins = np.zeros((3, 4), dtype=np.int64)
+    bins[0] = [10, 10, 10, 10]  # a large cluster, histogram known
+    unbinned = np.array([0, 4, 6])  # two clusters under min-count: counts only
+    quotas, plans = plan_feddel(bins, 9, unbinned=unbinned)
+    np.testing.assert_array_equal(quotas, [3, 3, 3])  # they share the budget like the others
+    assert plans[0].ranked_fraction == 0.0 and plans[0].quota == 3
+    assert plans[1] == ClusterPlan(3, 0, 0.0, 3 / 4)
+    assert plans[2] == ClusterPlan(3, 0, 0.0, 3 / 6)
+    before, _ = plan_feddel(bins, 9)  # what the round planned when it left them out
+    np.testing.assert_array_equal(before, [9, 0, 0])
+
+
+def test_apply_plan_takes_a_ranked_fraction_hardest_first_within_half_a_sample():
+    edges = score_edges(-3.0, 0.0, 8)
+    scores = np.array([-0.5, -2.9, -1.0, -2.0, -0.1, -2.5, -1.5])  # low = hard
+    labels = np.array([1, 1, 1, 1, 0, 0, 0])
+    ids = [f"s{i}" for i in range(7)]
+    plans = [ClusterPlan(0, 0, 0.0), ClusterPlan(2, 0, 0.0, 0.5)]
+    selected = apply_plan(scores, labels, ids, edges, plans, seed=0)
+    np.testing.assert_array_equal(np.flatnonzero(selected), [1, 3])  # the two hardest of four
+    plans = [ClusterPlan(0, 0, 0.0), ClusterPlan(1, 0, 0.0, 0.3)]
+    assert np.flatnonzero(apply_plan(scores, labels, ids, edges, plans, seed=0)).tolist() == [1]

@@ -111,14 +111,17 @@ def test_protocol_rejects_oversized_arrays_before_decoding():
         SeedReply.from_record(record)
 
 
-def test_protocol_select_request_checks_fractions():
+@pytest.mark.parametrize("field", ["boundary_fractions", "ranked_fractions"])
+def test_protocol_select_request_checks_fractions(field):
+    fractions = {"boundary_fractions": np.array([0.5, 0.5]), "ranked_fractions": np.zeros(2)}
+    fractions[field] = np.array([0.5, 1.5])
     request = SelectRequest(
         run="r", attempt=0, roster=np.zeros((2, 32), dtype=np.int64), noise_sigma=0.0,
         count_sigma=0.0, round=0, method="feddel",
         seed=0, retention=1.0, eta=0.9, keep="hard", bins=8, threshold_bins=np.array([1, 2]),
-        boundary_fractions=np.array([0.5, 1.5]), quotas=np.array([3, 4]),
+        quotas=np.array([3, 4]), **fractions,
     )  # fmt: skip
-    with pytest.raises(ProtocolError, match="boundary_fractions"):
+    with pytest.raises(ProtocolError, match=f"{field} must be in"):
         SelectRequest.from_record(request.to_record())
 
 
