@@ -4,8 +4,9 @@ Federated: what a round does, composed from the library: each center's `local_km
 local clusters merged, `merge_small_clusters`), the coordinator's k-FED `seed_centers`, then
 `lloyd_rounds` (common/curation/lloyd.py) whose two secure sums per round come from every
 center's `assign` + `cluster_stats`, packed (`counts_layout`, then `lloyd_layout` for the open
-cells), noised by the round's default noise-sigma, masked for secure summation
-(`secagg.masked_vector`) and serialized as a `CountsReply` / `LloydReply`. Centers run
+cells), noised by the round's default noise-sigma, checked against the center's share of the
+sum's bound (`check_share`), masked for secure summation in the ring the request fixes
+(`sum_ring`, `secagg.masked_vector`) and serialized as a `CountsReply` / `LloydReply`. Centers run
 one after another here; the critical path (slowest center per phase, plus the coordinator) is
 what a federation whose centers compute in parallel would wait.
 
@@ -33,12 +34,17 @@ from feddel.common.privacy.noise import add_noise, noise_share
 from feddel.common.wire.protocol import (
     CountsReply,
     LloydReply,
+    Masked,
     MaskedReply,
     SeedReply,
+    check_share,
     counts_layout,
     lloyd_layout,
+    noise_scales,
     pack,
     record_bytes,
+    roster_array,
+    sum_ring,
     unpack,
 )
 from feddel.server.curation.aggregate import lloyd_stats, seed_centers
@@ -97,29 +103,33 @@ class _MaskedSums:
         self.privates = [secagg.generate_private_key() for _ in shards]
         self.secrets = [secagg.generate_private_key() for _ in shards]  # noise keys
         self.roster = [secagg.public_key(private) for private in self.privates]
+        self.samples = sum(len(shard) for shard in shards)
         self.critical: list[float] = []
         self.reply_bytes: list[int] = []  # LloydReply sizes (the big one of each round)
 
     def _sum(self, name: str, layout: dict, reply: type[MaskedReply], values_of) -> dict:
-        context = secagg.context(RUN, name, len(self.critical))  # never the same masks twice
-        scales = np.concatenate([
-            np.full(int(np.prod(shape)), (4.0 if part == "sqdist" else 1.0) *
-                    (self.params.noise_sigma if part in ("sum", "sqdist") else 0.0))
-            for part, shape in layout.items()
-        ]) * noise_share(1.0, len(self.shards))  # fmt: skip
+        asked = Masked(
+            run=RUN, attempt=len(self.critical), noise_sigma=self.params.noise_sigma,
+            count_sigma=0.0, samples=self.samples, roster=roster_array(self.roster),
+        )  # fmt: skip
+        context = secagg.context(RUN, name, asked.attempt)  # never the same masks twice
+        scales = noise_share(1.0, len(self.shards)) * noise_scales(layout, asked)
+        ring = sum_ring(layout, asked)
         vectors, seconds = [], []
         for shard, private, secret in zip(self.shards, self.privates, self.secrets, strict=True):
             with Stopwatch() as watch:
                 values = pack(layout, **values_of(shard))
                 noisy = add_noise(secret, context, values, scales)
-                message = reply(masked=secagg.masked_vector(noisy, private, self.roster, context))
+                check_share(layout, asked, noisy, len(shard))
+                masked = secagg.masked_vector(noisy, private, self.roster, context, ring)
+                message = reply(masked=masked)
                 size = record_bytes(message.to_record())
             if reply is LloydReply:
                 self.reply_bytes.append(size)
             vectors.append(message.masked)
             seconds.append(watch.seconds)
         with Stopwatch() as watch:
-            parts = unpack(layout, secagg.unmasked_sum(vectors))
+            parts = unpack(layout, secagg.unmasked_sum(vectors, ring))
         self.critical.append(max(seconds) + watch.seconds)
         return parts
 
