@@ -112,8 +112,10 @@ def test_kmeans_ratios_are_against_the_same_runs_reference(tmp_path):
         assert inertia.reference > 0 and inertia.target == "<= 1.02"
     k = federated_kmeans.QUICK.runs[0][1]
     size = by_name[f"kmeans_reply_bytes_per_center_round_k{k}"]
-    assert size.met is False  # 8-byte ring values, not the float32: reported honestly
-    assert size.params["framing_bytes"] == size.value - 8 * k * (federated_kmeans.QUICK.d + 2)
+    assert size.met is True  # 4-byte words: the float32 formula plus framing
+    assert size.params["framing_bytes"] == size.value - 4 * k * (federated_kmeans.QUICK.d + 2)
+    assert size.params["uint64_reply_bytes"] - size.value == 4 * size.params["values"]
+    assert size.params["largest_reply_values"] == size.params["values"]  # every cell open
     assert by_name[f"kmeans_reply_bytes_spread_k{k}"].value == 0.0
 
 
