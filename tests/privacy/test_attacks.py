@@ -21,7 +21,7 @@ from feddel.client.state import CenterState
 from feddel.common.config import CurationConfig
 from feddel.common.curation.kmeans import assign
 from feddel.common.curation.methods import FEDDEL
-from feddel.common.errors import Refused, RunFailed
+from feddel.common.errors import ProtocolError, Refused, RunFailed
 from feddel.common.privacy import secagg
 from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.wire.protocol import (
@@ -188,6 +188,21 @@ def test_a_secure_sum_over_one_center_is_refused(federation, coordinator_view):
     )  # fmt: skip
     with pytest.raises(Refused, match="secure sum over 1 center"):
         handlers.counts(request, _paths(federation, center))
+
+
+def test_a_sum_bounded_below_a_centers_own_samples_is_refused(federation, coordinator_view):
+    """A coordinator that understates the federation's samples would fit the ring too tight
+    for the center's values: the center fails the phase by name instead of sending a sum
+    that could wrap."""
+    centers = next(item for item in coordinator_view[0] if item[0] == "lloyd")[-1]
+    paths = [_paths(federation, c) for c in _centers(federation)][:3]
+    keys = roster_array([secagg.public_key(CenterState(p.state).secagg_key("run")) for p in paths])
+    request = CountsRequest(
+        run="run", attempt=70_000, roster=keys, noise_sigma=CONFIG.noise_sigma, count_sigma=0.0,
+        samples=1, method="feddel", centers=centers,
+    )  # fmt: skip
+    with pytest.raises(ProtocolError, match=r"holds \d+ samples; the secure sum is bounded for 1"):
+        handlers.counts(request, paths[0])
 
 
 def _mean_image_sums(federation, data, state, run):
