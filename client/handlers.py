@@ -58,6 +58,7 @@ from feddel.common.wire.protocol import (
     SeedRequest,
     SelectReply,
     SelectRequest,
+    check_share,
     counts_layout,
     histogram_layout,
     lloyd_layout,
@@ -67,6 +68,7 @@ from feddel.common.wire.protocol import (
     pack,
     score_layout,
     select_layout,
+    sum_ring,
 )
 
 log = logging.getLogger(__name__)
@@ -132,10 +134,16 @@ def keys(request: KeysRequest, paths: CenterPaths) -> KeysReply:
 
 
 def _masked(
-    request: Masked, paths: CenterPaths, layout: dict[str, tuple[int, ...]], **parts: np.ndarray
+    request: Masked,
+    paths: CenterPaths,
+    layout: dict[str, tuple[int, ...]],
+    samples: int,
+    **parts: np.ndarray,
 ) -> np.ndarray:
     """Pack, add this center's share of the sum's noise, and mask a vector for the round's
-    secure sum (common/privacy/secagg.py), after checking the roster against the policy."""
+    secure sum (common/privacy/secagg.py), after checking the roster against the policy and
+    the values against this center's share of the sum's bound: `samples`, the most samples
+    any of the values counts, is at most what the center reported at inventory."""
     roster = request.roster_keys()
     paths.policy.check_roster(len(roster))
     values = pack(layout, **parts)
@@ -147,7 +155,8 @@ def _masked(
     noisy = add_noise(
         state.noise_secret(), noise_context(request.ACTION, request.attempt), values, scales
     )
-    return secagg.masked_vector(noisy, private, roster, context)
+    check_share(layout, request, noisy, samples)
+    return secagg.masked_vector(noisy, private, roster, context, sum_ring(layout, request))
 
 
 def _eligible_rows(request_method: str, paths: CenterPaths, run: str) -> tuple[Method, np.ndarray]:
@@ -172,7 +181,8 @@ def counts(request: CountsRequest, paths: CenterPaths) -> CountsReply:
     k = len(request.centers)
     stats = _cell_stats(X, request.centers)
     CenterState(paths.state).save_cells(request.run, request.centers)
-    return CountsReply(masked=_masked(request, paths, counts_layout(k), count=stats.count))
+    layout = counts_layout(k)
+    return CountsReply(masked=_masked(request, paths, layout, len(X), count=stats.count))
 
 
 def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
@@ -188,7 +198,7 @@ def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
     stats = _cell_stats(X, centers)
     layout = lloyd_layout(k, d)
     parts = {"count": stats.count, "sum": stats.sum, "sqdist": stats.sqdist}
-    return LloydReply(masked=_masked(request, paths, layout, **parts))
+    return LloydReply(masked=_masked(request, paths, layout, len(X), **parts))
 
 
 def moments(request: MomentsRequest, paths: CenterPaths) -> MomentsReply:
@@ -199,7 +209,7 @@ def moments(request: MomentsRequest, paths: CenterPaths) -> MomentsReply:
     rows = np.asarray(X, dtype=np.float64)
     d = rows.shape[1]
     parts = {"count": np.array([len(rows)]), "sum": rows.sum(axis=0), "outer": rows.T @ rows}
-    return MomentsReply(masked=_masked(request, paths, moments_layout(d), **parts))
+    return MomentsReply(masked=_masked(request, paths, moments_layout(d), len(rows), **parts))
 
 
 def mean_image(request: MeanImageRequest, paths: CenterPaths) -> MeanImageReply:
@@ -221,7 +231,7 @@ def mean_image(request: MeanImageRequest, paths: CenterPaths) -> MeanImageReply:
     total = pool.image_sum if share else np.zeros_like(pool.image_sum)
     layout = mean_image_layout(size)
     return MeanImageReply(
-        masked=_masked(request, paths, layout, count=np.array([count]), image_sum=total)
+        masked=_masked(request, paths, layout, count, count=np.array([count]), image_sum=total)
     )
 
 
@@ -250,6 +260,7 @@ def score(request: ScoreRequest, paths: CenterPaths) -> ScoreReply:
             request,
             paths,
             layout,
+            len(pool.samples),
             candidates=candidates,
             eta_survivors=survivors,
             beyond_share=beyond_share_counts(scores, k),
@@ -265,7 +276,8 @@ def histograms(request: HistogramRequest, paths: CenterPaths) -> HistogramReply:
         raise ProtocolError(f"histograms asked for {k} clusters; this center scored more")
     rows = candidate_histograms(scores, k, request.bins) * (request.open[:, None] > 0)
     layout = histogram_layout(k, request.bins)
-    return HistogramReply(masked=_masked(request, paths, layout, histograms=rows))
+    masked = _masked(request, paths, layout, len(scores.labels), histograms=rows)
+    return HistogramReply(masked=masked)
 
 
 def _check_dim(centers: np.ndarray, embeddings: np.ndarray) -> None:
@@ -314,5 +326,5 @@ def select(request: SelectRequest, paths: CenterPaths) -> SelectReply:
     )
     _center_report(paths, request)
     per_cluster = np.bincount(scores.labels[chosen], minlength=k)
-    masked = _masked(request, paths, select_layout(k), per_cluster=per_cluster)
+    masked = _masked(request, paths, select_layout(k), len(ids), per_cluster=per_cluster)
     return SelectReply(selected=len(rows), masked=masked)

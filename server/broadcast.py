@@ -26,6 +26,7 @@ from feddel.common.wire.protocol import (
     MaskedReply,
     Payload,
     record_bytes,
+    sum_ring,
 )
 
 log = logging.getLogger(__name__)
@@ -176,16 +177,17 @@ class Broadcaster:
         self,
         make_request: Callable[[list[bytes], int], Masked],
         reply_type: type[MaskedT],
-        length: int,
+        layout: dict[str, tuple[int, ...]],
         max_attempts: int = 3,
         check: Check | None = None,
     ) -> tuple[np.ndarray, dict[int, MaskedT]]:
-        """Ask every live center for its masked vector and return the unmasked sum.
+        """Ask every live center for its masked vector of `layout` and return the unmasked sum.
 
         The masks cancel only over the whole roster, so when a member fails mid-phase the
         phase is asked again of the survivors, with a new roster. Every request of the run
         carries a new sequence number (the wire's `attempt`), which the centers fold into their
         masks: masks reused on different values (two Lloyd rounds) would reveal their difference.
+        The ring (word size and steps) follows from each attempt's request, roster included.
         """
         phase = reply_type.ACTION
         for _ in range(max_attempts):
@@ -198,16 +200,18 @@ class Broadcaster:
                 )
             keys = [self.public_keys[node] for node in roster]
             use, self._mask_uses = self._mask_uses, self._mask_uses + 1
-            replies = self.ask(make_request(keys, use), reply_type, roster, check)
+            request = make_request(keys, use)
+            ring = sum_ring(layout, request)
+            replies = self.ask(request, reply_type, roster, check)
             for node, reply in list(replies.items()):
-                if reply.masked.shape != (length,):
+                reason = _ring_mismatch(reply.masked, ring)
+                if reason:
                     replies.pop(node)
-                    self._remove(
-                        node, phase, f"masked vector has {reply.masked.size} values, not {length}"
-                    )
+                    self._remove(node, phase, reason)
             self._require_quorum(phase)
             if set(replies) == set(roster):
-                return secagg.unmasked_sum([replies[node].masked for node in roster]), replies
+                vectors = [replies[node].masked for node in roster]
+                return secagg.unmasked_sum(vectors, ring), replies
             log.warning(
                 "phase %s: %d center(s) dropped; re-asking the survivors",
                 phase,
@@ -232,6 +236,15 @@ class Broadcaster:
             f"only {len(self.alive)} of {self.started} centers remain after phase '{phase}' "
             f"(min-fraction {self.min_fraction:g}); failed: {failed}"
         )
+
+
+def _ring_mismatch(masked: np.ndarray, ring: secagg.Ring) -> str:
+    """Why a masked vector cannot enter the sum ("" when it can): wrong length or word size."""
+    if masked.shape != (ring.size,):
+        return f"masked vector has {masked.size} values, not {ring.size}"
+    if masked.dtype != ring.dtype:
+        return f"masked vector is {masked.dtype}, the request asked for {ring.dtype} words"
+    return ""
 
 
 def _unnamed(failure: CenterFailure) -> str:

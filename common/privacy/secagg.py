@@ -3,16 +3,27 @@
 The core of SecAgg (Bonawitz et al., CCS 2017). Every center holds an X25519 key pair per run;
 for each other member j of the round's roster it derives a shared seed s_ij (ECDH + HKDF, bound
 to the run, phase and attempt) and adds +PRG(s_ij) if i < j, -PRG(s_ij) otherwise, to its
-fixed-point vector, modulo 2^64. Each reply alone is uniformly random; in the sum every pair's
+fixed-point vector, modulo 2^bits. Each reply alone is uniformly random; in the sum every pair's
 masks cancel. What SecAgg adds for dropouts (secret-shared seeds) FedDEL replaces with a retry:
 every phase is replayable at the centers, so when a member drops, the server re-asks the
 survivors with a new roster and attempt number, and fresh masks.
+
+The ring (`Ring`, `fit_ring`): a sum is taken mod 2^32 (4 bytes a value) when it provably
+fits, else mod 2^64. Value i travels as round(x_i * 2^shift_i). Given a bound B_i on the
+roster's true sum, m members' roundings move the encoded sum by at most m/2, so it cannot wrap
+when B_i * 2^shift_i <= 2^(bits-1) - m; each value gets the largest such shift (at most 24).
+The smallest word size wins in which every value keeps the fractional bits it needs (the wire
+protocol says how many: none for an exact count, enough that rounding stays far below the
+noise of a noisy sum). Masks cover every word whatever its size.
 
 Threat model: an honest-but-curious coordinator that follows the protocol. It does not protect
 against a coordinator that forges rosters with nodes it controls (node authentication does).
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -22,8 +33,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from feddel.common.errors import ProtocolError
 
-SCALE = float(1 << 24)  # fixed-point step 2^-24; |values| stay far below 2^39 (see encode)
 KEY_BYTES = 32
+WORD_BITS = (32, 64)  # the rings a sum may be taken in, smallest first
+MAX_SHIFT = 24  # the finest fixed-point step, 2^-24: all the precision a sum needs
 
 
 def generate_private_key() -> bytes:
@@ -35,8 +47,51 @@ def public_key(private: bytes) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def _pair_stream(private: bytes, peer_public: bytes, context: bytes, length: int) -> np.ndarray:
-    """(length,) uint64 pseudo-random mask shared by exactly this pair of centers."""
+@dataclass(frozen=True)
+class Ring:
+    """The integers mod 2^bits one secure sum is taken in, and the fixed-point step 2^-shift
+    of each of its values. Both sides derive it from the request (`fit_ring`)."""
+
+    bits: int
+    shifts: np.ndarray  # (n,) int64
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(f"uint{self.bits}")
+
+    @property
+    def size(self) -> int:
+        return len(self.shifts)
+
+
+def fit_ring(bounds: np.ndarray, min_shifts: np.ndarray, members: int) -> Ring:
+    """The smallest ring in which a sum over `members` whose true value i lies in
+    [-bounds[i], bounds[i]] cannot wrap and keeps at least min_shifts[i] fractional bits.
+    ProtocolError when not even 64 bits hold it (no honest federation gets there: it takes
+    sums near 2^38)."""
+    distinct, inverse = np.unique(np.asarray(bounds, dtype=np.float64), return_inverse=True)
+    for bits in WORD_BITS:
+        shifts = np.array([_shift(bound, bits, members) for bound in distinct])[inverse]
+        if np.all(shifts >= min_shifts):
+            return Ring(bits, shifts.astype(np.int64).reshape(-1))
+    raise ProtocolError(
+        f"a secure sum bounded by {distinct.max(initial=0.0):.6g} does not fit 64-bit words"
+    )
+
+
+def _shift(bound: float, bits: int, members: int) -> int:
+    """The largest shift <= MAX_SHIFT with ceil(bound) * 2^shift + members <= 2^(bits-1), or
+    -1: then `members` roundings of half a step cannot carry the sum past the signed range.
+    Exact integer arithmetic: float rounding near 2^63 would void the guarantee."""
+    room = 2 ** (bits - 1) - members
+    return min(MAX_SHIFT, (room // max(math.ceil(bound), 1)).bit_length() - 1)
+
+
+def _pair_stream(
+    private: bytes, peer_public: bytes, context: bytes, length: int, dtype: np.dtype
+) -> np.ndarray:
+    """(length,) pseudo-random words shared by exactly this pair of centers: 64-bit PRG output,
+    split into as many words of `dtype` as it holds, so every bit of every word is random."""
     try:
         peer = X25519PublicKey.from_public_bytes(peer_public)
     except ValueError:
@@ -45,51 +100,59 @@ def _pair_stream(private: bytes, peer_public: bytes, context: bytes, length: int
         ) from None
     shared = X25519PrivateKey.from_private_bytes(private).exchange(peer)
     seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=context).derive(shared)
-    return np.random.PCG64(int.from_bytes(seed, "big")).random_raw(length).astype(np.uint64)
+    draws = -(-length * dtype.itemsize // 8)  # 64-bit draws, rounded up
+    return np.random.PCG64(int.from_bytes(seed, "big")).random_raw(draws).view(dtype)[:length]
 
 
-def mask(private: bytes, roster: list[bytes], context: bytes, length: int) -> np.ndarray:
-    """The sum of this center's pairwise masks with every other roster member, mod 2^64."""
+def mask(private: bytes, roster: list[bytes], context: bytes, ring: Ring) -> np.ndarray:
+    """The sum of this center's pairwise masks with every other roster member, in `ring`."""
     own = public_key(private)
     if own not in roster:
         raise ProtocolError("this center is not in the round's roster; the coordinator must re-key")
     me = roster.index(own)
-    total = np.zeros(length, dtype=np.uint64)
+    total = np.zeros(ring.size, dtype=ring.dtype)
     for j, peer in enumerate(roster):
         if j == me:
             continue
-        stream = _pair_stream(private, peer, context, length)
-        total = total + stream if me < j else total - stream  # uint64 arithmetic wraps
+        stream = _pair_stream(private, peer, context, ring.size, ring.dtype)
+        total = total + stream if me < j else total - stream  # unsigned arithmetic wraps
     return total
 
 
-def encode(values: np.ndarray) -> np.ndarray:
-    """Fixed point: round(values * 2^24) as uint64 two's complement (integers stay exact)."""
-    scaled = np.rint(np.asarray(values, dtype=np.float64).ravel() * SCALE)
-    if scaled.size and np.abs(scaled).max() >= 2.0**62:
-        raise ProtocolError("a value is too large for secure summation (|x| >= 2^38)")
-    return scaled.astype(np.int64).view(np.uint64)
+def encode(values: np.ndarray, ring: Ring) -> np.ndarray:
+    """Fixed point: round(values * 2^shifts) as two's complement words of the ring (integers
+    stay exact). A value that alone does not fit is refused; that the sum fits is the
+    caller's bound (common/wire/protocol.py check_share)."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    scaled = np.rint(np.ldexp(flat, ring.shifts))
+    if scaled.size and np.abs(scaled).max() >= 2.0 ** (ring.bits - 1):
+        worst = int(np.abs(scaled).argmax())
+        raise ProtocolError(
+            f"value {flat[worst]:.6g} is too large for a {ring.bits}-bit secure sum "
+            f"at step 2^-{ring.shifts[worst]}"
+        )
+    return scaled.astype(np.int64).view(np.uint64).astype(ring.dtype)
 
 
-def decode(total: np.ndarray) -> np.ndarray:
+def decode(total: np.ndarray, ring: Ring) -> np.ndarray:
     """Inverse of `encode` for a sum of encoded vectors (float64)."""
-    return np.asarray(total, dtype=np.uint64).view(np.int64) / SCALE
+    signed = np.asarray(total, dtype=ring.dtype).view(f"int{ring.bits}")
+    return np.ldexp(signed.astype(np.float64), -ring.shifts)
 
 
 def masked_vector(
-    values: np.ndarray, private: bytes, roster: list[bytes], context: bytes
+    values: np.ndarray, private: bytes, roster: list[bytes], context: bytes, ring: Ring
 ) -> np.ndarray:
     """What a center sends: encode(values) + its masks; alone it reveals nothing."""
-    encoded = encode(values)
-    return encoded + mask(private, roster, context, encoded.size)
+    return encode(values, ring) + mask(private, roster, context, ring)
 
 
-def unmasked_sum(vectors: list[np.ndarray]) -> np.ndarray:
+def unmasked_sum(vectors: list[np.ndarray], ring: Ring) -> np.ndarray:
     """The server's side: the masks cancel in the sum over the whole roster."""
-    total = np.zeros_like(np.asarray(vectors[0], dtype=np.uint64))
+    total = np.zeros(ring.size, dtype=ring.dtype)
     for vector in vectors:
-        total = total + np.asarray(vector, dtype=np.uint64)
-    return decode(total)
+        total = total + np.asarray(vector, dtype=ring.dtype)
+    return decode(total, ring)
 
 
 def context(run: str, phase: str, attempt: int) -> bytes:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, NamedTuple, Self
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -26,6 +28,8 @@ from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from feddel.common.config import KEEP_CHOICES
 from feddel.common.curation.methods import SELECTION_NAMES
 from feddel.common.errors import ProtocolError
+from feddel.common.privacy import secagg
+from feddel.common.privacy.noise import noise_share
 from feddel.common.privacy.secagg import KEY_BYTES
 
 MAX_ARRAY_ELEMENTS = 1 << 26  # 64 Mi elements: far above any legitimate (k, d) or histogram
@@ -45,8 +49,8 @@ CENTER_REFUSED = 3
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """What an array field must look like: 'f' float, 'i' integer or 'u' a masked uint64
-    vector (common/privacy/secagg.py), its rank, its sign."""
+    """What an array field must look like: 'f' float, 'i' integer or 'u' a masked vector of
+    32- or 64-bit words (common/privacy/secagg.py), its rank, its sign."""
 
     kind: str
     ndim: int
@@ -167,8 +171,8 @@ def _decode_array(message: str, key: str, value: Array, spec: ArraySpec) -> np.n
     except Exception as exc:  # any decode failure of peer bytes is a protocol error
         raise ProtocolError(f"{message}: array '{key}' does not decode ({exc})") from None
     if spec.kind == "u":
-        if array.dtype != np.uint64:
-            raise ProtocolError(f"{message}: array '{key}' must be uint64, got {array.dtype}")
+        if array.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
+            raise ProtocolError(f"{message}: array '{key}' must be {_KIND['u']}, got {array.dtype}")
         return array
     if array.dtype.kind not in ("f", "i", "u") or (spec.kind == "i" and array.dtype.kind == "f"):
         raise ProtocolError(
@@ -239,7 +243,7 @@ def check_range(message: str, key: str, value: float, low: float, high: float) -
         raise ProtocolError(f"{message}: field '{key}'={value!r} must be in [{low:g}, {high:g}]")
 
 
-_KIND = {"f": "floating point", "i": "integer", "u": "uint64"}
+_KIND = {"f": "floating point", "i": "integer", "u": "uint32 or uint64"}
 _COUNT_FIELDS = {
     "files", "samples", "unreadable", "duplicate_files", "disruptive", "dim",
     "candidates", "selected", "k_local", "min_count", "bins", "round", "attempt", "image_size",
@@ -334,12 +338,15 @@ class Masked(Payload):
     """Fields of every securely summed phase: who is in the sum, which attempt it is, and the
     Gaussian noise the sum must carry (common/privacy/noise.py): `noise_sigma` in each sum of
     embeddings (or pixels), 4 x that in each sum of squared distances, `count_sigma` in each
-    count (0: exact). Each of the m roster members adds 1/sqrt(m) of it."""
+    count (0: exact). Each of the m roster members adds 1/sqrt(m) of it. `samples` (the
+    federation's samples at inventory) bounds every value of the sum; with the roster's size
+    and the sigmas it fixes the ring the sum is taken in, on both sides (`sum_ring`)."""
 
     run: str
     attempt: int
     noise_sigma: float
     count_sigma: float
+    samples: int
     roster: np.ndarray = array_field("i", 2, nonnegative=True)  # (m, 32) public keys, as bytes
 
     def check(self) -> None:
@@ -650,25 +657,107 @@ def moments_layout(d: int) -> dict[str, tuple[int, ...]]:
     return {"count": (1,), "sum": (d,), "outer": (d, d)}
 
 
-# The noise each part of a securely summed vector carries, as a multiple of the request's
-# sigmas: counts get count_sigma, sums noise_sigma, squared distances (each <= 4 for unit
-# embeddings and centers inside the unit ball) 4 x noise_sigma.
-PART_NOISE: dict[str, tuple[str, float]] = {
-    "count": ("count", 1.0), "candidates": ("count", 1.0), "eta_survivors": ("count", 1.0),
-    "beyond_share": ("count", 1.0),
-    "histograms": ("count", 1.0), "per_cluster": ("count", 1.0),
-    "sum": ("noise", 1.0), "outer": ("noise", 1.0), "image_sum": ("noise", 1.0),
-    "sqdist": ("noise", 4.0),
+class Part(NamedTuple):
+    """How one named part of a securely summed vector is noised and bounded: it carries the
+    request's `sigma` ("count": count_sigma, "noise": noise_sigma) x `times`, and one sample
+    adds at most `per_sample` to the absolute value of each of its values."""
+
+    sigma: str
+    times: float
+    per_sample: float
+
+    @property
+    def integral(self) -> bool:
+        """Integer counts: exact at any fixed-point step of at most 1."""
+        return self.sigma == "count"
+
+
+# Counts get count_sigma, sums noise_sigma, squared distances 4 x noise_sigma. One sample adds
+# 1 to a count; for unit embeddings, at most 1 to each coordinate of a sum and of a sum of outer
+# products, 4 to a sum of squared distances (to centers inside the unit ball: means of unit
+# rows plus noise small next to min-count members), 255 to a pixel of an image sum.
+PARTS: dict[str, Part] = {
+    "count": Part("count", 1.0, 1.0), "candidates": Part("count", 1.0, 1.0),
+    "eta_survivors": Part("count", 1.0, 1.0), "beyond_share": Part("count", 1.0, 1.0),
+    "histograms": Part("count", 1.0, 1.0), "per_cluster": Part("count", 1.0, 1.0),
+    "sum": Part("noise", 1.0, 1.0), "outer": Part("noise", 1.0, 1.0),
+    "image_sum": Part("noise", 1.0, 255.0), "sqdist": Part("noise", 4.0, 4.0),
 }  # fmt: skip
+NOISE_BOUND = 10.0  # standard deviations: a Gaussian draw beyond it has probability 1.5e-23
+FLOAT_SLACK = 2.0**-10  # relative: float32 unit rows may exceed norm 1 by a few ulps
+QUANTIZATION = 4.0  # a noisy sum's worst-case rounding error is at most 1/4 of its noise std
+
+
+def _per_value(layout: dict[str, tuple[int, ...]], of: Callable[[Part], float]) -> np.ndarray:
+    return np.concatenate(
+        [np.full(int(np.prod(shape)), float(of(PARTS[name]))) for name, shape in layout.items()]
+    )
 
 
 def noise_scales(layout: dict[str, tuple[int, ...]], request: Masked) -> np.ndarray:
     """Per-value standard deviation of the noise the whole roster's sum must carry."""
     sigma = {"count": request.count_sigma, "noise": request.noise_sigma}
-    return np.concatenate([
-        np.full(int(np.prod(shape)), sigma[PART_NOISE[name][0]] * PART_NOISE[name][1])
-        for name, shape in layout.items()
-    ])  # fmt: skip
+    return _per_value(layout, lambda part: sigma[part.sigma] * part.times)
+
+
+def value_bounds(
+    layout: dict[str, tuple[int, ...]], request: Masked, samples: int, members: int
+) -> np.ndarray:
+    """The largest |value| a sum over `members` roster members holding `samples` samples
+    between them can reach: per_sample x samples (with FLOAT_SLACK), plus NOISE_BOUND standard
+    deviations of each member's share of the noise. Over the whole roster (`request.samples`,
+    every member) it bounds the sum; for one center, that center's share of it."""
+    per_sample = _per_value(layout, lambda part: part.per_sample)
+    share = noise_share(1.0, len(request.roster)) * noise_scales(layout, request)
+    return per_sample * samples * (1.0 + FLOAT_SLACK) + NOISE_BOUND * members * share
+
+
+def sum_ring(layout: dict[str, tuple[int, ...]], request: Masked) -> secagg.Ring:
+    """The ring of this request's secure sum, as both sides derive it: 32-bit words whenever
+    the roster's bound leaves every value the fractional bits it needs (`_min_shifts`), else
+    64-bit; the same request always gives the same ring."""
+    members = len(request.roster)
+    bounds = value_bounds(layout, request, request.samples, members)
+    return secagg.fit_ring(bounds, _min_shifts(layout, request, members), members)
+
+
+def _min_shifts(layout: dict[str, tuple[int, ...]], request: Masked, members: int) -> np.ndarray:
+    """Fractional bits each value needs. An exact count: none. A noisy value: enough that the
+    members' roundings (half a step each, at worst all alike) stay below 1/QUANTIZATION of its
+    noise's std. An exact float sum (no noise asked): the 64-bit ring's 2^-24."""
+    sigma = {"count": request.count_sigma, "noise": request.noise_sigma}
+
+    def bits(part: Part) -> int:
+        std = sigma[part.sigma] * part.times
+        if std > 0:
+            needed = math.ceil(math.log2(members * QUANTIZATION / (2.0 * std)))
+            return min(max(needed, 0), secagg.MAX_SHIFT)
+        return 0 if part.integral else secagg.MAX_SHIFT
+
+    return _per_value(layout, bits).astype(np.int64)
+
+
+def check_share(
+    layout: dict[str, tuple[int, ...]], request: Masked, values: np.ndarray, samples: int
+) -> None:
+    """A center's packed values (noise included) must lie within its share of the sum's bound:
+    the shares of all members add up to the bound the ring was fitted to, so the sum cannot
+    wrap. Raises ProtocolError naming the first value out of bounds, never sends it."""
+    if samples > request.samples:
+        raise ProtocolError(
+            f"this center holds {samples} samples; the secure sum is bounded for "
+            f"{request.samples} in the whole federation"
+        )
+    bounds = unpack(layout, value_bounds(layout, request, samples, 1))
+    for name, part in unpack(layout, values).items():
+        over = np.flatnonzero(np.abs(part.ravel()) > bounds[name].ravel())
+        if over.size:
+            value, bound = part.ravel()[over[0]], bounds[name].ravel()[over[0]]
+            raise ProtocolError(
+                f"'{name}' value {value:.6g} exceeds {bound:.6g}, this center's bound "
+                f"({PARTS[name].per_sample:g} per sample x {samples} samples, plus noise); "
+                "its secure sum could wrap"
+            )
 
 
 # --- packing a layout into one vector and back ----------------------------------------------

@@ -121,7 +121,7 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
     inventories = _inventory(cast, config, round_)
     _keys(cast, config)
     privacy = RoundPrivacy.plan(config)
-    sums = SecureSums(cast, config, privacy)
+    sums = SecureSums(cast, config, privacy, sum(reply.samples for reply in inventories.values()))
     dim = next(iter(inventories.values())).dim
     eligible = {
         node: method.eligible_count(reply.samples, reply.disruptive)
@@ -177,10 +177,14 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
 
 class SecureSums:
     """One phase's noisy secure sum: the request of the round's settings and this phase's
-    noise, the sum over the live roster, its unpacked parts, and its privacy accounting."""
+    noise, the sum over the live roster, its unpacked parts, and its privacy accounting.
+    `samples`, the federation's at inventory, bounds every sum (a dropped center only lowers
+    the true sum), so the ring fits whichever centers remain."""
 
-    def __init__(self, cast: Broadcaster, config: CurationConfig, privacy: RoundPrivacy):
-        self.cast, self.config, self.privacy = cast, config, privacy
+    def __init__(
+        self, cast: Broadcaster, config: CurationConfig, privacy: RoundPrivacy, samples: int
+    ):
+        self.cast, self.config, self.privacy, self.samples = cast, config, privacy, samples
 
     def ask(
         self,
@@ -196,11 +200,11 @@ class SecureSums:
         def request(roster: list[bytes], attempt: int) -> Masked:
             return request_type(
                 run=self.config.run_name, attempt=attempt, roster=roster_array(roster),
-                noise_sigma=sigmas.noise, count_sigma=sigmas.count, **fields,
+                noise_sigma=sigmas.noise, count_sigma=sigmas.count, samples=self.samples,
+                **fields,
             )  # fmt: skip
 
-        length = sum(map(_size, layout.values()))
-        total, replies = self.cast.secure_sum(request, reply_type, length, check=check)
+        total, replies = self.cast.secure_sum(request, reply_type, layout, check=check)
         self.privacy.released(phase)
         return unpack(layout, total), replies
 
@@ -420,7 +424,3 @@ def _select(
     expected = sum(r.selected for r in replies.values())
     sums.check_counts("select", per_cluster, expected, exact=True)
     return np.maximum(np.rint(per_cluster), 0).astype(np.int64), replies
-
-
-def _size(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape))

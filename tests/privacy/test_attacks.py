@@ -21,7 +21,7 @@ from feddel.client.state import CenterState
 from feddel.common.config import CurationConfig
 from feddel.common.curation.kmeans import assign
 from feddel.common.curation.methods import FEDDEL
-from feddel.common.errors import Refused, RunFailed
+from feddel.common.errors import ProtocolError, Refused, RunFailed
 from feddel.common.privacy import secagg
 from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.wire.protocol import (
@@ -36,6 +36,7 @@ from feddel.common.wire.protocol import (
     lloyd_layout,
     mean_image_layout,
     roster_array,
+    sum_ring,
     unpack,
 )
 from feddel.server import broadcast
@@ -44,6 +45,7 @@ from feddel.simulations.synth import generate_federation
 
 SIZE = 32
 CONFIG = CurationConfig(image_size=SIZE, k=8)  # every privacy setting at its default
+SAMPLES = 10_000  # bounds every secure sum asked by hand here (the federation holds fewer)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +71,8 @@ def coordinator_view(federation):
     seen, counted = [], []
     original = broadcast.Broadcaster.secure_sum
 
-    def spy(self, make_request, reply_type, length, *args, **kwargs):
-        total, replies = original(self, make_request, reply_type, length, *args, **kwargs)
+    def spy(self, make_request, reply_type, layout, *args, **kwargs):
+        total, replies = original(self, make_request, reply_type, layout, *args, **kwargs)
         request = make_request([self.public_keys[n] for n in sorted(replies)], 0)
         if reply_type.ACTION == "counts":
             counted.append(request.centers)
@@ -181,10 +183,26 @@ def test_a_secure_sum_over_one_center_is_refused(federation, coordinator_view):
     roster = roster_array([secagg.public_key(private)])
     request = CountsRequest(
         run="run", attempt=10_000, roster=roster, noise_sigma=0.0, count_sigma=0.0,
-        method="feddel", centers=np.zeros((2, next(iter(coordinator_view[1])).size)),
+        samples=SAMPLES, method="feddel",
+        centers=np.zeros((2, next(iter(coordinator_view[1])).size)),
     )  # fmt: skip
     with pytest.raises(Refused, match="secure sum over 1 center"):
         handlers.counts(request, _paths(federation, center))
+
+
+def test_a_sum_bounded_below_a_centers_own_samples_is_refused(federation, coordinator_view):
+    """A coordinator that understates the federation's samples would fit the ring too tight
+    for the center's values: the center fails the phase by name instead of sending a sum
+    that could wrap."""
+    centers = next(item for item in coordinator_view[0] if item[0] == "lloyd")[-1]
+    paths = [_paths(federation, c) for c in _centers(federation)][:3]
+    keys = roster_array([secagg.public_key(CenterState(p.state).secagg_key("run")) for p in paths])
+    request = CountsRequest(
+        run="run", attempt=70_000, roster=keys, noise_sigma=CONFIG.noise_sigma, count_sigma=0.0,
+        samples=1, method="feddel", centers=centers,
+    )  # fmt: skip
+    with pytest.raises(ProtocolError, match=r"holds \d+ samples; the secure sum is bounded for 1"):
+        handlers.counts(request, paths[0])
 
 
 def _mean_image_sums(federation, data, state, run):
@@ -199,10 +217,11 @@ def _mean_image_sums(federation, data, state, run):
         keys.append(handlers.keys(KeysRequest(run=run), path).public_key)
     request = MeanImageRequest(
         run=run, attempt=0, roster=roster_array(keys), noise_sigma=CONFIG.image_noise,
-        count_sigma=0.0, image_size=SIZE, min_count=10,
+        count_sigma=0.0, samples=SAMPLES, image_size=SIZE, min_count=10,
     )  # fmt: skip
     masked = [handlers.mean_image(request, path).masked for path in paths]
-    parts = unpack(mean_image_layout(SIZE), secagg.unmasked_sum(masked))
+    layout = mean_image_layout(SIZE)
+    parts = unpack(layout, secagg.unmasked_sum(masked, sum_ring(layout, request)))
     pool = CenterState(state / centers[0].name).load_pool(run)
     return parts, pool.image_sum
 
@@ -251,38 +270,42 @@ def test_a_one_image_center_adds_nothing_to_the_mean_image(federation, tmp_path)
     roster = [secagg.public_key(private), *others]
     request = MeanImageRequest(
         run="r", attempt=0, roster=roster_array(roster), noise_sigma=0.0, count_sigma=0.0,
-        image_size=SIZE, min_count=10,
+        samples=SAMPLES, image_size=SIZE, min_count=10,
     )  # fmt: skip
     lenient = PrivacyPolicy(min_image_noise=0.0)  # no noise: see exactly what it adds
     masked = handlers.mean_image(request, CenterPaths("tiny", center, paths.state, lenient)).masked
-    own_mask = secagg.mask(private, roster, secagg.context("r", "mean_image", 0), masked.size)
-    assert not secagg.decode(masked - own_mask).any()  # zeros: its image never enters a sum
+    ring = sum_ring(mean_image_layout(SIZE), request)
+    own_mask = secagg.mask(private, roster, secagg.context("r", "mean_image", 0), ring)
+    assert not secagg.decode(masked - own_mask, ring).any()  # zeros: its image never enters a sum
 
 
 def _lloyd_replies(paths, centers, attempt):
     """Every member's masked Lloyd statistics of `centers`, as the coordinator would ask them:
-    the cell counts first (sequence `attempt`), then the statistics (`attempt` + 1)."""
+    the cell counts first (sequence `attempt`), then the statistics (`attempt` + 1); with the
+    ring they are in."""
     keys = roster_array([secagg.public_key(CenterState(p.state).secagg_key("run")) for p in paths])
     asked = dict(run="run", roster=keys, noise_sigma=CONFIG.noise_sigma, count_sigma=0.0,
-                 method="feddel")  # fmt: skip
+                 samples=SAMPLES, method="feddel")  # fmt: skip
     for path in paths:
         handlers.counts(CountsRequest(**asked, attempt=attempt, centers=centers), path)
     stats = LloydRequest(**asked, attempt=attempt + 1, cells=centers_digest(centers),
                          open=np.ones(len(centers), dtype=np.int64))  # fmt: skip
-    return [handlers.lloyd(stats, path).masked for path in paths]
+    masked = [handlers.lloyd(stats, path).masked for path in paths]
+    return masked, sum_ring(lloyd_layout(*centers.shape), stats)
 
 
 def test_a_single_centers_contribution_cannot_be_isolated(federation, coordinator_view):
     """What the coordinator holds of one Lloyd round: one masked vector per center and their
-    sum. Any single vector, and the sum of any strict subset of the roster, decode to values
-    unrelated to the centers' statistics (the masks do not cancel); only the whole roster's
-    sum decodes, and it carries the noise. The stated distance: a decoded value within 1 of
-    the truth would reveal it; here every one is off by more than 1e6."""
+    sum. Any single vector, and the sum of any strict subset of the roster, are unrelated to
+    the centers' statistics (the masks do not cancel); only the whole roster's sum decodes,
+    and it carries the noise. The stated distance: the words of a partial sum differ from
+    the encoded truth by uniform words (mean |difference| half the signed range, 2^31 for
+    32-bit words), where a sum that revealed anything would be within a few steps of it."""
     seen, _ = coordinator_view
     *_, roster, centers = next(item for item in seen if item[0] == "lloyd")
     paths = [_paths(federation, c) for c in _centers(federation)]
     assert len(paths) == len(roster) >= 3
-    masked = _lloyd_replies(paths, centers, 50_000)  # a replay: new masks
+    masked, ring = _lloyd_replies(paths, centers, 50_000)  # a replay: new masks
     layout = lloyd_layout(*centers.shape)
     truths = []
     for path in paths:
@@ -291,11 +314,13 @@ def test_a_single_centers_contribution_cannot_be_isolated(federation, coordinato
             np.bincount(assign(X, centers).labels, minlength=len(centers)),
             np.zeros(sum(int(np.prod(s)) for s in layout.values()) - len(centers)),
         ]))  # fmt: skip
+    half = 2.0 ** (ring.bits - 1)
     for subset in ([0], [1, 2], [0, 1, 2, 3, 4]):
-        decoded = secagg.unmasked_sum([masked[i] for i in subset])
-        truth = np.sum([truths[i] for i in subset], axis=0)
-        assert np.abs(decoded - truth)[: len(centers)].min() > 1e6
-    whole = unpack(layout, secagg.unmasked_sum(masked))
+        words = np.sum([masked[i] for i in subset], axis=0, dtype=ring.dtype)
+        truth = secagg.encode(np.sum([truths[i] for i in subset], axis=0), ring)
+        difference = (words - truth).view(f"int{ring.bits}").astype(np.float64)
+        assert abs(np.abs(difference).mean() / half - 0.5) < 0.1
+    whole = unpack(layout, secagg.unmasked_sum(masked, ring))
     counts = np.sum([t[: len(centers)] for t in truths], axis=0)
     np.testing.assert_allclose(whole["count"], counts, atol=1e-6)  # counts: exact, aggregate
     bits = np.unpackbits(np.concatenate(masked).view(np.uint8))
@@ -317,8 +342,8 @@ def test_subset_differencing_by_a_coordinator_that_asks_twice_meets_the_noise(
     layout = lloyd_layout(*centers.shape)
     sums = []
     for attempt, members in ((60_000, paths), (60_010, paths[:-1])):
-        masked = _lloyd_replies(members, centers, attempt)
-        sums.append(unpack(layout, secagg.unmasked_sum(masked)))
+        masked, ring = _lloyd_replies(members, centers, attempt)
+        sums.append(unpack(layout, secagg.unmasked_sum(masked, ring)))
     isolated = sums[0]["sum"] - sums[1]["sum"]
     Xc = _eligible(paths[-1].state, "run")
     labels = assign(Xc, centers).labels

@@ -155,7 +155,8 @@ def _assert_invariants(cls, message, record):
         if "array" in spec.metadata:
             rule = spec.metadata["array"]
             assert value.ndim == rule.ndim and value.shape == tuple(declared[spec.name].shape)
-            assert value.dtype == {"f": np.float64, "i": np.int64, "u": np.uint64}[rule.kind]
+            dtypes = {"f": (np.float64,), "i": (np.int64,), "u": (np.uint32, np.uint64)}
+            assert value.dtype in dtypes[rule.kind]
             if rule.kind == "f":
                 assert np.isfinite(value).all()
             if rule.kind == "i" and value.size:
@@ -273,7 +274,7 @@ def test_hostile_replies_are_rejected_with_the_reason(cls, record, message):
 def _lloyd_request(**changes):
     values = dict(
         run="r", attempt=0, roster=np.zeros((1, 32), dtype=np.int64), method="feddel",
-        noise_sigma=0.0, count_sigma=0.0, cells="c", open=np.ones(2, dtype=np.int64),
+        noise_sigma=0.0, count_sigma=0.0, samples=100, cells="c", open=np.ones(2, dtype=np.int64),
     )  # fmt: skip
     values.update(changes)
     return LloydRequest(**values).to_record()
@@ -282,7 +283,7 @@ def _lloyd_request(**changes):
 def _select_request(**changes):
     values = dict(
         run="r", attempt=0, roster=np.zeros((1, 32), dtype=np.int64), noise_sigma=0.0,
-        count_sigma=0.0, round=0, method="feddel",
+        count_sigma=0.0, samples=100, round=0, method="feddel",
         seed=0, retention=1.0, eta=0.9, keep="hard", bins=8, threshold_bins=np.array([1, 2]),
         boundary_fractions=np.array([0.5, 0.5]), quotas=np.array([3, 4]),
         ranked_fractions=np.zeros(2),
@@ -294,7 +295,7 @@ def _select_request(**changes):
 def _score_request(**changes):
     values = dict(
         run="r", attempt=0, roster=np.zeros((1, 32), dtype=np.int64), noise_sigma=0.0,
-        count_sigma=0.0, method="feddel", tau=1.0,
+        count_sigma=0.0, samples=100, method="feddel", tau=1.0,
         eps=0.9, eta=0.98, keep="hard", series_share=0.05, centers=np.zeros((2, 4)),
         prior=np.array([0.5, 0.5]),
     )  # fmt: skip
@@ -305,7 +306,7 @@ def _score_request(**changes):
 def _histogram_request(**changes):
     values = dict(
         run="r", attempt=0, roster=np.zeros((1, 32), dtype=np.int64), noise_sigma=0.0,
-        count_sigma=0.0, method="feddel", bins=8, open=np.array([1, 0]),
+        count_sigma=0.0, samples=100, method="feddel", bins=8, open=np.array([1, 0]),
     )  # fmt: skip
     values.update(changes)
     return HistogramRequest(**values).to_record()
@@ -392,6 +393,10 @@ def _short_vector(reply, request, paths):
     return dataclasses.replace(reply, masked=reply.masked[:-1])
 
 
+def _wide_words(reply, request, paths):
+    return dataclasses.replace(reply, masked=reply.masked.astype(np.uint64))
+
+
 def _impossible_count(reply, request, paths):
     return SelectReply(selected=10**6, masked=reply.masked)
 
@@ -410,10 +415,11 @@ def _borrowed_key(reply, request, paths):
     [
         ("seed", _other_dimension, "array of shape (8, 191), the round expects (8, 192)"),
         ("counts", _short_vector, "masked vector has 2 values, not 3"),
+        ("lloyd", _wide_words, "masked vector is uint64, the request asked for uint32 words"),
         ("select", _impossible_count, "selected=1000000 exceeds the center's"),
         ("keys", _borrowed_key, "public key also sent by center-01; a key must be unique"),
     ],
-    ids=["seed-dimension", "masked-length", "selected-count", "borrowed-key"],
+    ids=["seed-dimension", "masked-length", "word-size", "selected-count", "borrowed-key"],
 )
 def test_center_sending_replies_that_do_not_fit_the_round_is_dropped(
     federation, monkeypatch, phase, change, reason
@@ -432,7 +438,8 @@ def test_corrupt_masked_vector_stops_the_round_instead_of_curating_noise(federat
     rng = np.random.default_rng(0)
 
     def noise(reply, request, paths):
-        return LloydReply(masked=rng.integers(0, 2**63, reply.masked.shape, dtype=np.uint64))
+        words = reply.masked.dtype
+        return LloydReply(masked=rng.integers(0, np.iinfo(words).max, reply.masked.shape, words))
 
     _tamper(monkeypatch, "lloyd", "center-01", noise)
     with pytest.raises(RoundFailed, match=r"phase 'lloyd': the secure sum is corrupt"):

@@ -17,11 +17,13 @@ from feddel.common.wire.protocol import (
     SeedReply,
     SeedRequest,
     roster_array,
+    sum_ring,
 )
 from feddel.server.broadcast import Broadcaster, RoundFailed
 from feddel.simulations.inprocess import InProcessGrid
 
 K, D = 3, 4
+ONES = {"count": (5,)}  # the layout of the masking centers' secure sum: five counts of 1
 RELEASE = threading.Event()
 
 
@@ -50,7 +52,7 @@ def _request():
     """Any request works here: the fake centers answer it with a SeedReply."""
     return LloydRequest(
         run="r", attempt=0, roster=np.zeros((1, 32), dtype=np.int64), method="feddel",
-        noise_sigma=0.0, count_sigma=0.0,
+        noise_sigma=0.0, count_sigma=0.0, samples=100,
         cells="c", open=np.ones(K, dtype=np.int64),
     )  # fmt: skip
 
@@ -99,8 +101,9 @@ def _masking_app(private_keys: dict[int, bytes], crash_on_first_attempt: set[int
         if request.attempt == 0 and partition in crash_on_first_attempt:
             raise RuntimeError("power cut")
         ctx = secagg.context(request.run, "lloyd", request.attempt)
+        ring = sum_ring(ONES, request)
         masked = secagg.masked_vector(
-            np.ones(5), private_keys[partition], request.roster_keys(), ctx
+            np.ones(5), private_keys[partition], request.roster_keys(), ctx, ring
         )
         return Message(LloydReply(masked=masked).to_record(), reply_to=message)
 
@@ -117,11 +120,11 @@ def test_secure_sum_retries_with_the_survivors_when_a_center_drops():
     def request(roster, attempt):
         return LloydRequest(
             run="r", attempt=attempt, roster=roster_array(roster), method="feddel",
-            noise_sigma=0.0, count_sigma=0.0,
+            noise_sigma=0.0, count_sigma=0.0, samples=100,
             cells="c", open=np.ones(1, dtype=np.int64),
         )  # fmt: skip
 
-    total, replies = cast.secure_sum(request, LloydReply, length=5)
+    total, replies = cast.secure_sum(request, LloydReply, ONES)
     grid.shutdown()
     np.testing.assert_allclose(total, np.full(5, 5.0), atol=1e-6)  # five survivors
     assert len(replies) == 5 and [f.reason for f in cast.failures] == ["RuntimeError: power cut"]
@@ -176,6 +179,6 @@ def test_no_secure_sum_is_asked_of_fewer_centers_than_min_roster():
     grid = InProcessGrid(_masking_app({}, set()), num_nodes=4)
     cast = Broadcaster(grid, min_fraction=0.5, timeout=10, group="g", min_roster=5)
     with pytest.raises(RoundFailed, match="needs at least min-roster=5 centers and only 4 remain"):
-        cast.secure_sum(lambda roster, attempt: None, LloydReply, length=5)
+        cast.secure_sum(lambda roster, attempt: None, LloydReply, ONES)
     grid.shutdown()
     assert cast.traffic.down == {}  # nothing was sent

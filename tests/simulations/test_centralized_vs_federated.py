@@ -11,6 +11,8 @@ from feddel.common.config import CurationConfig
 from feddel.common.curation.kmeans import assign
 from feddel.common.curation.methods import FEDDEL
 from feddel.common.io import read_csv
+from feddel.common.privacy import noise, secagg
+from feddel.common.wire.protocol import LloydReply, record_bytes
 from feddel.simulations.centralized import pooled_kmeans, run_centralized
 from feddel.simulations.federated import run_federated
 from feddel.simulations.synth import generate_federation
@@ -96,6 +98,47 @@ def test_federated_inprocess_round_writes_summary_manifests_and_selection(federa
     assert not (out / "mean_image.npy").exists()  # only optidel asks for the mean image
     assert np.load(out / "centroids.npy").shape == (summary.k, 192)
     assert summary.privacy["noise_sigma"] == config.noise_sigma and summary.privacy["dp"] is None
+
+
+def test_federated_round_in_32_bit_words_selects_what_64_bit_words_select(federation, monkeypatch):
+    """Every secure sum of this federation (300 samples, 5 centers) fits 32-bit words, at step
+    2^-22 or finer for the embedding sums. Forced to 64-bit words (step 2^-24), the round
+    selects the same samples, with scores equal to 1e-4, and its Lloyd replies are twice as
+    large: 4 bytes a value plus a fixed envelope against 8.
+
+    The noise is keyed here by its phase and sequence alone. Keyed by the exact values, as in
+    a real round (common/privacy/noise.py), a 1e-7 move of the centers re-draws every later
+    noise, and the two rounds then differ as two runs with fresh noise do, whatever words
+    carry the sums."""
+    keyed = noise.keyed_gaussian
+    monkeypatch.setattr(
+        noise, "keyed_gaussian", lambda secret, context, values, scales: keyed(
+            secret, context, np.zeros_like(values), scales
+        ),
+    )  # fmt: skip
+    config = _config()
+    runs = {}
+    for words in ((32, 64), (64,)):
+        monkeypatch.setattr(secagg, "WORD_BITS", words)
+        out = federation / f"words-{words[0]}"
+        summary = run_federated(
+            federation / "data", out, config, engine="inprocess", state_root=federation / "state"
+        )
+        rows = read_csv(out / "selection.csv")
+        runs[words[0]] = summary, {(r["center"], r["sample_id"]): float(r["score"]) for r in rows}
+    k, d = np.load(out / "centroids.npy").shape
+    (narrow, chosen), (wide, chosen_wide) = runs[32], runs[64]
+    assert narrow.failed_centers == [] and wide.failed_centers == []
+    assert chosen.keys() == chosen_wide.keys()
+    assert max(abs(score - chosen_wide[key]) for key, score in chosen.items()) < 1e-4
+    per_reply = {
+        words: summary.bytes_up["lloyd"] / (summary.centers * summary.kmeans_rounds)
+        for words, (summary, _) in runs.items()
+    }
+    values = k * (d + 2)
+    full = record_bytes(LloydReply(masked=np.zeros(values, dtype=np.uint32)).to_record())
+    assert per_reply[32] <= full < 4 * values + 256  # k(d+2) words at most: only open cells
+    assert per_reply[32] / per_reply[64] <= 0.55
 
 
 @pytest.mark.slow

@@ -36,17 +36,20 @@ def test_protocol_round_trip_preserves_values_and_types():
     assert decoded.counts.dtype == np.int64 and decoded.centroids.dtype == np.float64
 
 
-def test_protocol_masked_reply_keeps_uint64_bits_exactly():
-    masked = np.array([0, 1, 2**63, 2**64 - 1], dtype=np.uint64)
+@pytest.mark.parametrize("words", [np.uint32, np.uint64])
+def test_protocol_masked_reply_keeps_every_bit_of_its_words(words):
+    top = np.iinfo(words).max
+    masked = np.array([0, 1, top // 2 + 1, top], dtype=words)
     decoded = LloydReply.from_record(LloydReply(masked=masked).to_record())
-    assert decoded.masked.dtype == np.uint64
+    assert decoded.masked.dtype == words
     np.testing.assert_array_equal(decoded.masked, masked)
 
 
-def test_protocol_masked_reply_rejects_other_dtypes():
+@pytest.mark.parametrize("other", [np.zeros(3), np.zeros(3, np.int32), np.zeros(3, ">u4")])
+def test_protocol_masked_reply_rejects_other_dtypes(other):
     record = LloydReply(masked=np.zeros(3, dtype=np.uint64)).to_record()
-    record.array_records["arrays"]["masked"] = Array(np.zeros(3))
-    with pytest.raises(ProtocolError, match="must be uint64"):
+    record.array_records["arrays"]["masked"] = Array(other)
+    with pytest.raises(ProtocolError, match="must be uint32 or uint64"):
         LloydReply.from_record(record)
 
 
@@ -117,7 +120,7 @@ def test_protocol_select_request_checks_fractions(field):
     fractions[field] = np.array([0.5, 1.5])
     request = SelectRequest(
         run="r", attempt=0, roster=np.zeros((2, 32), dtype=np.int64), noise_sigma=0.0,
-        count_sigma=0.0, round=0, method="feddel",
+        count_sigma=0.0, samples=100, round=0, method="feddel",
         seed=0, retention=1.0, eta=0.9, keep="hard", bins=8, threshold_bins=np.array([1, 2]),
         quotas=np.array([3, 4]), **fractions,
     )  # fmt: skip
@@ -133,6 +136,7 @@ def test_protocol_roster_must_be_32_byte_keys():
         method="feddel",
         noise_sigma=0.0,
         count_sigma=0.0,
+        samples=100,
         cells="c",
         open=np.ones(2, dtype=np.int64),
     )

@@ -15,8 +15,7 @@ import torch
 from PIL import Image
 
 from feddel.common.errors import ConfigError
-from feddel.common.privacy import secagg
-from feddel.common.wire.protocol import LloydReply, lloyd_layout, pack, record_bytes
+from feddel.common.wire.protocol import LloydReply, record_bytes
 from feddel.simulations.benchmarks import center_scoring, federated_kmeans
 from feddel.simulations.benchmarks.embedding import (
     SOURCES,
@@ -90,12 +89,10 @@ def test_lloyd_reply_bytes_do_not_depend_on_the_number_of_samples(tmp_path):
         shards = [X[lo:hi] for lo, hi in pairwise(data.offsets)]
         run = federated_kmeans.federated_kmeans(shards, k, params, np.random.default_rng(0))
         sizes += run.reply_bytes
-    private = secagg.generate_private_key()
-    zeros = pack(lloyd_layout(k, d), count=np.zeros(k), sum=np.zeros((k, d)), sqdist=np.zeros(k))
-    masked = secagg.masked_vector(zeros, private, [secagg.public_key(private)], b"ctx")
-    expected = record_bytes(LloydReply(masked=masked).to_record())
+    words = np.zeros(k * (d + 2), dtype=np.uint32)
+    expected = record_bytes(LloydReply(masked=words).to_record())
     assert set(sizes) == {expected}
-    assert 8 * k * (d + 2) < expected < 8 * k * (d + 2) + 200  # uint64 values plus framing
+    assert 4 * k * (d + 2) < expected < 4 * k * (d + 2) + 200  # 32-bit words plus framing
 
 
 def test_kmeans_ratios_are_against_the_same_runs_reference(tmp_path):
@@ -115,8 +112,10 @@ def test_kmeans_ratios_are_against_the_same_runs_reference(tmp_path):
         assert inertia.reference > 0 and inertia.target == "<= 1.02"
     k = federated_kmeans.QUICK.runs[0][1]
     size = by_name[f"kmeans_reply_bytes_per_center_round_k{k}"]
-    assert size.met is False  # 8-byte ring values, not the float32: reported honestly
-    assert size.params["framing_bytes"] == size.value - 8 * k * (federated_kmeans.QUICK.d + 2)
+    assert size.met is True  # 4-byte words: the float32 formula plus framing
+    assert size.params["framing_bytes"] == size.value - 4 * k * (federated_kmeans.QUICK.d + 2)
+    assert size.params["uint64_reply_bytes"] - size.value == 4 * size.params["values"]
+    assert size.params["largest_reply_values"] == size.params["values"]  # every cell open
     assert by_name[f"kmeans_reply_bytes_spread_k{k}"].value == 0.0
 
 
