@@ -11,7 +11,9 @@
     <state>/noise.key                   the secret that keys the center's noise (mode 0600)
 
 Phases are separate messages (and, under Ray or after a restart, separate processes), so each
-phase reloads what it needs from here instead of keeping module-level caches.
+phase reads what it needs from here. The pool, read in every phase, is also kept in memory
+(`load_pool`), keyed by the stat signature of the files it was read from: a process that
+handles many phases reads it once, and a changed file is read again.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +43,10 @@ if TYPE_CHECKING:  # the pool's modules load torch: `feddel-center status` must 
     from feddel.common.models.embed import EncoderSpec
 
 log = logging.getLogger(__name__)
+
+KEPT_POOLS = 64  # pools kept in memory per process (a simulated federation holds one per center)
+_POOLS: dict[Path, tuple[tuple[tuple[int, ...], ...], CenterPool]] = {}  # run dir -> pool
+_POOLS_LOCK = threading.Lock()
 
 
 class CenterState:
@@ -71,6 +78,21 @@ class CenterState:
         write_json(self.run_dir(run) / "pool.json", meta)
 
     def load_pool(self, run: str) -> CenterPool:
+        """The run's pool as phase 0 saved it; the same object while its files are unchanged
+        (callers must not modify it)."""
+        run_dir = self.run_dir(run).resolve()
+        kept = _POOLS.get(run_dir)
+        if kept is not None and kept[0] == _pool_signature(self.path, run_dir, kept[1]):
+            return kept[1]
+        pool = self._read_pool(run)
+        with _POOLS_LOCK:  # centers of an in-process simulation share this process
+            _POOLS.pop(run_dir, None)
+            _POOLS[run_dir] = (_pool_signature(self.path, run_dir, pool), pool)
+            while len(_POOLS) > KEPT_POOLS:
+                _POOLS.pop(next(iter(_POOLS)))
+        return pool
+
+    def _read_pool(self, run: str) -> CenterPool:
         from feddel.common.data.pool import CenterPool, PoolCounts
         from feddel.common.data.scan import Sample
         from feddel.common.models.embed import EncoderSpec
@@ -201,6 +223,28 @@ class CenterState:
         for number in damaged:
             log.warning("%s line %d is damaged; skipped", path, number)
         return events
+
+
+def _pool_signature(state: Path, run_dir: Path, pool: CenterPool) -> tuple[tuple[int, ...], ...]:
+    """(inode, mtime, size) of every file a pool was read from: an atomic rewrite (a new file
+    renamed over the old) changes the inode and the mtime. A missing file gives (-1, -1, -1),
+    so the pool is read again and the usual error names the file."""
+    cache = state / "embeddings" / pool.fingerprint
+    files = [
+        run_dir / "pool.json",
+        run_dir / "pool.npz",
+        cache / "ids.txt",
+        cache / "embeddings.npy",
+    ]
+    signature = []
+    for file in files:
+        try:
+            stat = file.stat()
+        except OSError:
+            signature.append((-1, -1, -1))
+        else:
+            signature.append((stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    return tuple(signature)
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
