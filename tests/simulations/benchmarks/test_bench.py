@@ -197,6 +197,16 @@ def test_bench_quick_embedding_and_end_to_end_record_their_ratios(tmp_path):
     overhead = rows["e2e_overhead_inprocess"]
     assert overhead["reference"] == pytest.approx(rows["e2e_centralized_s"]["value"])
     assert overhead["params"]["selected"] > 0
+    phases = {
+        name.removeprefix("e2e_inprocess_phase_").removesuffix("_s"): row["value"]
+        for name, row in rows.items()
+        if name.startswith("e2e_inprocess_phase_")
+    }
+    assert {"inventory", "counts", "lloyd", "select"} <= set(phases)
+    assert phases == pytest.approx(overhead["params"]["phase_seconds"], abs=0.01)
+    outside = rows["e2e_inprocess_outside_round_s"]["value"]
+    whole = rows["e2e_federated_inprocess_s"]["value"]
+    assert sum(phases.values()) + outside <= whole + 0.05  # the phases are parts of the run
 
 
 # --- the GPU check (`feddel-sim bench --gpu`) ----------------------------------------------------
