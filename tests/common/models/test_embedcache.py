@@ -129,7 +129,10 @@ def test_embed_center_changed_sample_list_reuses_rows(center, tmp_path: Path) ->
     assert (result.computed, result.reused, counter.images) == (3, 2, 3)
     fresh = embed_center(samples, root, SPEC, tmp_path / "fresh")
     order = [int(s[1:]) for s in result.ids]
-    np.testing.assert_allclose(result.embeddings, fresh.embeddings[order], atol=1e-6)
+    # The rows came from batches of other sizes than `fresh`'s: a float32 forward differs by
+    # BLAS blocking (1.75e-6 on one value of 960 was seen on a clean clone); a wrong or moved
+    # row differs by ~0.1 (unit rows of 192 values)
+    np.testing.assert_allclose(result.embeddings, fresh.embeddings[order], atol=1e-5)
     ids_file = EmbeddingCache(tmp_path, SPEC).path / "ids.txt"
     assert ids_file.read_text().split() == result.ids
 
