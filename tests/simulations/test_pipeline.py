@@ -505,7 +505,7 @@ def test_compare_fast_with_controls_starts_every_cell_from_the_random_init(feder
         "--methods", "random,oracle,disruptive-only", "--seeds", "2", "--first-seed", "5",
         "--fast", "--fedadam", "--local-steps", "1", "--local-lr", "1", "--rounds", "3",
         "--batch-size", "4", "--head-steps", "10", "--curation-encoder", "random-init",
-        "--set", "image-size=32", "--set", "k=4", "--set", "k-local=2", "--set", "min-count=3",
+        "--set", "image-size=32", "--set", "k=4", "--set", "k-local=2", "--set", "min-count=10",
     ]  # fmt: skip
     assert sim_main(argv) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
