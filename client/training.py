@@ -97,6 +97,7 @@ def evaluate(request: EvaluateRequest, paths: CenterPaths) -> EvaluateReply:
         steps=request.head_steps,
         lr=request.head_lr,
         hidden=request.head_hidden,
+        repeats=request.head_repeats,
         finetune=request.finetune,
         seed=request.seed,
     )

@@ -14,6 +14,7 @@ counts as IoU 1).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -36,12 +37,15 @@ class HeadConfig:
     finetune: bool = False
     encoder_lr: float = 1e-4  # only with finetune
     seed: int = 0
+    # Heads trained (seeds seed, seed+1, ...) and averaged: one head's mIoU moves by ~0.01 with
+    # its initialization and batches, as much as the effects compared (docs/does-curation-pay.md).
+    repeats: int = 1
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.hidden < 1:
+        if min(self.steps, self.batch_size, self.hidden, self.repeats) < 1:
             raise ConfigError(
-                f"head steps={self.steps}, batch-size={self.batch_size} and "
-                f"hidden={self.hidden} must be >= 1"
+                f"head steps={self.steps}, batch-size={self.batch_size}, "
+                f"hidden={self.hidden} and repeats={self.repeats} must be >= 1"
             )
         if not (self.lr > 0 and self.encoder_lr > 0):
             raise ConfigError(f"head lr={self.lr} and encoder lr={self.encoder_lr} must be > 0")
@@ -128,25 +132,58 @@ def evaluate_segmentation(
 ) -> SegScore:
     """Train a head on (train_images, train_masks), score it on the test split.
 
-    Images uint8 (n,s,s,3), masks bool (n,s,s). The encoder is left unchanged (fine-tuning
-    works on a copy), so one encoder can be scored at many centers.
+    With `config.repeats` > 1, that many heads (seeds seed, seed+1, ...) are trained and scored
+    and their scores averaged. Images uint8 (n,s,s,3), masks bool (n,s,s). The encoder is left
+    unchanged (fine-tuning works on a copy), so one encoder can be scored at many centers.
     """
     config = config or HeadConfig()
     _check_split("train", train_images, train_masks)
     _check_split("test", test_images, test_masks)
-    generator = torch.Generator().manual_seed(config.seed)
     if config.finetune:
-        encoder = copy.deepcopy(encoder)
-        head = _train_finetuned(encoder, train_images, train_masks, config, generator)
-        tokens = frozen_tokens(encoder, test_images)
-    else:
-        head = _train_frozen(
-            encoder, frozen_tokens(encoder, train_images), train_masks, config, generator
-        )
-        tokens = frozen_tokens(encoder, test_images)
+        scores = [
+            _score_finetuned(encoder, train_images, train_masks, test_images, test_masks, repeat)
+            for repeat in _repeats(config)
+        ]
+    else:  # the frozen encoder's tokens are computed once for all heads
+        train_tokens = frozen_tokens(encoder, train_images)
+        test_tokens = frozen_tokens(encoder, test_images)
+        scores = [
+            _score_head(_train_frozen(encoder, train_tokens, train_masks, repeat), test_tokens,
+                        test_masks)
+            for repeat in _repeats(config)
+        ]  # fmt: skip
+    return SegScore(
+        float(np.mean([s.miou for s in scores])),
+        float(np.mean([s.iou_background for s in scores])),
+        float(np.mean([s.iou_lesion for s in scores])),
+        len(test_masks),
+    )
+
+
+def _repeats(config: HeadConfig) -> list[HeadConfig]:
+    """One single-head config per repeat, seeds seed .. seed + repeats - 1."""
+    return [
+        dataclasses.replace(config, seed=config.seed + i, repeats=1) for i in range(config.repeats)
+    ]
+
+
+def _score_finetuned(
+    encoder: nn.Module,
+    train_images: np.ndarray,
+    train_masks: np.ndarray,
+    test_images: np.ndarray,
+    test_masks: np.ndarray,
+    config: HeadConfig,
+) -> SegScore:
+    tuned = copy.deepcopy(encoder)  # the caller's encoder stays as it was
+    head = _train_finetuned(tuned, train_images, train_masks, config)
+    return _score_head(head, frozen_tokens(tuned, test_images), test_masks)
+
+
+def _score_head(head: SegHead, tokens: torch.Tensor, masks: np.ndarray) -> SegScore:
     with torch.inference_mode():
         predicted = (head(tokens.to(module_device(head))) > 0).cpu().numpy()
-    return binary_miou(predicted, test_masks)
+    return binary_miou(predicted, masks)
 
 
 def binary_miou(predicted: np.ndarray, truth: np.ndarray) -> SegScore:
@@ -174,8 +211,8 @@ def _train_frozen(
     tokens: torch.Tensor,
     masks: np.ndarray,
     config: HeadConfig,
-    generator: torch.Generator,
 ) -> SegHead:
+    generator = torch.Generator().manual_seed(config.seed)
     device = module_device(encoder)  # the head trains where the encoder runs (a GPU, if any)
     head = _new_head(encoder, config).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=1e-4)
@@ -195,8 +232,8 @@ def _train_finetuned(
     images: np.ndarray,
     masks: np.ndarray,
     config: HeadConfig,
-    generator: torch.Generator,
 ) -> SegHead:
+    generator = torch.Generator().manual_seed(config.seed)
     device = module_device(encoder)
     head = _new_head(encoder, config).to(device)
     mean, std = (t.to(device) for t in input_stats(encoder))

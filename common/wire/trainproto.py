@@ -32,6 +32,7 @@ from feddel.common.wire.protocol import (
 )
 
 MAX_STEPS = 1 << 24
+MAX_HEAD_REPEATS = 64  # heads averaged per evaluation; each costs `head_steps` more
 
 
 class WithWeights(Payload):
@@ -184,6 +185,7 @@ class EvaluateRequest(WithWeights):
     head_steps: int
     head_lr: float
     head_hidden: int
+    head_repeats: int
     finetune: bool
     seed: int
 
@@ -194,6 +196,7 @@ class EvaluateRequest(WithWeights):
         check_range(name, "head_steps", self.head_steps, 1, MAX_STEPS)
         check_range(name, "head_lr", self.head_lr, 1e-12, 1.0)
         check_range(name, "head_hidden", self.head_hidden, 1, 1 << 16)
+        check_range(name, "head_repeats", self.head_repeats, 1, MAX_HEAD_REPEATS)
 
 
 @dataclass(frozen=True, kw_only=True)

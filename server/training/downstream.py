@@ -44,6 +44,7 @@ def run_evaluation(
         head_steps=head.steps,
         head_lr=head.lr,
         head_hidden=head.hidden,
+        head_repeats=head.repeats,
         finetune=head.finetune,
         seed=head.seed,
     ).with_weights(weights_record(encoder.state_dict()))

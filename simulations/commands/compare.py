@@ -112,6 +112,12 @@ def add_pipeline_arguments(
         help=f"segmentation head training steps (default {defaults.head.steps})",
     )  # fmt: skip
     parser.add_argument(
+        "--head-repeats", type=int, default=defaults.head.repeats,
+        help="heads trained per center and encoder (head seeds seed, seed+1, ...), their mIoU "
+        "averaged: one head's mIoU varies by ~0.01 with its init and batches, as much as the "
+        f"effects compared (default {defaults.head.repeats})",
+    )  # fmt: skip
+    parser.add_argument(
         "--finetune", action=argparse.BooleanOptionalAction, default=defaults.head.finetune,
         help="fine-tune the encoder with the head (default: frozen encoder)",
     )  # fmt: skip
@@ -245,7 +251,7 @@ def run_pipeline(
         fedadam=args.fedadam,
         local_lr=args.local_lr,
         center_weighting=args.center_weighting,
-        head=HeadConfig(steps=args.head_steps, finetune=args.finetune),
+        head=HeadConfig(steps=args.head_steps, repeats=args.head_repeats, finetune=args.finetune),
         curation_encoder=args.curation_encoder,
         fast=args.fast,
     )

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from feddel.common.errors import DataError
+from feddel.common.errors import ConfigError, DataError
 from feddel.common.models.embed import EncoderSpec, build_encoder
 from feddel.common.models.segmentation import (
     HeadConfig,
@@ -56,11 +56,29 @@ def test_frozen_head_segments_a_separable_lesion():
     assert score.n_test == 16
 
 
+def test_repeated_heads_average_the_single_heads_of_consecutive_seeds():
+    encoder = build_encoder(EncoderSpec(image_size=32))
+    splits = (*_squares(24, 0), *_squares(16, 1))
+    singles = [
+        evaluate_segmentation(encoder, *splits, HeadConfig(steps=4, seed=seed)).miou
+        for seed in (5, 6, 7)
+    ]
+    assert max(singles) - min(singles) > 1e-3  # 4 steps: the heads really differ
+    averaged = evaluate_segmentation(encoder, *splits, HeadConfig(steps=4, seed=5, repeats=3))
+    assert averaged.miou == pytest.approx(np.mean(singles), abs=1e-6)
+    assert averaged.n_test == 16
+
+
+def test_head_repeats_must_be_positive():
+    with pytest.raises(ConfigError, match="repeats=0"):
+        HeadConfig(repeats=0)
+
+
 def test_finetune_leaves_the_callers_encoder_unchanged():
     encoder = build_encoder(EncoderSpec(image_size=32))
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     evaluate_segmentation(
-        encoder, *_squares(8, 0), *_squares(4, 1), HeadConfig(steps=3, finetune=True)
+        encoder, *_squares(8, 0), *_squares(4, 1), HeadConfig(steps=3, finetune=True, repeats=2)
     )
     assert all((before[k] == v).all() for k, v in encoder.state_dict().items())
 

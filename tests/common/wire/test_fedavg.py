@@ -7,7 +7,12 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from feddel.common.errors import ConfigError, ProtocolError
 from feddel.common.wire.fedavg import WEIGHTS, fedavg, read_weights, weights_record
-from feddel.common.wire.trainproto import EvaluateReply, TrainReply, TrainRequest
+from feddel.common.wire.trainproto import (
+    EvaluateReply,
+    EvaluateRequest,
+    TrainReply,
+    TrainRequest,
+)
 
 
 def _state(value: float) -> dict[str, torch.Tensor]:
@@ -92,3 +97,16 @@ def test_replies_reject_out_of_range_scores():
     bad.config_records["fields"]["examples"] = -1
     with pytest.raises(ProtocolError, match="examples"):
         TrainReply.from_record(bad)
+
+
+def test_evaluate_request_bounds_the_head_repeats():
+    request = EvaluateRequest(
+        run="r", model="m", image_size=32, head_steps=5, head_lr=1e-3, head_hidden=8,
+        head_repeats=3, finetune=False, seed=0,
+    )  # fmt: skip
+    assert EvaluateRequest.from_record(request.to_record()).head_repeats == 3
+    for bad in (0, 10_000):
+        record = request.to_record()
+        record.config_records["fields"]["head_repeats"] = bad
+        with pytest.raises(ProtocolError, match="head_repeats"):
+            EvaluateRequest.from_record(record)
