@@ -19,7 +19,12 @@ import numpy as np
 
 from feddel.client.report import write_center_report
 from feddel.client.state import CenterState
-from feddel.common.curation.kmeans import ClusterStats, assign, cluster_stats
+from feddel.common.curation.kmeans import (
+    ClusterStats,
+    assign,
+    check_unit_rows,
+    cluster_stats,
+)
 from feddel.common.curation.local import (
     ETA_GRID,
     CenterScores,
@@ -186,10 +191,11 @@ def counts(request: CountsRequest, paths: CenterPaths) -> CountsReply:
 
 
 def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
-    """Count, sum and squared distance of the open cells (masked), every eligible sample
-    assigned to its nearest open center."""
+    """Count and sum of the open cells (masked), every eligible sample assigned to its
+    nearest open center; the coordinator derives the squared distances of unit rows."""
     paths.policy.check_noise(request.noise_sigma)
     _, X = _eligible_rows(request.method, paths, request.run)
+    check_unit_rows(X, f"the pool embeddings of {paths.name}")
     cells = CenterState(paths.state).load_cells(request.run, request.cells)
     if len(request.open) != len(cells):
         raise ProtocolError(f"{len(request.open)} open flags for {len(cells)} counted cells")
@@ -197,8 +203,9 @@ def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
     k, d = centers.shape
     stats = _cell_stats(X, centers)
     layout = lloyd_layout(k, d)
-    parts = {"count": stats.count, "sum": stats.sum, "sqdist": stats.sqdist}
-    return LloydReply(masked=_masked(request, paths, layout, len(X), **parts))
+    return LloydReply(
+        masked=_masked(request, paths, layout, len(X), count=stats.count, sum=stats.sum)
+    )
 
 
 def moments(request: MomentsRequest, paths: CenterPaths) -> MomentsReply:

@@ -198,6 +198,38 @@ def cluster_stats(
     return ClusterStats(count, sums / _GRID, sqsum / _GRID)
 
 
+UNIT_TOLERANCE = 1e-3  # |norm - 1| of an embedding row beyond which it is not "unit"
+
+
+def check_unit_rows(X: np.ndarray, name: str = "embeddings") -> None:
+    """Raise DataError unless every row has norm 1: the federated statistics rely on it (the
+    Lloyd round sends no squared distances, `unit_row_stats`; the noise is scaled for it)."""
+    norms = np.linalg.norm(np.asarray(X, dtype=np.float64), axis=1)
+    worst = float(np.max(np.abs(norms - 1.0))) if len(norms) else 0.0
+    if not worst <= UNIT_TOLERANCE:
+        raise DataError(
+            f"{name} are not L2-normalized (a row's norm is off 1 by {worst:.3g}); "
+            "embed the center again with `feddel-center embed`"
+        )
+
+
+def unit_row_stats(count: np.ndarray, sums: np.ndarray, centers: np.ndarray) -> ClusterStats:
+    """Cluster statistics of unit-norm rows from their counts and sums alone: for ||x|| = 1,
+    the squared distances of a cell to its center c add up to n (1 + ||c||^2) - 2 c . S. So a
+    Lloyd round needs no per-cell squared distances on the wire, and their noise (4x the
+    sums', for a sensitivity of 4) no longer decides which centers the loop keeps."""
+    count = np.asarray(count, dtype=np.int64)
+    sums = np.asarray(sums, dtype=np.float64)
+    centers = np.asarray(centers, dtype=np.float64)
+    if sums.shape != centers.shape or count.shape != (len(centers),):
+        raise ProtocolError(
+            f"counts {count.shape} and sums {sums.shape} do not fit centers {centers.shape}"
+        )
+    spread = count * (1.0 + np.einsum("kd,kd->k", centers, centers))
+    sqdist = spread - 2.0 * np.einsum("kd,kd->k", centers, sums)
+    return ClusterStats(count, sums, np.maximum(sqdist, 0.0))
+
+
 def merge_stats(stats: Iterable[ClusterStats]) -> ClusterStats:
     """Add the statistics of several centers (exact; independent of their order)."""
     items = list(stats)

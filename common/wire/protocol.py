@@ -466,13 +466,15 @@ def centers_digest(centers: np.ndarray) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class LloydReply(MaskedReply):
-    """Masked (count (k,), sum (k, d), sqdist (k,)): see `lloyd_layout`."""
+    """Masked (count (k,), sum (k, d)): see `lloyd_layout`."""
 
     ACTION: ClassVar[str] = "lloyd"
 
 
 def lloyd_layout(k: int, d: int) -> dict[str, tuple[int, ...]]:
-    return {"count": (k,), "sum": (k, d), "sqdist": (k,)}
+    """Counts and sums only: the squared distances of unit rows follow from them
+    (common/curation/kmeans.py, `unit_row_stats`)."""
+    return {"count": (k,), "sum": (k, d)}
 
 
 # --- phase 3: scoring (securely summed) -----------------------------------------------------
@@ -672,16 +674,15 @@ class Part(NamedTuple):
         return self.sigma == "count"
 
 
-# Counts get count_sigma, sums noise_sigma, squared distances 4 x noise_sigma. One sample adds
-# 1 to a count; for unit embeddings, at most 1 to each coordinate of a sum and of a sum of outer
-# products, 4 to a sum of squared distances (to centers inside the unit ball: means of unit
-# rows plus noise small next to min-count members), 255 to a pixel of an image sum.
+# Counts get count_sigma, sums noise_sigma. One sample adds 1 to a count; for unit embeddings,
+# at most 1 to each coordinate of a sum and of a sum of outer products, 255 to a pixel of an
+# image sum.
 PARTS: dict[str, Part] = {
     "count": Part("count", 1.0, 1.0), "candidates": Part("count", 1.0, 1.0),
     "eta_survivors": Part("count", 1.0, 1.0), "beyond_share": Part("count", 1.0, 1.0),
     "histograms": Part("count", 1.0, 1.0), "per_cluster": Part("count", 1.0, 1.0),
     "sum": Part("noise", 1.0, 1.0), "outer": Part("noise", 1.0, 1.0),
-    "image_sum": Part("noise", 1.0, 255.0), "sqdist": Part("noise", 4.0, 4.0),
+    "image_sum": Part("noise", 1.0, 255.0),
 }  # fmt: skip
 NOISE_BOUND = 10.0  # standard deviations: a Gaussian draw beyond it has probability 1.5e-23
 FLOAT_SLACK = 2.0**-10  # relative: float32 unit rows may exceed norm 1 by a few ulps

@@ -10,7 +10,11 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from sklearn.cluster import KMeans
 
-from feddel.common.curation.kmeans import ClusterStats, weighted_kmeans_plusplus
+from feddel.common.curation.kmeans import (
+    ClusterStats,
+    unit_row_stats,
+    weighted_kmeans_plusplus,
+)
 from feddel.common.wire.protocol import InventoryReply, SeedReply
 from feddel.server.broadcast import RoundFailed
 
@@ -96,12 +100,12 @@ def seed_centers(replies: Mapping[int, SeedReply], k: int, rng: np.random.Genera
     return model.fit(points, sample_weight=weights.astype(np.float64)).cluster_centers_
 
 
-def lloyd_stats(parts: Mapping[str, np.ndarray]) -> ClusterStats:
+def lloyd_stats(parts: Mapping[str, np.ndarray], centers: np.ndarray) -> ClusterStats:
     """One Lloyd round's statistics from the unmasked secure sum of the centers' packed
-    (count, sum, sqdist) vectors (`lloyd_layout`); counts rounded (with DP they carry noise)
-    and at least 0."""
+    (count, sum) vectors (`lloyd_layout`) for the open `centers`; counts rounded (with DP they
+    carry noise) and at least 0, squared distances from counts and sums (`unit_row_stats`)."""
     count = np.maximum(np.rint(parts["count"]), 0).astype(np.int64)
-    return ClusterStats(count, parts["sum"], np.maximum(parts["sqdist"], 0.0))
+    return unit_row_stats(count, parts["sum"], centers)
 
 
 DRAWS_PER_CENTER = 50  # Gaussian draws per wanted center in moments_centers

@@ -9,10 +9,9 @@ counts the releases the round may make (moments, two per Lloyd round, the score 
 eta re-asks, the selection, the mean image), gives each the same share of the budget
 (mu_i = mu / sqrt(releases), common/privacy/accountant.py), and sets each part's sigma to its
 sensitivity x sqrt(parts) / mu_i. Sensitivities are for one image added to or removed from one
-center: 1 for a count, 1 for a sum of unit embeddings or of their outer products, 4 for a sum
-of squared distances (noise_sigma x 4 by the wire's convention), 255 x sqrt(3) x size for an
-image sum, sqrt(2) for the score phase's candidate and past-series-share counts, and, with
-MedDEL's survivor counts, sqrt(2 + 201) (it may survive at every eta of ETA_GRID).
+center: 1 for a count, 1 for a sum of unit embeddings or of their outer products, 255 x
+sqrt(3) x size for an image sum, sqrt(2) for the score phase's candidate and past-series-share
+counts, and, with MedDEL's survivor counts, sqrt(2 + 201) (it may survive at every eta of ETA_GRID).
 Near-duplicate removal and the series share are assumed not to change another image's candidacy (see
 docs/design.md); the center-level counts of the inventory are outside the guarantee.
 The accountant records what was actually released, and summary.json reports it.
@@ -131,8 +130,8 @@ def _parts(config: CurationConfig, phase: str) -> list[tuple[float, str, float]]
         survivors = len(ETA_GRID) if config.selection_method.selection.reports_survivors else 0
         counts = math.sqrt(2.0 + survivors)  # one image may survive at every eta
     parts = [(counts, "count", 1.0)]
-    if phase == "lloyd":  # sums of unit embeddings; squared distances <= 4 each
-        parts += [(1.0, "noise", 1.0), (4.0, "noise", 4.0)]
+    if phase == "lloyd":  # sums of unit embeddings (squared distances follow from them)
+        parts += [(1.0, "noise", 1.0)]
     elif phase == "moments":  # sum of unit embeddings; of their outer products (norm 1)
         parts += [(1.0, "noise", 1.0), (1.0, "noise", 1.0)]
     elif phase == "mean_image":

@@ -242,7 +242,7 @@ class SecureLloyd:
         )  # fmt: skip
         expected = sum(self.eligible[n] for n in replies)
         self.sums.check_counts("lloyd", parts["count"], expected, exact=True)
-        return lloyd_stats(parts)
+        return lloyd_stats(parts, cells[open_cells])
 
 
 def _seed(cast: Broadcaster, config: CurationConfig, dim: int, rng: np.random.Generator):

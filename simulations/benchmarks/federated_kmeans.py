@@ -54,10 +54,10 @@ from feddel.simulations.benchmarks.synthetic import Datasets, SyntheticSet
 INERTIA_TARGET = Target("<=", 1.02)
 RUN = "bench"
 RING_NOTE = (
-    "a Lloyd reply is one secure-aggregation vector of k(d+2) values in the integers mod 2^32, "
+    "a Lloyd reply is one secure-aggregation vector of k(d+1) values in the integers mod 2^32, "
     "4 bytes a value like the float32 formula: pairwise masks only cancel in a modular ring, "
     "and every value of the roster's sum is bounded by the federation's N samples (counts and "
-    "unit-embedding sums <= N, squared distances <= 4N, noise cut at 10 sigma), so a "
+    "unit-embedding sums <= N, noise cut at 10 sigma), so a "
     "fixed-point step 2^-s with bound x 2^s < 2^31 cannot wrap; at N=1M over 31 centers sums "
     "get step 2^-11, whose rounding (31 half-steps at worst, 0.0076) stays under a quarter of "
     "the noise sigma 0.05; a sum that does not fit so goes back to 64-bit words (8 bytes); a "
@@ -88,7 +88,7 @@ class FederatedRun(NamedTuple):
     seconds: float  # every center in turn, plus the coordinator
     critical_seconds: float  # slowest center per phase, plus the coordinator
     reply_bytes: list[int]  # serialized LloydReply size, per center per round
-    reply_values: list[int]  # the values each of those replies holds (open cells x (d + 2))
+    reply_values: list[int]  # the values each of those replies holds (open cells x (d + 1))
     seed_reply_bytes: int  # serialized SeedReply size (the largest)
 
 
@@ -152,9 +152,10 @@ class _MaskedSums:
 
         def values_of(shard: np.ndarray) -> dict[str, np.ndarray]:
             stats = cluster_stats(shard, assign(shard, centers), k)
-            return {"count": stats.count, "sum": stats.sum, "sqdist": stats.sqdist}
+            return {"count": stats.count, "sum": stats.sum}
 
-        return lloyd_stats(self._sum("lloyd", lloyd_layout(k, d), LloydReply, values_of))
+        parts = self._sum("lloyd", lloyd_layout(k, d), LloydReply, values_of)
+        return lloyd_stats(parts, centers)
 
 
 def federated_kmeans(
@@ -266,10 +267,10 @@ def _run_records(
 def _bytes_records(
     k: int, params: KMeansParams, sizes: list[int], values: list[int]
 ) -> list[Record]:
-    """The largest Lloyd reply (a round with the most open cells) against k(d+2) values in
+    """The largest Lloyd reply (a round with the most open cells) against k(d+1) values in
     4-byte words plus the record's framing, and against the same reply in 8-byte words, the
     size before 32-bit secure sums."""
-    full = k * (params.d + 2)
+    full = k * (params.d + 1)
     largest = int(np.argmax(sizes))
     measured, uint64 = sizes[largest], _reply_bytes(values[largest], np.uint64)
     target = _reply_bytes(full, np.uint32)

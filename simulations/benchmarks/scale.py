@@ -104,7 +104,7 @@ _TIME_NOTES = {
     "samples": "per-sample work at the centers (assignment, PVI, near-duplicate removal)",
 }
 _BYTES_NOTES = {
-    "centers": "every center sends the same k(d+2) values per Lloyd round; requests also carry "
+    "centers": "every center sends the same k(d+1) values per Lloyd round; requests also carry "
     "the roster of all centers' keys",
     "samples": "replies do not depend on a center's number of samples",
 }

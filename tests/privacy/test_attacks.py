@@ -19,7 +19,7 @@ from feddel.client import handlers
 from feddel.client.handlers import CenterPaths
 from feddel.client.state import CenterState
 from feddel.common.config import CurationConfig
-from feddel.common.curation.kmeans import assign
+from feddel.common.curation.kmeans import assign, unit_row_stats
 from feddel.common.curation.methods import FEDDEL
 from feddel.common.errors import ProtocolError, Refused, RunFailed
 from feddel.common.privacy import secagg
@@ -114,7 +114,7 @@ def _tar(seen, X):
             centroid = b["sum"][j] / b["count"][j]
             # a smarter attacker shrinks toward the centroid by the noise it knows is there
             noise2 = 2 * CONFIG.noise_sigma**2 * X.shape[1]
-            spread2 = b["sqdist"][j] / b["count"][j]
+            spread2 = unit_row_stats(b["count"], b["sum"], c1).sqdist[j] / b["count"][j]
             shrunk = centroid + spread2 / (spread2 + noise2) * (estimate - centroid)
             results.append((np.linalg.norm(estimate - target), np.linalg.norm(shrunk - target),
                             np.linalg.norm(centroid - target)))  # fmt: skip

@@ -118,8 +118,14 @@ def test_wire_masked_replies_do_not_reveal_the_center_statistics(captured):
             if kind == "query.counts":
                 counts.append(bits)
             else:
-                assert abs(bits.mean() - 0.5) < 0.02
-        assert abs(np.concatenate(counts).mean() - 0.5) < 0.02
+                assert _fair_coin(bits)
+        assert _fair_coin(np.concatenate(counts))
+
+
+def _fair_coin(bits: np.ndarray) -> bool:
+    """The share of ones within 5 standard errors of 1/2 (a false alarm once in 1.7 million);
+    a fixed margin would be below one standard error for a short reply."""
+    return abs(bits.mean() - 0.5) <= 5 * 0.5 / np.sqrt(len(bits))
 
 
 def test_wire_bytes_do_not_grow_with_the_number_of_images(captured):

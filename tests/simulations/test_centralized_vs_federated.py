@@ -135,9 +135,9 @@ def test_federated_round_in_32_bit_words_selects_what_64_bit_words_select(federa
         words: summary.bytes_up["lloyd"] / (summary.centers * summary.kmeans_rounds)
         for words, (summary, _) in runs.items()
     }
-    values = k * (d + 2)
+    values = k * (d + 1)  # counts and sums
     full = record_bytes(LloydReply(masked=np.zeros(values, dtype=np.uint32)).to_record())
-    assert per_reply[32] <= full < 4 * values + 256  # k(d+2) words at most: only open cells
+    assert per_reply[32] <= full < 4 * values + 256  # k(d+1) words at most: only open cells
     assert per_reply[32] / per_reply[64] <= 0.55
 
 

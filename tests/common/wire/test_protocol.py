@@ -146,13 +146,13 @@ def test_protocol_roster_must_be_32_byte_keys():
 
 def test_protocol_pack_unpack_round_trip_and_length_check():
     layout = lloyd_layout(2, 3)
-    vector = pack(layout, count=[1, 2], sum=np.ones((2, 3)), sqdist=[0.5, 0.25])
+    vector = pack(layout, count=[1, 2], sum=np.ones((2, 3)))
     parts = unpack(layout, vector)
     np.testing.assert_array_equal(parts["sum"], np.ones((2, 3)))
-    with pytest.raises(ProtocolError, match="layout needs 10"):
+    with pytest.raises(ProtocolError, match="layout needs 8"):
         unpack(layout, vector[:-1])
     with pytest.raises(ProtocolError, match="has shape"):
-        pack(layout, count=[1], sum=np.ones((2, 3)), sqdist=[0.5, 0.25])
+        pack(layout, count=[1], sum=np.ones((2, 3)))
 
 
 def test_protocol_record_proto_is_the_message_flower_sends_byte_for_byte():

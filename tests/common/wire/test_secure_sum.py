@@ -51,7 +51,6 @@ def test_a_lloyd_sum_of_31_centers_travels_in_32_bit_words_with_rounding_below_t
     ring = sum_ring(layout, _request(samples, 31))
     assert ring.bits == 32
     assert _worst_rounding(ring, layout, "sum", 31) <= SIGMA / far_below
-    assert _worst_rounding(ring, layout, "sqdist", 31) <= 4 * SIGMA / far_below
     assert unpack(layout, ring.shifts)["count"].min() >= 0  # counts: exact integers
 
 
@@ -85,7 +84,6 @@ def _center_values(rng, rows, centers):
     return {
         "count": np.bincount(labels, minlength=k),
         "sum": np.array([X[labels == j].sum(axis=0) for j in range(k)]),
-        "sqdist": np.bincount(labels, weights=sq.min(axis=1), minlength=k),
     }
 
 
@@ -113,26 +111,25 @@ def test_a_32_bit_lloyd_sum_equals_the_plain_sum_within_the_stated_rounding():
     truth = unpack(layout, np.sum(plain, axis=0))
     exact = np.sum([values["count"] for values in stats], axis=0)
     assert summed["count"].tolist() == exact.tolist()
-    for part in ("sum", "sqdist"):
-        error = np.abs(summed[part] - truth[part]).max()
-        assert error <= _worst_rounding(ring, layout, part, members) <= SIGMA / 100
+    error = np.abs(summed["sum"] - truth["sum"]).max()
+    assert error <= _worst_rounding(ring, layout, "sum", members) <= SIGMA / 100
 
 
 def test_a_center_past_its_share_of_the_bound_is_refused_by_name():
     """10 samples: a sum coordinate of 12 cannot come from unit rows; sent, it could wrap."""
     layout = lloyd_layout(1, 2)
     request = _request(1_000, 3, noise_sigma=0.0)
-    fine = pack(layout, count=[10], sum=[[10.0, -10.0]], sqdist=[40.0])
+    fine = pack(layout, count=[10], sum=[[10.0, -10.0]])
     check_share(layout, request, fine, 10)
-    bad = pack(layout, count=[10], sum=[[12.0, 0.0]], sqdist=[1.0])
+    bad = pack(layout, count=[10], sum=[[12.0, 0.0]])
     with pytest.raises(
         ProtocolError,
         match=r"^'sum' value 12 exceeds 10\.0098, this center's bound \(1 per sample x 10 "
         r"samples, plus noise\); its secure sum could wrap$",
     ):
         check_share(layout, request, bad, 10)
-    with pytest.raises(ProtocolError, match=r"'sqdist' value 41 exceeds 40\.0391"):
-        check_share(layout, request, pack(layout, count=[10], sum=[[0, 0]], sqdist=[41]), 10)
+    with pytest.raises(ProtocolError, match=r"'count' value 11 exceeds 10\.0098"):
+        check_share(layout, request, pack(layout, count=[11], sum=[[0, 0]]), 10)
 
 
 def test_a_center_holding_more_than_the_federation_bound_is_refused():

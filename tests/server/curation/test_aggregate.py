@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from feddel.common.curation.kmeans import ClusterStats, assign, weighted_kmeans_plusplus
+from feddel.common.curation.kmeans import (
+    assign,
+    cluster_stats,
+    unit_row_stats,
+    weighted_kmeans_plusplus,
+)
 from feddel.common.curation.lloyd import PooledSource, lloyd_rounds
 from feddel.common.privacy.cells import seed_proposal
 from feddel.common.privacy.noise import noisy_means
@@ -46,10 +51,23 @@ def test_mean_image_divides_the_summed_images_by_their_count_or_is_none_under_mi
 
 
 def test_lloyd_stats_round_noisy_counts_to_non_negative_integers():
-    parts = {"count": np.array([10.4, -0.7]), "sum": np.ones((2, 3)), "sqdist": np.array([2, -1.0])}
-    stats = lloyd_stats(parts)
+    centers = np.array([[0.6, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    parts = {"count": np.array([10.4, -0.7]), "sum": np.array([[6.0, 1, 1], [0.0, 0, 3]])}
+    stats = lloyd_stats(parts, centers)
     assert stats.count.tolist() == [10, 0] and stats.count.dtype == np.int64
-    assert stats.sqdist.tolist() == [2.0, 0.0]
+    # 10 x (1 + 0.36) - 2 x 0.6 x 6 = 6.4; an empty cell's "-6" is clipped to 0
+    assert stats.sqdist == pytest.approx([6.4, 0.0])
+
+
+def test_unit_row_stats_equal_the_squared_distances_of_unit_rows():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((200, 16))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    centers = X[:5] * 0.9
+    exact = cluster_stats(X, assign(X, centers), 5)
+    derived = unit_row_stats(exact.count, exact.sum, centers)
+    np.testing.assert_allclose(derived.sqdist, exact.sqdist, rtol=1e-6)  # float32 rows
+    assert derived.count.tolist() == exact.count.tolist()
 
 
 def test_moments_centers_spread_over_the_gaussian_of_the_moments():
@@ -76,7 +94,7 @@ def test_seed_centers_draws_k_distinct_local_centroids_weighted_by_count():
 
 class NoisySums(PooledSource):
     """What the coordinator's secure sums give: exact counts, sums carrying the round's
-    noise (N(0, sigma^2) per value, 4 x sigma per squared distance)."""
+    noise (N(0, sigma^2) per value), squared distances derived from them (`lloyd_stats`)."""
 
     def __init__(self, shards, rng, sigma):
         super().__init__(shards)
@@ -85,8 +103,8 @@ class NoisySums(PooledSource):
     def stats(self, cells, open_cells):
         exact = super().stats(cells, open_cells)
         noise = self.rng.normal(0.0, self.sigma, exact.sum.shape)
-        sqdist = exact.sqdist + self.rng.normal(0.0, 4 * self.sigma, exact.sqdist.shape)
-        return ClusterStats(exact.count, exact.sum + noise, sqdist)
+        parts = {"count": exact.count, "sum": exact.sum + noise}
+        return lloyd_stats(parts, cells[open_cells])
 
 
 def federated_kmeans(shards, k, k_local=8, seed=0, sigma=NOISE):
@@ -153,13 +171,15 @@ def test_federated_kmeans_on_demo_like_embeddings_within_5_percent_of_centralize
 
 @pytest.mark.parametrize("noise", [0.0, NOISE])
 def test_federated_kmeans_on_heterogeneous_gaussian_centers_within_2_percent(noise):
-    """31 centers of heavy-tailed sizes, each seeing only 2-4 of 10 Gaussian modes."""
+    """31 centers of heavy-tailed sizes, each seeing only 2-4 of 10 Gaussian modes (rows
+    L2-normalized, as the centers' embeddings are)."""
     rng = np.random.default_rng(7)
     modes = rng.normal(scale=4.0, size=(10, 16))
     shards = []
     for size in np.maximum((rng.pareto(1.2, 31) + 1) * 60, 20).astype(int):
         seen = rng.choice(10, size=rng.integers(2, 5), replace=False)
-        shards.append(modes[rng.choice(seen, size)] + rng.normal(size=(size, 16)))
+        rows = modes[rng.choice(seen, size)] + rng.normal(size=(size, 16))
+        shards.append(rows / np.linalg.norm(rows, axis=1, keepdims=True))
     X = np.concatenate(shards)
     federated = _inertia(X, federated_kmeans(shards, 10, sigma=noise).result.centers)
     central = min(_inertia(X, centralized_kmeans(X, 10, 1, s).centers) for s in range(3))

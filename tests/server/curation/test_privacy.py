@@ -59,8 +59,8 @@ def test_dp_sigmas_follow_the_sensitivities():
     privacy = RoundPrivacy.plan(config)
     mu_i = privacy.mu_per_release
     assert privacy.for_phase("counts") == Sigmas(0.0, pytest.approx(1 / mu_i))
-    lloyd = privacy.for_phase("lloyd")  # count, sum, squared distances (4 x the sum's sigma)
-    assert (lloyd.count, lloyd.noise) == (pytest.approx(math.sqrt(3) / mu_i),) * 2
+    lloyd = privacy.for_phase("lloyd")  # count and sum: no squared distances are released
+    assert (lloyd.count, lloyd.noise) == (pytest.approx(math.sqrt(2) / mu_i),) * 2
     image = privacy.for_phase("mean_image")
     assert image.noise == pytest.approx(255 * math.sqrt(3) * 64 * math.sqrt(2) / mu_i)
     meddel = RoundPrivacy.plan(dataclasses.replace(config, method="meddel"))

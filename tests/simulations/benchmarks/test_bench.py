@@ -89,10 +89,10 @@ def test_lloyd_reply_bytes_do_not_depend_on_the_number_of_samples(tmp_path):
         shards = [X[lo:hi] for lo, hi in pairwise(data.offsets)]
         run = federated_kmeans.federated_kmeans(shards, k, params, np.random.default_rng(0))
         sizes += run.reply_bytes
-    words = np.zeros(k * (d + 2), dtype=np.uint32)
+    words = np.zeros(k * (d + 1), dtype=np.uint32)  # counts and sums of k cells
     expected = record_bytes(LloydReply(masked=words).to_record())
     assert set(sizes) == {expected}
-    assert 4 * k * (d + 2) < expected < 4 * k * (d + 2) + 200  # 32-bit words plus framing
+    assert 4 * k * (d + 1) < expected < 4 * k * (d + 1) + 200  # 32-bit words plus framing
 
 
 def test_kmeans_ratios_are_against_the_same_runs_reference(tmp_path):
@@ -112,8 +112,8 @@ def test_kmeans_ratios_are_against_the_same_runs_reference(tmp_path):
         assert inertia.reference > 0 and inertia.target == "<= 1.02"
     k = federated_kmeans.QUICK.runs[0][1]
     size = by_name[f"kmeans_reply_bytes_per_center_round_k{k}"]
-    assert size.met is True  # 4-byte words: the float32 formula plus framing
-    assert size.params["framing_bytes"] == size.value - 4 * k * (federated_kmeans.QUICK.d + 2)
+    assert size.met is True  # 4-byte words: under the 4 k (d + 2), plus framing
+    assert size.params["framing_bytes"] == size.value - 4 * k * (federated_kmeans.QUICK.d + 1)
     assert size.params["uint64_reply_bytes"] - size.value == 4 * size.params["values"]
     assert size.params["largest_reply_values"] == size.params["values"]  # every cell open
     assert by_name[f"kmeans_reply_bytes_spread_k{k}"].value == 0.0
