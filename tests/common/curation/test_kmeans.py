@@ -8,6 +8,7 @@ from feddel.common.curation.kmeans import (
     Assignment,
     ClusterStats,
     assign,
+    check_unit_rows,
     cluster_stats,
     local_kmeans,
     merge_stats,
@@ -194,3 +195,10 @@ def test_assign_and_stats_read_a_memmap_in_chunks(tmp_path):
     a, b = assign(ro, centers, chunk_size=128), assign(X, centers)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(cluster_stats(ro, a, 5, 128).sum, cluster_stats(X, b, 5).sum)
+
+
+def test_check_unit_rows_accepts_float32_unit_rows_and_names_the_fix_otherwise():
+    rows = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    check_unit_rows(rows / np.linalg.norm(rows, axis=1, keepdims=True))
+    with pytest.raises(DataError, match=r"pool of c1 are not L2-normalized .* off 1 by .* embed"):
+        check_unit_rows(rows, "pool of c1")
