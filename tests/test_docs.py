@@ -288,7 +288,9 @@ def test_checker_reports_a_missing_path_name_section_and_heading(tmp_path):
 
 
 def test_checker_ignores_paths_inside_other_paths_and_placeholders():
-    text = "runs/demo/docs/x.md, /opt/tests/x.py, ~/docs/x.md, <state>/docs/x.md, $HOME/docs/x"
+    text = _fixture(
+        "runs/demo/{docs}/x.md, /opt/tests/x.py, ~/{docs}/x.md, <state>/{docs}/x.md, $HOME/{docs}/x"
+    )
     assert broken_references(text) == []
 
 

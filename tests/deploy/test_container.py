@@ -93,9 +93,9 @@ def _engine_problem() -> str | None:
 def engine():
     problem = _engine_problem()
     if problem is not None:
-        message = f"container smoke test skipped: no container engine here ({problem})"
-        print(message, file=sys.stderr)
-        pytest.skip(message)
+        reason = f"container smoke test skipped: no container engine here ({problem})"
+        print(reason, file=sys.stderr)
+        pytest.skip(reason=reason)
     return shutil.which("docker")
 
 
