@@ -22,7 +22,6 @@ from feddel.client.state import CenterState
 from feddel.common.curation.kmeans import (
     ClusterStats,
     assign,
-    check_unit_rows,
     cluster_stats,
 )
 from feddel.common.curation.local import (
@@ -195,7 +194,6 @@ def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
     nearest open center; the coordinator derives the squared distances of unit rows."""
     paths.policy.check_noise(request.noise_sigma)
     _, X = _eligible_rows(request.method, paths, request.run)
-    check_unit_rows(X, f"the pool embeddings of {paths.name}")
     cells = CenterState(paths.state).load_cells(request.run, request.cells)
     if len(request.open) != len(cells):
         raise ProtocolError(f"{len(request.open)} open flags for {len(cells)} counted cells")

@@ -93,6 +93,7 @@ class CenterState:
         return pool
 
     def _read_pool(self, run: str) -> CenterPool:
+        from feddel.common.curation.kmeans import check_unit_rows
         from feddel.common.data.pool import CenterPool, PoolCounts
         from feddel.common.data.scan import Sample
         from feddel.common.models.embed import EncoderSpec
@@ -108,7 +109,8 @@ class CenterState:
         arrays = np.load(self.run_dir(run) / "pool.npz")
         spec = EncoderSpec.from_dict(meta["spec"])
         samples = [Sample(**s) for s in meta["samples"]]
-        cached = EmbeddingCache(self.path, spec).read()
+        cache = EmbeddingCache(self.path, spec)
+        cached, cached_path = cache.read(), cache.path
         row = {sample_id: i for i, sample_id in enumerate(cached.ids)}
         missing = [s.sample_id for s in samples if s.sample_id not in row]
         if missing:
@@ -117,13 +119,18 @@ class CenterState:
                 "re-run the inventory phase to re-embed them"
             )
         rows = np.array([row[s.sample_id] for s in samples], dtype=np.int64)
+        embeddings = cached.embeddings
+        if not _is_identity(rows, len(cached.ids)):
+            embeddings = embeddings[rows]
+        check_unit_rows(
+            embeddings, f"the embeddings cached under {cached_path}",
+            fix=f"delete {cached_path} and re-run the inventory phase to embed again",
+        )  # fmt: skip
         return CenterPool(
             name=meta["name"],
             root=Path(meta["root"]),
             samples=samples,
-            embeddings=cached.embeddings
-            if _is_identity(rows, len(cached.ids))
-            else cached.embeddings[rows],
+            embeddings=embeddings,
             disruptive=arrays["disruptive"],
             disruption=meta["disruption"],
             fingerprint=meta["fingerprint"],

@@ -201,15 +201,20 @@ def cluster_stats(
 UNIT_TOLERANCE = 1e-3  # |norm - 1| of an embedding row beyond which it is not "unit"
 
 
-def check_unit_rows(X: np.ndarray, name: str = "embeddings") -> None:
+def check_unit_rows(X: np.ndarray, name: str = "embeddings", fix: str = "") -> None:
     """Raise DataError unless every row has norm 1: the federated statistics rely on it (the
-    Lloyd round sends no squared distances, `unit_row_stats`; the noise is scaled for it)."""
-    norms = np.linalg.norm(np.asarray(X, dtype=np.float64), axis=1)
-    worst = float(np.max(np.abs(norms - 1.0))) if len(norms) else 0.0
+    Lloyd round sends no squared distances, `unit_row_stats`; the noise is scaled for it).
+    Reads X in blocks of _ROW_BLOCK rows (a memory-mapped cache is never copied whole)."""
+    per_block = [0.0]
+    for lo in range(0, len(X), _ROW_BLOCK):
+        block = np.asarray(X[lo : lo + _ROW_BLOCK], dtype=np.float32)
+        squared = np.einsum("nd,nd->n", block, block)
+        per_block.append(float(np.max(np.abs(np.sqrt(squared) - 1.0))))
+    worst = float(np.max(per_block))  # NaN if any row holds one
     if not worst <= UNIT_TOLERANCE:
         raise DataError(
-            f"{name} are not L2-normalized (a row's norm is off 1 by {worst:.3g}); "
-            "embed the center again with `feddel-center embed`"
+            f"{name} are not L2-normalized (a row's norm is off 1 by {worst:.3g})"
+            + (f"; {fix}" if fix else "")
         )
 
 

@@ -200,5 +200,8 @@ def test_assign_and_stats_read_a_memmap_in_chunks(tmp_path):
 def test_check_unit_rows_accepts_float32_unit_rows_and_names_the_fix_otherwise():
     rows = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
     check_unit_rows(rows / np.linalg.norm(rows, axis=1, keepdims=True))
-    with pytest.raises(DataError, match=r"pool of c1 are not L2-normalized .* off 1 by .* embed"):
-        check_unit_rows(rows, "pool of c1")
+    with pytest.raises(DataError, match=r"pool of c1 are not L2-normalized .* off 1 by .*; redo"):
+        check_unit_rows(rows, "pool of c1", fix="redo")
+    rows[0, 0] = np.nan  # a NaN row is not a unit row either
+    with pytest.raises(DataError, match="off 1 by nan"):
+        check_unit_rows(rows / np.linalg.norm(rows, axis=1, keepdims=True))

@@ -20,7 +20,9 @@ from feddel.common.curation.quality import (
 )
 from feddel.common.data.pool import FEATURE_BATCH, decode_pass, prepare_center, quality_group
 from feddel.common.data.scan import load_image, scan_center
+from feddel.common.errors import DataError
 from feddel.common.models.embed import EncoderSpec
+from feddel.common.models.embedcache import EmbeddingCache
 
 SIZE = 32
 
@@ -101,6 +103,21 @@ def test_a_pool_saved_again_is_read_again(saved_pool):
     np.testing.assert_array_equal(after.disruptive, flipped)
     state.save_pool("run", pool, spec)
     np.testing.assert_array_equal(state.load_pool("run").disruptive, pool.disruptive)
+
+
+def test_a_pool_whose_cached_embeddings_are_not_unit_rows_is_refused_with_the_fix(tmp_path):
+    root = _write_center(tmp_path / "center", 12, seed=2)
+    spec = EncoderSpec(image_size=SIZE)
+    state = CenterState(tmp_path / "state")
+    state.save_pool("run", prepare_center(root, state.path, spec), spec)
+    cache = EmbeddingCache(state.path, spec)
+    rows = cache.open_rows(writable=True)
+    rows[3] *= 2.0  # a cache written by something else than the embedder
+    rows.flush()
+    del rows
+    with pytest.raises(DataError, match=r"not L2-normalized \(a row's norm is off 1 by 1\); "
+                                        r"delete .* and re-run the inventory phase"):  # fmt: skip
+        state.load_pool("run")
 
 
 def _with_flags(pool, disruptive):
