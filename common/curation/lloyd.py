@@ -11,8 +11,9 @@ oscillate, 5.0, 11.0, 17.6, 10.3, ...), only ever removes centers, so the loop s
 Once the loop has settled, a few local moves try to do better from the best centers so far: a
 cluster is split in two (when merges left fewer than k centers), or the two clusters that are
 cheapest to merge are merged while the widest one is split (at k). A move that does not beat
-the best centers costs rounds but nothing else: the loop keeps the best centers it measured,
-so the result never depends on where it stopped. In the federation the source is a pair of
+the best centers costs rounds but nothing else: the loop keeps the best cells it measured and
+returns their means (one more Lloyd step, from statistics already released), so the result
+never depends on where it stopped. In the federation the source is a pair of
 secure sums (server/curation/round.py); in the centralized reference it is the pooled rows.
 """
 
@@ -56,14 +57,14 @@ class LloydSource(Protocol):
 
 
 class KMeansResult(NamedTuple):
-    centers: np.ndarray  # (k', d) float64: the best centers measured, k' <= k
+    centers: np.ndarray  # (k', d) float64: the means of the best cells measured, k' <= k
     inertia_history: list[float]  # inertia of the centers each round measured
     rounds: int
 
 
 class LloydRun(NamedTuple):
     result: KMeansResult
-    stats: ClusterStats  # the statistics of result.centers
+    stats: ClusterStats  # the best cells measured, whose means are result.centers
 
 
 class _Measured(NamedTuple):
@@ -90,7 +91,7 @@ def lloyd_rounds(
 ) -> LloydRun:
     """Lloyd from `init` with cells under `min_count` merged away, then up to `moves` local
     moves toward `k` centers (default: as many as `init`); at most `max_rounds` rounds; the
-    best centers measured."""
+    means of the best cells measured."""
     _check_loop(max_rounds, tol, min_count)
     centers = np.asarray(init, dtype=np.float64)
     target = len(centers) if k is None else k
@@ -127,7 +128,8 @@ def lloyd_rounds(
             tried, stale, moved = tried + 1, 0, proposal
         centers = moved
     assert best is not None  # max_rounds >= 1
-    return LloydRun(KMeansResult(best.centers, history, len(history)), best.stats)
+    final = cell_means(best.stats, best.centers, min_count)  # one more Lloyd step, no release
+    return LloydRun(KMeansResult(final, history, len(history)), best.stats)
 
 
 def cell_means(stats: ClusterStats, centers: np.ndarray, min_count: int) -> np.ndarray:

@@ -132,15 +132,15 @@ def _inertia(X, centers):
     return float(assign(X, centers).sqdist.astype(np.float64).sum())
 
 
-@pytest.mark.parametrize(("sigma", "mean", "worst"), [(0.0, 1.0, 1.3), (NOISE, 1.05, 1.4)])
+@pytest.mark.parametrize(("sigma", "mean", "worst"), [(0.0, 1.0, 1.3), (NOISE, 1.05, 1.45)])
 def test_federated_kmeans_on_small_uneven_federations_matches_centralized_under_min_count(
     sigma, mean, worst
 ):
     """12 federations of 3-6 centers holding 5-60 video-like frames each, k=8, min-count 10:
     k clusters of 10 cannot all exist, so the reference is centralized k-means under the same
     rule (k-means++ from 5 seeds, the same loop, averaged). Measured without noise: mean ratio
-    0.95, worst 1.25; with the default noise 1.01 and 1.38 (noise changes which local optimum
-    a 100-sample federation ends in). Each run ends at its best inertia."""
+    0.95, worst 1.25; with the default noise 1.00 and 1.40 (noise changes which local optimum
+    a 100-sample federation ends in). Each run ends at the means of its best cells."""
     ratios = []
     for index in range(12):
         rng = np.random.default_rng(100 + index)
