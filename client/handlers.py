@@ -38,7 +38,13 @@ from feddel.common.errors import FedDELError, ProtocolError
 from feddel.common.models.embed import EncoderSpec
 from feddel.common.privacy import secagg
 from feddel.common.privacy.cells import seed_proposal
-from feddel.common.privacy.noise import add_noise, noise_context, noise_share, noisy_means
+from feddel.common.privacy.noise import (
+    add_cell_noise,
+    add_noise,
+    noise_context,
+    noise_share,
+    noisy_means,
+)
 from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.wire.protocol import (
     CountsReply,
@@ -127,7 +133,7 @@ def seed(request: SeedRequest, paths: CenterPaths) -> SeedReply:
     pool = state.load_pool(request.run)
     X = pool.embeddings[method_named(request.method).eligible(pool.disruptive)]
     centroids, counts = seed_proposal(X, request.k_local, request.min_count, request.seed)
-    context = noise_context(request.ACTION, 0)
+    context = noise_context(request.ACTION)
     noisy = noisy_means(state.noise_secret(), context, centroids, counts, request.noise_sigma)
     return SeedReply(centroids=noisy, counts=counts)
 
@@ -142,12 +148,14 @@ def _masked(
     paths: CenterPaths,
     layout: dict[str, tuple[int, ...]],
     samples: int,
+    by_cell: bool = False,
     **parts: np.ndarray,
 ) -> np.ndarray:
     """Pack, add this center's share of the sum's noise, and mask a vector for the round's
     secure sum (common/privacy/secagg.py), after checking the roster against the policy and
     the values against this center's share of the sum's bound: `samples`, the most samples
-    any of the values counts, is at most what the center reported at inventory."""
+    any of the values counts, is at most what the center reported at inventory. `by_cell`:
+    the noise is keyed cell by cell (common/privacy/noise.py, `add_cell_noise`)."""
     roster = request.roster_keys()
     paths.policy.check_roster(len(roster))
     values = pack(layout, **parts)
@@ -156,9 +164,11 @@ def _masked(
     context = secagg.context(request.run, request.ACTION, request.attempt)
     state.claim_mask(request.run, context, values)
     scales = noise_share(1.0, len(roster)) * noise_scales(layout, request)
-    noisy = add_noise(
-        state.noise_secret(), noise_context(request.ACTION, request.attempt), values, scales
-    )
+    key = noise_context(request.ACTION)
+    if by_cell:
+        noisy = add_cell_noise(state.noise_secret(), key, layout, values, scales)
+    else:
+        noisy = add_noise(state.noise_secret(), key, values, scales)
     check_share(layout, request, noisy, samples)
     return secagg.masked_vector(noisy, private, roster, context, sum_ring(layout, request))
 
@@ -202,7 +212,9 @@ def lloyd(request: LloydRequest, paths: CenterPaths) -> LloydReply:
     stats = _cell_stats(X, centers)
     layout = lloyd_layout(k, d)
     return LloydReply(
-        masked=_masked(request, paths, layout, len(X), count=stats.count, sum=stats.sum)
+        masked=_masked(
+            request, paths, layout, len(X), by_cell=True, count=stats.count, sum=stats.sum
+        )
     )
 
 

@@ -9,19 +9,25 @@ runs whose data differ by one image, reveal that member exactly (the TAR attack,
 - A statistic a center sends alone (its k-FED local centroids) carries the whole sigma.
 
 The noise is drawn from a PRG keyed by HMAC-SHA256(the center's secret, what is being shared):
-the phase and the secure sum's sequence number in its run (`noise_context`), the noise scales
-(sigma and the roster size) and a hash of the exact values. The coordinator does not know the
-secret, so to it every release of a run carries fresh Gaussian noise, independent of
-everything else (as the DP accounting assumes). The run's name is left out on purpose: a
-coordinator that reruns a curation on unchanged data, under any name, gets the very same
-answers (a resumed round selects what an uninterrupted one would) and cannot average the
-noise away; once one image differs, the values differ and the noise is new.
+the phase (`noise_context`), the noise scales (sigma and the roster size) and a hash of the
+exact values. The coordinator does not know the secret, so to it every release of new values
+carries fresh Gaussian noise, independent of everything else (as the DP accounting assumes).
+Neither the run's name nor the secure sum's sequence number enters the key, on purpose: the
+same values carry the same noise however often, and under whatever name, a coordinator asks
+for them, so asking again and averaging gains nothing (a resumed round also selects what an
+uninterrupted one would). Once one image differs, the values differ and the noise is new.
+
+The Lloyd statistics, the sums a differencing attack targets, are keyed cell by cell
+(`add_cell_noise`): a cell's noise depends on its own count and sum only, so a coordinator that
+moves the other cells' centers, or reorders them, still gets this cell's same noise; only a
+change of the cell's own members draws new noise.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import math
 
 import numpy as np
@@ -29,9 +35,10 @@ import numpy as np
 SECRET_BYTES = 32
 
 
-def noise_context(phase: str, sequence: int) -> bytes:
-    """What keys a release's noise besides the values: its phase and sequence number."""
-    return f"feddel/noise/{phase}/{sequence}".encode()
+def noise_context(phase: str) -> bytes:
+    """What keys a release's noise besides the values and scales: its phase, nothing else
+    (see the module docstring)."""
+    return f"feddel/noise/{phase}".encode()
 
 
 def noise_share(sigma: float, roster: int) -> float:
@@ -58,6 +65,41 @@ def add_noise(secret: bytes, context: bytes, values: np.ndarray, scales: np.ndar
     if not np.any(scales):
         return values.copy()
     return values + keyed_gaussian(secret, context, values, scales)
+
+
+def add_cell_noise(
+    secret: bytes,
+    context: bytes,
+    layout: dict[str, tuple[int, ...]],
+    values: np.ndarray,
+    scales: np.ndarray,
+) -> np.ndarray:
+    """add_noise for a packed vector whose every part leads with the cell axis (the Lloyd
+    layout: count (k,), sum (k, d)): each cell's noise is keyed by that cell's row of every
+    part, so it does not depend on the other cells or on the cell's position."""
+    values = np.asarray(values, dtype=np.float64)
+    scales = np.broadcast_to(np.asarray(scales, dtype=np.float64), values.shape)
+    if not np.any(scales):
+        return values.copy()
+    cells = {shape[0] for shape in layout.values()}
+    if len(cells) != 1:
+        raise ValueError(f"layout {layout} does not lead every part with one cell axis")
+    k = cells.pop()
+    bounds = np.cumsum([0] + [math.prod(shape) for shape in layout.values()])
+
+    def rows(vector: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [vector[a:b].reshape(k, -1) for a, b in itertools.pairwise(bounds)], axis=1
+        )
+
+    by_cell, cell_scales = rows(values), rows(scales)
+    noise = np.stack(
+        [keyed_gaussian(secret, context, by_cell[j], cell_scales[j]) for j in range(k)]
+    ) if k else by_cell  # fmt: skip
+    widths = [math.prod(shape[1:]) for shape in layout.values()]
+    columns = np.cumsum([0, *widths])
+    packed = [noise[:, a:b].ravel() for a, b in itertools.pairwise(columns)]
+    return values + np.concatenate(packed)
 
 
 def noisy_means(

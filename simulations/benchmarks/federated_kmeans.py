@@ -30,7 +30,7 @@ from feddel.common.curation.kmeans import ClusterStats, assign, cluster_stats
 from feddel.common.curation.lloyd import lloyd_rounds
 from feddel.common.privacy import secagg
 from feddel.common.privacy.cells import seed_proposal
-from feddel.common.privacy.noise import add_noise, noise_share
+from feddel.common.privacy.noise import add_cell_noise, add_noise, noise_context, noise_share
 from feddel.common.wire.protocol import (
     CountsReply,
     LloydReply,
@@ -119,13 +119,18 @@ class _MaskedSums:
             count_sigma=0.0, samples=self.samples, roster=roster_array(self.roster),
         )  # fmt: skip
         context = secagg.context(RUN, name, asked.attempt)  # never the same masks twice
+        noise = noise_context(name)  # as the centers key it (common/privacy/noise.py)
         scales = noise_share(1.0, len(self.shards)) * noise_scales(layout, asked)
         ring = sum_ring(layout, asked)
         vectors, seconds = [], []
         for shard, private, secret in zip(self.shards, self.privates, self.secrets, strict=True):
             with Stopwatch() as watch:
                 values = pack(layout, **values_of(shard))
-                noisy = add_noise(secret, context, values, scales)
+                noisy = (
+                    add_cell_noise(secret, noise, layout, values, scales)
+                    if reply is LloydReply
+                    else add_noise(secret, noise, values, scales)
+                )
                 check_share(layout, asked, noisy, len(shard))
                 masked = secagg.masked_vector(noisy, private, self.roster, context, ring)
                 message = reply(masked=masked)

@@ -351,3 +351,33 @@ def test_subset_differencing_by_a_coordinator_that_asks_twice_meets_the_noise(
     error = np.linalg.norm(isolated - truth, axis=1)
     expected = CONFIG.noise_sigma * np.sqrt(2 * X.shape[1])
     assert (error > 0.5 * expected).all(), error
+
+
+def test_asking_the_same_lloyd_statistics_again_and_averaging_gains_nothing(
+    federation, coordinator_view
+):
+    """A coordinator that (against the protocol) asks one round's statistics again and again,
+    under new sequence numbers and with the centers reordered, to average the noise away: on
+    main every ask drew fresh noise, so 8 asks cut it by sqrt(8). The noise is keyed by each
+    cell's own values, so every ask returns the very same noisy sums and their average is no
+    closer to the truth than one ask."""
+    seen, _ = coordinator_view
+    centers = next(item for item in seen if item[0] == "lloyd")[-1]
+    paths = [_paths(federation, c) for c in _centers(federation)]
+    layout = lloyd_layout(*centers.shape)
+    order = np.arange(len(centers))[::-1]
+    asks = []
+    for i in range(8):
+        permutation = order if i % 2 else np.arange(len(centers))
+        masked, ring = _lloyd_replies(paths, centers[permutation], 70_000 + 2 * i)
+        sums = unpack(layout, secagg.unmasked_sum(masked, ring))["sum"]
+        asks.append(sums[np.argsort(permutation)])  # back in the first ask's order
+    for other in asks[1:]:
+        np.testing.assert_array_equal(other, asks[0])
+    X = np.concatenate([_eligible(p.state, "run") for p in paths])
+    labels = assign(X, centers).labels
+    truth = np.array([X[labels == j].sum(axis=0) for j in range(len(centers))])
+    one = np.linalg.norm(asks[0] - truth, axis=1)
+    averaged = np.linalg.norm(np.mean(asks, axis=0) - truth, axis=1)
+    assert (one > 0.5 * CONFIG.noise_sigma * np.sqrt(X.shape[1])).all(), one
+    np.testing.assert_allclose(averaged, one)

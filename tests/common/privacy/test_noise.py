@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from feddel.common.privacy.noise import add_noise, keyed_gaussian, noise_share, noisy_means
+from feddel.common.privacy.noise import (
+    add_cell_noise,
+    add_noise,
+    keyed_gaussian,
+    noise_context,
+    noise_share,
+    noisy_means,
+)
+from feddel.common.wire.protocol import lloyd_layout, pack, unpack
 
 SECRET = bytes(range(32))
 
@@ -26,8 +34,9 @@ def test_shares_of_a_roster_add_up_to_the_total_sigma():
 
 def test_the_same_question_on_the_same_values_gets_the_same_noise():
     values = np.linspace(0, 1, 50)
-    first = add_noise(SECRET, b"feddel/r/lloyd/3", values, np.full(50, 0.1))
-    assert np.array_equal(first, add_noise(SECRET, b"feddel/r/lloyd/3", values, np.full(50, 0.1)))
+    key = noise_context("lloyd")  # the phase only: no run name, no sequence number
+    first = add_noise(SECRET, key, values, np.full(50, 0.1))
+    assert np.array_equal(first, add_noise(SECRET, key, values, np.full(50, 0.1)))
 
 
 def test_other_values_context_scale_or_secret_draw_independent_noise():
@@ -56,3 +65,48 @@ def test_noisy_means_noise_the_sum_and_keep_padding_rows_zero():
     assert np.array_equal(out[1], [0.0, 0.0])
     delta = (out[0] - means[0]) * 20  # noise on the sum, scaled back
     assert np.all(np.abs(delta) < 5 * 0.5) and not np.allclose(delta, 0)
+
+
+def _cells(rng, k, d=16):
+    return rng.integers(10, 50, k).astype(np.float64), rng.standard_normal((k, d))
+
+
+def test_a_cells_noise_depends_on_that_cell_alone():
+    """Lloyd statistics: moving the other cells, or this cell to another position, keeps its
+    noise, so a coordinator cannot draw fresh noise for a cell by changing what surrounds it;
+    a change of the cell's own values (one member more) draws new noise."""
+    rng = np.random.default_rng(0)
+    count, total = _cells(rng, 6)
+    layout = lloyd_layout(6, 16)
+    key = noise_context("lloyd")
+
+    def noise(count, total):
+        values = pack(layout, count=count, sum=total)
+        return unpack(layout, add_cell_noise(SECRET, key, layout, values, 0.5) - values)
+
+    base = noise(count, total)
+    other_count, other_total = _cells(rng, 6)
+    other_count[2], other_total[2] = count[2], total[2]  # only cell 2 is the same
+    order = np.array([5, 4, 3, 2, 1, 0])
+    around = noise(other_count, other_total)
+    reordered = noise(count[order], total[order])
+    assert np.array_equal(around["sum"][2], base["sum"][2])
+    assert np.array_equal(reordered["sum"][3], base["sum"][2])  # cell 2 sits at position 3
+    assert not np.allclose(around["sum"][0], base["sum"][0])
+    grown = total.copy()
+    grown[2] += rng.standard_normal(16) / 4  # one member more
+    changed = noise(count + np.eye(6)[2], grown)["sum"]
+    assert abs(np.corrcoef(changed[2], base["sum"][2])[0, 1]) < 0.6
+    assert np.array_equal(changed[0], base["sum"][0])
+
+
+def test_cell_noise_has_the_asked_scale_per_part():
+    rng = np.random.default_rng(1)
+    count, total = _cells(rng, 400, d=64)
+    layout = lloyd_layout(400, 64)
+    values = pack(layout, count=count, sum=total)
+    scales = pack(layout, count=np.zeros(400), sum=np.full((400, 64), 0.2))
+    noise = unpack(layout, add_cell_noise(SECRET, b"c", layout, values, scales) - values)
+    assert not noise["count"].any()  # exact counts stay exact
+    assert noise["sum"].std() == pytest.approx(0.2, rel=0.02)
+    assert abs(np.corrcoef(noise["sum"][:, 0], noise["sum"][:, 1])[0, 1]) < 0.15
