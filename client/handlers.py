@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feddel.client.budget import charge_release
 from feddel.client.report import write_center_report
 from feddel.client.state import CenterState
 from feddel.common.curation.kmeans import (
@@ -46,6 +47,7 @@ from feddel.common.privacy.noise import (
     noisy_means,
 )
 from feddel.common.privacy.policy import PrivacyPolicy
+from feddel.common.privacy.sensitivity import Part, release_parts
 from feddel.common.wire.protocol import (
     CountsReply,
     CountsRequest,
@@ -126,6 +128,7 @@ def seed(request: SeedRequest, paths: CenterPaths) -> SeedReply:
     into their nearest neighbour) whose sum carries N(0, noise_sigma^2) per value, padded to
     k_local rows with zero counts, so neither the reply's size nor its shape tells how many
     clusters there were."""
+    paths.policy.check_dp_release(request.ACTION)  # local centroids with exact counts
     paths.policy.check_min_count(request.min_count)
     paths.policy.check_k_local(request.k_local)
     paths.policy.check_noise(request.noise_sigma)
@@ -163,6 +166,11 @@ def _masked(
     private = state.secagg_key(request.run)
     context = secagg.context(request.run, request.ACTION, request.attempt)
     state.claim_mask(request.run, context, values)
+    sigmas = (request.noise_sigma, request.count_sigma)
+    charge_release(
+        paths.state, paths.policy, request.run, request.ACTION, _sensitivities(request), sigmas,
+        len(roster), values,
+    )  # fmt: skip
     scales = noise_share(1.0, len(roster)) * noise_scales(layout, request)
     key = noise_context(request.ACTION)
     if by_cell:
@@ -171,6 +179,15 @@ def _masked(
         noisy = add_noise(state.noise_secret(), key, values, scales)
     check_share(layout, request, noisy, samples)
     return secagg.masked_vector(noisy, private, roster, context, sum_ring(layout, request))
+
+
+def _sensitivities(request: Masked) -> list[Part]:
+    """What one image can change in this request's secure sum (common/privacy/sensitivity.py)."""
+    image_size = request.image_size if isinstance(request, MeanImageRequest) else 0
+    survivors = isinstance(request, ScoreRequest) and method_named(request.method).selection
+    return release_parts(
+        request.ACTION, image_size, bool(survivors and survivors.reports_survivors)
+    )
 
 
 def _eligible_rows(request_method: str, paths: CenterPaths, run: str) -> tuple[Method, np.ndarray]:

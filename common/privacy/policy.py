@@ -14,6 +14,14 @@ protected the same way; a hospital may raise them, and only a center can lower i
     min-noise-sigma = 0.05    # Gaussian noise in each embedding sum, at least (unit embeddings)
     min-image-noise = 8192.0  # Gaussian noise per pixel of the federated image sum, at least
     share-mean-image = true   # add its images to the federated mean image (secure sum only)
+    max-dp-epsilon = 0.0      # its own privacy budget over every round it joins (0: none)
+    dp-delta = 1e-6           # the delta that budget's epsilon is stated at
+
+With `max-dp-epsilon` set, the center counts the privacy loss of every release it makes
+itself (client/budget.py), whatever the coordinator planned or claims: it joins only rounds
+whose every release carries noise (`dp-epsilon` rounds), and refuses a release that would
+take its total past the budget. This bounds what even a coordinator that deviates from the
+protocol, asking crafted questions run after run, can learn.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ class PrivacyPolicy:
     min_noise_sigma: float = 0.05
     min_image_noise: float = 8192.0
     share_mean_image: bool = True
+    max_dp_epsilon: float = 0.0
+    dp_delta: float = 1e-6
 
     def __post_init__(self) -> None:
         for key in ("min_members", "max_k_local", "min_roster"):
@@ -46,7 +56,9 @@ class PrivacyPolicy:
                 raise ConfigError(f"[privacy] {_key(key)} = {getattr(self, key)} must be >= 1")
         if self.max_image_size < 16:
             raise ConfigError(f"[privacy] max-image-size = {self.max_image_size} must be >= 16")
-        for key in ("min_noise_sigma", "min_image_noise"):
+        if not 0.0 < self.dp_delta < 1.0:
+            raise ConfigError(f"[privacy] dp-delta = {self.dp_delta} must be in (0, 1)")
+        for key in ("min_noise_sigma", "min_image_noise", "max_dp_epsilon"):
             if not getattr(self, key) >= 0.0:
                 raise ConfigError(f"[privacy] {_key(key)} = {getattr(self, key)} must be >= 0")
 
@@ -91,6 +103,20 @@ class PrivacyPolicy:
             _refuse(
                 f"image-noise={sigma:g} is below this center's min-image-noise="
                 f"{self.min_image_noise:g}"
+            )
+
+    @property
+    def has_budget(self) -> bool:
+        return self.max_dp_epsilon > 0.0
+
+    def check_dp_release(self, phase: str) -> None:
+        """A release that no noise protects (exact counts, k-FED local centroids) has no finite
+        privacy cost: a center with its own budget refuses it."""
+        if self.has_budget:
+            _refuse(
+                f"phase '{phase}' would release exact counts, which no privacy budget covers, and "
+                f"this center has max-dp-epsilon={self.max_dp_epsilon:g}; run the round with "
+                "dp-epsilon set"
             )
 
     def to_section(self) -> dict[str, Any]:

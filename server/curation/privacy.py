@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass, field
 
 from feddel.common.config import CurationConfig
-from feddel.common.curation.local import ETA_GRID
 from feddel.common.privacy.accountant import Accountant, gaussian_mu
+from feddel.common.privacy.sensitivity import Part, release_parts
 
 # what the zCDP guarantee does not cover (reported in summary.json)
 NOT_COVERED = (
@@ -122,18 +122,6 @@ def planned_releases(config: CurationConfig) -> int:
     return 1 + 2 * config.kmeans_max_rounds + scorings + histograms + 1 + method.synthesizes
 
 
-def _parts(config: CurationConfig, phase: str) -> list[tuple[float, str, float]]:
-    """(sensitivity, sigma kind, sigma multiple) of each part of a phase's secure sum: its L2
-    change when one image is added or removed, and which request sigma (x multiple) it gets."""
-    counts = 1.0
-    if phase == "score":  # its candidate count and its count past its series' share
-        survivors = len(ETA_GRID) if config.selection_method.selection.reports_survivors else 0
-        counts = math.sqrt(2.0 + survivors)  # one image may survive at every eta
-    parts = [(counts, "count", 1.0)]
-    if phase == "lloyd":  # sums of unit embeddings (squared distances follow from them)
-        parts += [(1.0, "noise", 1.0)]
-    elif phase == "moments":  # sum of unit embeddings; of their outer products (norm 1)
-        parts += [(1.0, "noise", 1.0), (1.0, "noise", 1.0)]
-    elif phase == "mean_image":
-        parts += [(255.0 * math.sqrt(3.0) * config.image_size, "noise", 1.0)]
-    return parts
+def _parts(config: CurationConfig, phase: str) -> list[Part]:
+    reports_survivors = config.selection_method.selection.reports_survivors
+    return release_parts(phase, config.image_size, reports_survivors)

@@ -1,0 +1,45 @@
+"""What one image can change in each secure sum of a round, and what a release of it costs.
+
+The coordinator plans a round's noise from these sensitivities (server/curation/privacy.py);
+a center with its own budget (`max-dp-epsilon`, common/privacy/policy.py) charges each release
+it makes against them (client/budget.py). Both read this one table, so the two accounts agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+from feddel.common.curation.local import ETA_GRID
+
+Part = tuple[float, str, float]  # (sensitivity, sigma kind: "count" or "noise", sigma multiple)
+
+
+def release_parts(phase: str, image_size: int, reports_survivors: bool) -> list[Part]:
+    """(sensitivity, sigma kind, sigma multiple) of each part of a phase's secure sum: its L2
+    change when one image is added to or removed from one center, and which request sigma
+    (x multiple) it gets."""
+    counts = 1.0
+    if phase == "score":  # its candidate count and its count past its series' share
+        survivors = len(ETA_GRID) if reports_survivors else 0
+        counts = math.sqrt(2.0 + survivors)  # one image may survive at every eta
+    parts = [(counts, "count", 1.0)]
+    if phase == "lloyd":  # sums of unit embeddings (squared distances follow from them)
+        parts += [(1.0, "noise", 1.0)]
+    elif phase == "moments":  # sum of unit embeddings; of their outer products (norm 1)
+        parts += [(1.0, "noise", 1.0), (1.0, "noise", 1.0)]
+    elif phase == "mean_image":
+        parts += [(255.0 * math.sqrt(3.0) * image_size, "noise", 1.0)]
+    return parts
+
+
+def release_rho(parts: list[Part], noise_sigma: float, count_sigma: float) -> float:
+    """zCDP cost of one Gaussian release, sum over parts of Delta^2 / (2 sigma^2); infinite
+    when a part that one image can change carries no noise (exact counts)."""
+    sigma = {"count": count_sigma, "noise": noise_sigma}
+    rho = 0.0
+    for delta, kind, times in parts:
+        scale = sigma[kind] * times
+        if delta > 0 and scale <= 0:
+            return math.inf
+        rho += delta**2 / (2.0 * scale**2) if delta > 0 else 0.0
+    return rho
