@@ -34,7 +34,21 @@ _lock = threading.Lock()  # in-process simulations run several centers' handlers
 
 def ledger_epsilon(state: Path, delta: float) -> float:
     """The (epsilon, delta) privacy loss of everything in a center's ledger."""
-    rho = _read(state / LEDGER)["rho"]
+    return _epsilon(_read(state / LEDGER)["rho"], delta)
+
+
+def ledger_summary(state: Path, policy: PrivacyPolicy) -> dict:
+    """What `feddel-center status` reports of the ledger: releases charged, rho, epsilon at the
+    policy's delta, and the budget (None: the center keeps no budget)."""
+    ledger = _read(state / LEDGER)
+    return {
+        "releases": len(ledger["releases"]), "rho": ledger["rho"],
+        "epsilon": _epsilon(ledger["rho"], policy.dp_delta), "delta": policy.dp_delta,
+        "max_epsilon": policy.max_dp_epsilon if policy.has_budget else None,
+    }  # fmt: skip
+
+
+def _epsilon(rho: float, delta: float) -> float:
     return gaussian_epsilon(math.sqrt(2.0 * rho), delta) if rho > 0 else 0.0
 
 
@@ -67,7 +81,7 @@ def charge_release(
         if digest in ledger["seen"]:
             return  # the same values again: the same noise, nothing new revealed
         total = ledger["rho"] + rho
-        epsilon = gaussian_epsilon(math.sqrt(2.0 * total), policy.dp_delta)
+        epsilon = _epsilon(total, policy.dp_delta)
         if epsilon > policy.max_dp_epsilon * (1.0 + 1e-9):
             raise Refused(
                 f"phase '{phase}' of run '{run}' would take this center's privacy loss to "

@@ -24,6 +24,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from feddel.client.budget import ledger_summary
 from feddel.client.site import load_center_site
 from feddel.client.state import CenterState
 from feddel.common.cliutil import EXIT_FAILED, EXIT_OK, console
@@ -31,6 +32,7 @@ from feddel.common.deployment.audit import AuditLog
 from feddel.common.deployment.metrics import Gauge, write_status_files
 from feddel.common.deployment.sites import superlink_health
 from feddel.common.errors import DataError
+from feddel.common.privacy.policy import PrivacyPolicy
 
 # Connection events `join` records, and what the last of them means.
 CONNECTION_STATES = {
@@ -59,13 +61,14 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_status(args: argparse.Namespace) -> int:
     probe = None
+    privacy = PrivacyPolicy()
     if args.config:
         site = load_center_site(args.config)
-        state_dir, name = site.state, site.name
+        state_dir, name, privacy = site.state, site.name, site.privacy
         probe = partial(superlink_health, site.address, site.ca_cert)
     else:
         state_dir, name = args.state, args.state.name
-    status = center_status(state_dir, name, probe)
+    status = center_status(state_dir, name, probe, privacy)
     _print_status(status)
     write_status_files(status, center_gauges, args.json, args.prometheus)
     if args.check and status["connection"]["state"] != "connected":
@@ -74,10 +77,14 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def center_status(
-    state_dir: Path, name: str | None = None, probe: Callable[[], str | None] | None = None
+    state_dir: Path,
+    name: str | None = None,
+    probe: Callable[[], str | None] | None = None,
+    privacy: PrivacyPolicy | None = None,
 ) -> dict[str, Any]:
-    """Connection, runs with their phases, manifests, refusals and errors, JSON-ready.
-    `probe` asks the SuperLink's /health from here (None: judge by the recorded events)."""
+    """Connection, runs with their phases, manifests, refusals, errors and the privacy ledger
+    (client/budget.py), JSON-ready. `probe` asks the SuperLink's /health from here (None:
+    judge by the recorded events); `privacy`: the center's policy (its budget and delta)."""
     if not state_dir.is_dir():
         raise DataError(
             f"state folder {state_dir} does not exist; this center has not joined a round yet"
@@ -120,6 +127,7 @@ def center_status(
         "refused_rounds": refused,
         "last_error": errors[-1] if errors else None,
         "errors": len(errors),
+        "privacy_ledger": ledger_summary(state_dir, privacy or PrivacyPolicy()),
     }
 
 
@@ -184,6 +192,8 @@ def center_gauges(status: dict[str, Any]) -> list[Gauge]:
         Gauge("feddel_center_last_round_selected", "samples selected in the last round").add(
             float(last.get("selected") or 0), center=center
         ),
+        Gauge("feddel_center_privacy_epsilon", "privacy loss charged to the center's ledger")
+        .add(status["privacy_ledger"]["epsilon"], center=center),
     ]  # fmt: skip
 
 
@@ -220,6 +230,13 @@ def _print_status(status: dict[str, Any]) -> None:
             f"[yellow]refused round {entry.get('run')} from {entry['actor']} at "
             f"{entry['time']}: {escape(str(entry.get('reason', '')))}[/]"
         )
+    ledger = status["privacy_ledger"]
+    budget = ledger["max_epsilon"]
+    console.print(
+        f"privacy ledger: {ledger['releases']} releases charged, epsilon {ledger['epsilon']:.3g} "
+        f"(delta {ledger['delta']:g}) of "
+        + (f"a budget of {budget:g}" if budget is not None else "no budget (max-dp-epsilon unset)")
+    )
     if error := status["last_error"]:
         console.print(
             f"[red]last error ({status['errors']} in all), {_when(error['time'])}, "

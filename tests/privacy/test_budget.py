@@ -14,6 +14,7 @@ import pytest
 
 from feddel.client import handlers
 from feddel.client.budget import LEDGER, ledger_epsilon
+from feddel.client.commands.status import center_status
 from feddel.client.handlers import CenterPaths
 from feddel.client.state import CenterState
 from feddel.common.config import CurationConfig
@@ -80,6 +81,9 @@ def test_a_dp_round_fits_each_centers_budget_and_rerunning_it_costs_nothing(dp_r
                   state_root=root / "state", policy=BUDGET)  # fmt: skip
     again = {state.name: ledger_epsilon(state, BUDGET.dp_delta) for state in _states(root)}
     assert again == spent  # the same values carry the same noise: nothing new was released
+    status = center_status(_states(root)[0], privacy=BUDGET)["privacy_ledger"]
+    assert status["epsilon"] == spent["center-00"] and status["max_epsilon"] == EPSILON
+    assert status["releases"] > 10
 
 
 def test_extra_questions_are_refused_once_the_budget_is_spent(dp_round, tmp_path):
