@@ -4,7 +4,9 @@ The round's DP accountant runs at the coordinator (server/curation/privacy.py), 
 curious coordinator could simply skip. A center with `max-dp-epsilon` in its policy keeps its
 own account instead: before it masks a secure sum it charges rho = sum Delta^2 / (2 sigma^2)
 over the sum's parts (common/privacy/sensitivity.py, with the sigmas the whole sum carries when
-every member adds its share), and refuses the release once the total would exceed its budget.
+every member adds its share: the distributed-DP assumption, which a roster padded with the
+coordinator's own keys would break), and refuses the release once the total would exceed
+its budget.
 Identical values carry identical noise (common/privacy/noise.py), so asking for them again
 reveals nothing new and costs nothing: only new values are charged. The ledger lives in the
 center's state folder (`privacy-ledger.json`); deleting it resets the budget, which is the

@@ -18,10 +18,11 @@ protected the same way; a hospital may raise them, and only a center can lower i
     dp-delta = 1e-6           # the delta that budget's epsilon is stated at
 
 With `max-dp-epsilon` set, the center counts the privacy loss of every release it makes
-itself (client/budget.py), whatever the coordinator planned or claims: it joins only rounds
+itself (client/budget.py), whatever plan the coordinator claims: it joins only rounds
 whose every release carries noise (`dp-epsilon` rounds), and refuses a release that would
 take its total past the budget. This bounds what even a coordinator that deviates from the
-protocol, asking crafted questions run after run, can learn.
+protocol, asking crafted questions run after run, can learn, as long as every roster member
+adds its noise share (docs/design.md, section 3).
 """
 
 from __future__ import annotations
