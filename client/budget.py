@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feddel.common.errors import Refused
+from feddel.common.errors import DataError, Refused
 from feddel.common.io import write_json
 from feddel.common.privacy.accountant import gaussian_epsilon
 from feddel.common.privacy.policy import PrivacyPolicy
@@ -100,4 +100,12 @@ def charge_release(
 def _read(path: Path) -> dict:
     if not path.is_file():
         return {"rho": 0.0, "seen": [], "releases": []}
-    return json.loads(path.read_text())
+    try:
+        ledger = json.loads(path.read_text())
+        return {key: kind(ledger[key]) for key, kind in (("rho", float), ("seen", list),
+                                                         ("releases", list))}  # fmt: skip
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(
+            f"privacy ledger {path} is unreadable ({error}); restore it from a backup (deleting "
+            "it resets this center's privacy budget, which only the hospital may decide)"
+        ) from error

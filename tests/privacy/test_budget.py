@@ -18,7 +18,7 @@ from feddel.client.commands.status import center_status
 from feddel.client.handlers import CenterPaths
 from feddel.client.state import CenterState
 from feddel.common.config import CurationConfig
-from feddel.common.errors import Refused, RunFailed
+from feddel.common.errors import DataError, Refused, RunFailed
 from feddel.common.privacy import secagg
 from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.wire.protocol import (
@@ -114,3 +114,9 @@ def test_extra_questions_are_refused_once_the_budget_is_spent(dp_round, tmp_path
     print(f"extra Lloyd releases answered before the refusal: {answered}")
     assert ledger_epsilon(state, BUDGET.dp_delta) <= EPSILON * (1 + 1e-9)
     assert answered < 1000 and math.isfinite(ledger["rho"])
+
+
+def test_an_unreadable_ledger_stops_with_one_line_naming_it(tmp_path):
+    (tmp_path / LEDGER).write_text("{not json")
+    with pytest.raises(DataError, match=r"privacy ledger .*privacy-ledger.json is unreadable"):
+        ledger_epsilon(tmp_path, 1e-6)
