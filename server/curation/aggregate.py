@@ -15,6 +15,8 @@ from feddel.common.curation.kmeans import (
     unit_row_stats,
     weighted_kmeans_plusplus,
 )
+from feddel.common.curation.methods import Merged
+from feddel.common.curation.selection import HISTOGRAM_BINS
 from feddel.common.wire.protocol import InventoryReply, SeedReply
 from feddel.server.broadcast import RoundFailed
 
@@ -130,3 +132,26 @@ def moments_centers(
     init = weighted_kmeans_plusplus(draws, np.ones(len(draws)), k, rng)
     model = KMeans(n_clusters=k, init=init, n_init=1, random_state=int(rng.integers(2**31)))
     return model.fit(draws).cluster_centers_
+
+
+def merged_scores(
+    parts: Mapping[str, np.ndarray],
+    histogram_rows: Mapping[str, np.ndarray] | None,
+    open_rows: np.ndarray,
+    eta: float,
+) -> Merged:
+    """The score phase's unmasked sums (`score_layout`) and, for the clusters with min-count
+    candidates (`open_rows`), their histograms (`histogram_layout`), as whole non-negative
+    counts. With DP every value carries noise, the zeros that centers send for closed rows
+    too: those rows are zeroed, and no cluster's count past its series' share may exceed
+    its histogram's candidates."""
+    k = len(open_rows)
+    survivors = np.maximum(np.rint(parts["eta_survivors"]), 0)
+    histograms = np.zeros((k, HISTOGRAM_BINS), dtype=np.int64)
+    if histogram_rows is not None:
+        noisy = np.maximum(np.rint(histogram_rows["histograms"]), 0).astype(np.int64)
+        histograms = np.where(open_rows[:, None], noisy, 0)
+    beyond = np.where(open_rows, np.maximum(np.rint(parts["beyond_share"]), 0), 0)
+    beyond = np.minimum(beyond, histograms.sum(axis=1))
+    unbinned = np.where(open_rows, 0, np.maximum(np.rint(parts["candidates"]), 0))
+    return Merged(histograms, survivors, eta, beyond.astype(np.int64), unbinned.astype(np.int64))

@@ -69,6 +69,7 @@ from feddel.server.curation.aggregate import (
     encoder_outliers,
     lloyd_stats,
     mean_image,
+    merged_scores,
     moments_centers,
     seed_centers,
     unique_names,
@@ -382,18 +383,14 @@ def _score(
     )  # fmt: skip
     expected = sum(eligible[n] for n in replies)
     sums.check_counts("score", parts["candidates"], expected, exact=False)
-    survivors = np.maximum(np.rint(parts["eta_survivors"]), 0)
     open_rows = np.rint(parts["candidates"]) >= config.min_count
-    histograms = np.zeros((k, HISTOGRAM_BINS), dtype=np.int64)
+    rows = None
     if config.selection_method.plans_by_histograms and open_rows.any():
         rows, _ = sums.ask(
             HistogramRequest, HistogramReply, histogram_layout(k, HISTOGRAM_BINS),
             method=sums.method, bins=HISTOGRAM_BINS, open=open_rows.astype(np.int64),
         )  # fmt: skip
-        histograms = np.maximum(np.rint(rows["histograms"]), 0).astype(np.int64)
-    beyond = np.where(open_rows, np.maximum(np.rint(parts["beyond_share"]), 0), 0)
-    unbinned = np.where(open_rows, 0, np.maximum(np.rint(parts["candidates"]), 0))
-    return Merged(histograms, survivors, eta, beyond.astype(np.int64), unbinned.astype(np.int64))
+    return merged_scores(parts, rows, open_rows, eta)
 
 
 def _select(

@@ -10,6 +10,8 @@ from feddel.common.curation.kmeans import (
     weighted_kmeans_plusplus,
 )
 from feddel.common.curation.lloyd import PooledSource, lloyd_rounds
+from feddel.common.curation.methods import FEDDEL
+from feddel.common.curation.selection import HISTOGRAM_BINS
 from feddel.common.privacy.cells import seed_proposal
 from feddel.common.privacy.noise import noisy_means
 from feddel.common.wire.protocol import InventoryReply, SeedReply
@@ -17,6 +19,7 @@ from feddel.server.curation.aggregate import (
     encoder_outliers,
     lloyd_stats,
     mean_image,
+    merged_scores,
     moments_centers,
     seed_centers,
 )
@@ -184,3 +187,30 @@ def test_federated_kmeans_on_heterogeneous_gaussian_centers_within_2_percent(noi
     federated = _inertia(X, federated_kmeans(shards, 10, sigma=noise).result.centers)
     central = min(_inertia(X, centralized_kmeans(X, 10, 1, s).centers) for s in range(3))
     assert federated <= 1.02 * central
+
+
+def test_dp_noise_on_the_score_sums_never_plans_more_than_a_cluster_holds():
+    """With dp-epsilon every summed count carries noise, the zeros centers send for clusters
+    under min-count too. A round failed at random in its select phase ("ranked_fractions must
+    be in [0, 1]"): the noise on a closed cluster's histogram row was added to its candidates,
+    so its quota exceeded them; and a noisy count past the series' share above a cluster's
+    candidates made the water-filling fail. Both are clipped where the sums are unpacked."""
+    k, bins = 3, HISTOGRAM_BINS
+    open_rows = np.array([True, True, False])
+    rows = np.zeros((k, bins))
+    rows[0, :4] = [9.6, 10.2, 11.4, 8.7]  # 40 candidates, with noise
+    rows[1, -1] = 3.2  # 3 candidates, all past their series' share
+    rows[2] = np.full(bins, 2.4)  # a closed cluster: zeros plus noise, 0.4 x bins in all
+    parts = {
+        "candidates": np.array([40.3, 12.6, 4.2]),
+        "beyond_share": np.array([0.0, 7.8, 1.1]),  # noise: 8 past the share of 3 candidates
+        "eta_survivors": np.zeros(k),
+    }
+    merged = merged_scores(parts, {"histograms": rows}, open_rows, 0.98)
+    assert not merged.histograms[2].any()
+    np.testing.assert_array_equal(merged.beyond_share, [0, 3, 0])
+    np.testing.assert_array_equal(merged.unbinned, [0, 0, 4])
+    for budget in (5, 20, 47):
+        plan = FEDDEL.plan(merged, budget, 0.05)
+        assert ((plan.ranked() >= 0) & (plan.ranked() <= 1)).all(), plan.ranked()
+        assert (plan.quotas <= merged.histograms.sum(axis=1) + merged.unbinned).all()
