@@ -26,9 +26,9 @@ import numpy as np
 
 from feddel.common.errors import DataError, Refused
 from feddel.common.io import write_json
-from feddel.common.privacy.accountant import gaussian_epsilon
+from feddel.common.privacy.accountant import gaussian_rho, rho_epsilon
 from feddel.common.privacy.policy import PrivacyPolicy
-from feddel.common.privacy.sensitivity import Part, release_rho
+from feddel.common.privacy.sensitivity import Part, release_sigmas
 
 LEDGER = "privacy-ledger.json"
 _lock = threading.Lock()  # in-process simulations run several centers' handlers in threads
@@ -36,7 +36,7 @@ _lock = threading.Lock()  # in-process simulations run several centers' handlers
 
 def ledger_epsilon(state: Path, delta: float) -> float:
     """The (epsilon, delta) privacy loss of everything in a center's ledger."""
-    return _epsilon(_read(state / LEDGER)["rho"], delta)
+    return rho_epsilon(_read(state / LEDGER)["rho"], delta)
 
 
 def ledger_summary(state: Path, policy: PrivacyPolicy) -> dict:
@@ -45,13 +45,9 @@ def ledger_summary(state: Path, policy: PrivacyPolicy) -> dict:
     ledger = _read(state / LEDGER)
     return {
         "releases": len(ledger["releases"]), "rho": ledger["rho"],
-        "epsilon": _epsilon(ledger["rho"], policy.dp_delta), "delta": policy.dp_delta,
+        "epsilon": rho_epsilon(ledger["rho"], policy.dp_delta), "delta": policy.dp_delta,
         "max_epsilon": policy.max_dp_epsilon if policy.has_budget else None,
     }  # fmt: skip
-
-
-def _epsilon(rho: float, delta: float) -> float:
-    return gaussian_epsilon(math.sqrt(2.0 * rho), delta) if rho > 0 else 0.0
 
 
 def charge_release(
@@ -69,7 +65,7 @@ def charge_release(
     max-dp-epsilon."""
     if not policy.has_budget:
         return
-    rho = release_rho(parts, *sigmas)
+    rho = gaussian_rho(release_sigmas(parts, *sigmas))
     if math.isinf(rho):
         policy.check_dp_release(phase)
     digest = hashlib.sha256(
@@ -83,7 +79,7 @@ def charge_release(
         if digest in ledger["seen"]:
             return  # the same values again: the same noise, nothing new revealed
         total = ledger["rho"] + rho
-        epsilon = _epsilon(total, policy.dp_delta)
+        epsilon = rho_epsilon(total, policy.dp_delta)
         if epsilon > policy.max_dp_epsilon * (1.0 + 1e-9):
             raise Refused(
                 f"phase '{phase}' of run '{run}' would take this center's privacy loss to "

@@ -184,10 +184,9 @@ def _masked(
 def _sensitivities(request: Masked) -> list[Part]:
     """What one image can change in this request's secure sum (common/privacy/sensitivity.py)."""
     image_size = request.image_size if isinstance(request, MeanImageRequest) else 0
-    survivors = isinstance(request, ScoreRequest) and method_named(request.method).selection
-    return release_parts(
-        request.ACTION, image_size, bool(survivors and survivors.reports_survivors)
-    )
+    scoring = isinstance(request, ScoreRequest)
+    survivors = scoring and method_named(request.method).selection.reports_survivors
+    return release_parts(request.ACTION, image_size, survivors)
 
 
 def _eligible_rows(request_method: str, paths: CenterPaths, run: str) -> tuple[Method, np.ndarray]:

@@ -18,6 +18,7 @@ which is tighter than the generic zCDP bound epsilon <= rho + 2 sqrt(rho ln(1/de
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from feddel.common.errors import ConfigError
@@ -93,13 +94,9 @@ class Accountant:
 
     def add(self, phase: str, *parts: tuple[float, float]) -> None:
         """One Gaussian release made of `parts`, each (L2 sensitivity, noise sigma)."""
-        rho = 0.0
-        for sensitivity, sigma in parts:
-            if not sigma > 0.0:
-                raise ConfigError(
-                    f"a DP release needs noise > 0; phase {phase} has sigma={sigma!r}"
-                )
-            rho += sensitivity**2 / (2.0 * sigma**2)
+        rho = gaussian_rho(parts)
+        if math.isinf(rho):
+            raise ConfigError(f"a DP release needs noise > 0; phase {phase} has parts {parts!r}")
         self.rho_by_phase[phase] = self.rho_by_phase.get(phase, 0.0) + rho
         self.releases += 1
 
@@ -109,7 +106,23 @@ class Accountant:
 
     def epsilon(self, delta: float) -> float:
         """The exact epsilon at `delta` of everything released so far."""
-        return gaussian_epsilon(math.sqrt(2.0 * self.rho), delta)
+        return rho_epsilon(self.rho, delta)
+
+
+def gaussian_rho(parts: Iterable[tuple[float, float]]) -> float:
+    """zCDP of one Gaussian release made of (L2 sensitivity, noise sigma) parts: the sum of
+    sensitivity^2 / (2 sigma^2); infinite when a part one image can change carries no noise."""
+    rho = 0.0
+    for sensitivity, sigma in parts:
+        if sensitivity > 0 and not sigma > 0.0:
+            return math.inf
+        rho += sensitivity**2 / (2.0 * sigma**2) if sensitivity > 0 else 0.0
+    return rho
+
+
+def rho_epsilon(rho: float, delta: float) -> float:
+    """The exact epsilon at `delta` of Gaussian releases that add up to rho-zCDP (0 for none)."""
+    return gaussian_epsilon(math.sqrt(2.0 * rho), delta) if rho > 0 else 0.0
 
 
 def _check_delta(delta: float) -> None:

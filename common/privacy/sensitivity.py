@@ -32,14 +32,10 @@ def release_parts(phase: str, image_size: int, reports_survivors: bool) -> list[
     return parts
 
 
-def release_rho(parts: list[Part], noise_sigma: float, count_sigma: float) -> float:
-    """zCDP cost of one Gaussian release, sum over parts of Delta^2 / (2 sigma^2); infinite
-    when a part that one image can change carries no noise (exact counts)."""
+def release_sigmas(
+    parts: list[Part], noise_sigma: float, count_sigma: float
+) -> list[tuple[float, float]]:
+    """(sensitivity, sigma) of each part of a release whose sum carries these two sigmas, as
+    common/privacy/accountant.py counts them."""
     sigma = {"count": count_sigma, "noise": noise_sigma}
-    rho = 0.0
-    for delta, kind, times in parts:
-        scale = sigma[kind] * times
-        if delta > 0 and scale <= 0:
-            return math.inf
-        rho += delta**2 / (2.0 * scale**2) if delta > 0 else 0.0
-    return rho
+    return [(delta, sigma[kind] * times) for delta, kind, times in parts]

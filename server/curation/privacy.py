@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from feddel.common.config import CurationConfig
 from feddel.common.privacy.accountant import Accountant, gaussian_mu
-from feddel.common.privacy.sensitivity import Part, release_parts
+from feddel.common.privacy.sensitivity import Part, release_parts, release_sigmas
 
 # what the zCDP guarantee does not cover (reported in summary.json)
 NOT_COVERED = (
@@ -75,8 +75,7 @@ class RoundPrivacy:
         if not self.dp:
             return
         sigmas = self.for_phase(phase)
-        sigma = {"count": sigmas.count, "noise": sigmas.noise}
-        parts = [(delta, sigma[kind] * times) for delta, kind, times in _parts(self.config, phase)]
+        parts = release_sigmas(_parts(self.config, phase), sigmas.noise, sigmas.count)
         self.accountant.add(phase, *parts)
 
     def _sigmas(self, phase: str) -> Sigmas:
