@@ -8,45 +8,65 @@ every member adds its share: the distributed-DP assumption, which a roster padde
 coordinator's own keys would break), and refuses the release once the total would exceed
 its budget.
 Identical values carry identical noise (common/privacy/noise.py), so asking for them again
-reveals nothing new and costs nothing: only new values are charged. The ledger lives in the
-center's state folder (`privacy-ledger.json`); deleting it resets the budget, which is the
-hospital's decision, never the coordinator's.
+reveals nothing new and costs nothing: only new values are charged. The ledger is an
+append-only log in the center's state folder (`privacy-ledger.jsonl`, one line per charged
+release, on disk before the release leaves, so a crash can cut short only a line whose release
+never left); deleting it resets the budget, which is the hospital's decision, never the
+coordinator's.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from feddel.common.errors import DataError, Refused
-from feddel.common.io import write_json
+from feddel.common.io import append_json_line, read_json_lines
 from feddel.common.privacy.accountant import gaussian_rho, rho_epsilon
 from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.privacy.sensitivity import Part, release_sigmas
 
-LEDGER = "privacy-ledger.json"
+LEDGER = "privacy-ledger.jsonl"
 _lock = threading.Lock()  # in-process simulations run several centers' handlers in threads
+
+
+@dataclass
+class _Ledger:
+    """What the log adds up to, kept in memory while the file is the one last read."""
+
+    rho: float = 0.0
+    releases: int = 0
+    damaged: int = 0
+    seen: set[str] = field(default_factory=set)
+    stamp: tuple[int, int, int] | None = None
+
+
+_ledgers: dict[Path, _Ledger] = {}
 
 
 def ledger_epsilon(state: Path, delta: float) -> float:
     """The (epsilon, delta) privacy loss of everything in a center's ledger."""
-    return rho_epsilon(_read(state / LEDGER)["rho"], delta)
+    with _lock:
+        return rho_epsilon(_load(state / LEDGER).rho, delta)
 
 
 def ledger_summary(state: Path, policy: PrivacyPolicy) -> dict:
     """What `feddel-center status` reports of the ledger: releases charged, rho, epsilon at the
-    policy's delta, and the budget (None: the center keeps no budget)."""
-    ledger = _read(state / LEDGER)
+    policy's delta, the budget (None: the center keeps no budget) and lines cut short by a
+    crash (their releases never left)."""
+    with _lock:
+        ledger = _load(state / LEDGER)
     return {
-        "releases": len(ledger["releases"]), "rho": ledger["rho"],
-        "epsilon": rho_epsilon(ledger["rho"], policy.dp_delta), "delta": policy.dp_delta,
+        "releases": ledger.releases, "rho": ledger.rho,
+        "epsilon": rho_epsilon(ledger.rho, policy.dp_delta), "delta": policy.dp_delta,
         "max_epsilon": policy.max_dp_epsilon if policy.has_budget else None,
+        "damaged_lines": ledger.damaged,
     }  # fmt: skip
 
 
@@ -75,11 +95,10 @@ def charge_release(
     ).hexdigest()
     path = state / LEDGER
     with _lock:
-        ledger = _read(path)
-        if digest in ledger["seen"]:
+        ledger = _load(path)
+        if digest in ledger.seen:
             return  # the same values again: the same noise, nothing new revealed
-        total = ledger["rho"] + rho
-        epsilon = rho_epsilon(total, policy.dp_delta)
+        epsilon = rho_epsilon(ledger.rho + rho, policy.dp_delta)
         if epsilon > policy.max_dp_epsilon * (1.0 + 1e-9):
             raise Refused(
                 f"phase '{phase}' of run '{run}' would take this center's privacy loss to "
@@ -87,21 +106,46 @@ def charge_release(
                 f"{policy.max_dp_epsilon:g}; its budget is spent ({LEDGER} in its state folder "
                 "lists every release) (center.toml [privacy])"
             )
-        ledger["rho"] = total
-        ledger["seen"].append(digest)
-        ledger["releases"].append({"time": time.time(), "run": run, "phase": phase, "rho": rho})
-        write_json(path, ledger)
+        record = {"time": time.time(), "run": run, "phase": phase, "rho": rho, "digest": digest}
+        append_json_line(path, record, durable=True)
+        _add(ledger, record)
+        ledger.stamp = _stamp(path)
 
 
-def _read(path: Path) -> dict:
-    if not path.is_file():
-        return {"rho": 0.0, "seen": [], "releases": []}
+def _load(path: Path) -> _Ledger:
+    """The ledger's totals: from memory when the file is unchanged since this process last
+    read or wrote it, else from the file (another process, a restored backup)."""
+    stamp = _stamp(path)
+    cached = _ledgers.get(path)
+    if cached is not None and cached.stamp == stamp:
+        return cached
+    records, damaged = read_json_lines(path)
+    ledger = _Ledger(damaged=len(damaged), stamp=stamp)
+    for number, record in enumerate(records, start=1):
+        try:
+            _add(ledger, record)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise DataError(
+                f"privacy ledger {path} is unreadable (record {number}: {error!r}); restore it "
+                "from a backup (deleting it resets this center's privacy budget, which only the "
+                "hospital may decide)"
+            ) from error
+    _ledgers[path] = ledger
+    return ledger
+
+
+def _add(ledger: _Ledger, record: dict) -> None:
+    rho = float(record["rho"])
+    if not rho >= 0.0:
+        raise ValueError(f"rho {record['rho']!r} is not a privacy cost")
+    ledger.seen.add(str(record["digest"]))
+    ledger.rho += rho
+    ledger.releases += 1
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
-        ledger = json.loads(path.read_text())
-        return {key: kind(ledger[key]) for key, kind in (("rho", float), ("seen", list),
-                                                         ("releases", list))}  # fmt: skip
-    except (ValueError, KeyError, TypeError) as error:
-        raise DataError(
-            f"privacy ledger {path} is unreadable ({error}); restore it from a backup (deleting "
-            "it resets this center's privacy budget, which only the hospital may decide)"
-        ) from error
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns

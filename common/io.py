@@ -51,9 +51,12 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     )
 
 
-def append_json_line(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+def append_json_line(
+    path: str | os.PathLike[str], record: Mapping[str, Any], durable: bool = False
+) -> None:
     """Append one JSON line to a log (events, audit). A line cut short by a crash (power loss,
-    full disk) is closed first, so it costs that line only, never the next."""
+    full disk) is closed first, so it costs that line only, never the next. `durable` fsyncs
+    the line before returning, for a log that must hold what happens after it is written."""
     line = json.dumps(record, sort_keys=True, default=_jsonable)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +67,9 @@ def append_json_line(path: str | os.PathLike[str], record: Mapping[str, Any]) ->
             if handle.read(1) != b"\n":
                 line = "\n" + line
         handle.write((line + "\n").encode("utf-8"))
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def read_json_lines(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[int]]:

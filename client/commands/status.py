@@ -232,10 +232,12 @@ def _print_status(status: dict[str, Any]) -> None:
         )
     ledger = status["privacy_ledger"]
     budget = ledger["max_epsilon"]
+    damaged = ledger["damaged_lines"]
     console.print(
         f"privacy ledger: {ledger['releases']} releases charged, epsilon {ledger['epsilon']:.3g} "
         f"(delta {ledger['delta']:g}) of "
         + (f"a budget of {budget:g}" if budget is not None else "no budget (max-dp-epsilon unset)")
+        + (f"; {damaged} line(s) cut short by a crash (never sent)" if damaged else "")
     )
     if error := status["last_error"]:
         console.print(

@@ -271,7 +271,8 @@ def test_center_status_counts_runs_phases_manifests_refusals_and_errors(tmp_path
     assert status["connection"] == {"state": "connected", "since": 1.5, "superlink": "link:9093",
                                     "node": "42"}  # fmt: skip
     assert status["privacy_ledger"] == {"releases": 0, "rho": 0.0, "epsilon": 0.0,
-                                        "delta": 1e-6, "max_epsilon": None}  # fmt: skip
+                                        "delta": 1e-6, "max_epsilon": None,
+                                        "damaged_lines": 0}  # fmt: skip
     gauges = render(center_gauges(status))
     assert 'feddel_center_connected{center="hospital-a"} 1' in gauges
     assert 'feddel_center_refused_rounds{center="hospital-a"} 1' in gauges

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from feddel.client import handlers
-from feddel.client.budget import LEDGER, ledger_epsilon
+from feddel.client.budget import LEDGER, charge_release, ledger_epsilon, ledger_summary
 from feddel.client.commands.status import center_status
 from feddel.client.handlers import CenterPaths
 from feddel.client.state import CenterState
@@ -21,6 +21,7 @@ from feddel.common.config import CurationConfig
 from feddel.common.errors import DataError, Refused, RunFailed
 from feddel.common.privacy import secagg
 from feddel.common.privacy.policy import PrivacyPolicy
+from feddel.common.privacy.sensitivity import release_parts
 from feddel.common.wire.protocol import (
     CountsRequest,
     LloydRequest,
@@ -114,13 +115,48 @@ def test_extra_questions_are_refused_once_the_budget_is_spent(dp_round, tmp_path
                                         cells=centers_digest(centers),
                                         open=np.ones(3, dtype=np.int64)), paths)  # fmt: skip
             answered += 1
-    ledger = json.loads((state / LEDGER).read_text())
+    rhos = [json.loads(line)["rho"] for line in (state / LEDGER).read_text().splitlines()]
     print(f"extra Lloyd releases answered before the refusal: {answered}")
     assert ledger_epsilon(state, BUDGET.dp_delta) <= EPSILON * (1 + 1e-9)
-    assert answered < 1000 and math.isfinite(ledger["rho"])
+    assert answered < 1000 and math.isfinite(sum(rhos)) and min(rhos) > 0
+
+
+def _charge(state, values, budget=BUDGET):
+    sigmas = RoundPrivacy.plan(DP).for_phase("lloyd")
+    parts = release_parts("lloyd", SIZE, reports_survivors=False)
+    charge_release(state, budget, "run", "lloyd", parts, (sigmas.noise, sigmas.count), 3,
+                   np.asarray(values, np.float64))  # fmt: skip
+
+
+def test_the_ledger_is_an_append_only_log_read_again_when_another_process_writes_it(tmp_path):
+    _charge(tmp_path, [1.0, 2.0])
+    _charge(tmp_path, [1.0, 2.0])  # the same values: nothing new, nothing charged
+    _charge(tmp_path, [3.0, 4.0])
+    lines = (tmp_path / LEDGER).read_text().splitlines()
+    assert len(lines) == 2
+    one = json.loads(lines[0])["rho"]
+    assert one > 0 and ledger_summary(tmp_path, BUDGET)["rho"] == pytest.approx(2 * one)
+    # another process (a restarted center) appends a release: this one sees it
+    (tmp_path / LEDGER).write_text(
+        "\n".join([*lines, lines[1].replace('"digest": "', '"digest": "x')])
+    )
+    assert ledger_summary(tmp_path, BUDGET)["releases"] == 3
+    assert ledger_summary(tmp_path, BUDGET)["rho"] == pytest.approx(3 * one)
+
+
+def test_a_line_cut_short_by_a_crash_is_counted_and_costs_nothing_else(tmp_path):
+    _charge(tmp_path, [1.0, 2.0])
+    with open(tmp_path / LEDGER, "a") as ledger:
+        ledger.write('{"digest": "ab", "rh')  # the crash: its release never left
+    _charge(tmp_path, [5.0, 6.0])
+    summary = ledger_summary(tmp_path, BUDGET)
+    assert (summary["releases"], summary["damaged_lines"]) == (2, 1)
 
 
 def test_an_unreadable_ledger_stops_with_one_line_naming_it(tmp_path):
-    (tmp_path / LEDGER).write_text("{not json")
-    with pytest.raises(DataError, match=r"privacy ledger .*privacy-ledger.json is unreadable"):
+    (tmp_path / LEDGER).write_text('{"digest": "ab", "rho": -1.0}\n')
+    with pytest.raises(DataError, match=r"privacy ledger .*privacy-ledger.jsonl is unreadable"):
         ledger_epsilon(tmp_path, 1e-6)
+    (tmp_path / LEDGER).write_text('{"rho": 0.5}\n')
+    with pytest.raises(DataError, match=r"record 1: KeyError\('digest'\)"):
+        _charge(tmp_path, [1.0])
