@@ -106,19 +106,23 @@ def _wrap(
             paths = resolve(context)
             admit(context, paths.state, phase)  # the center's [policy], audited
             request = request_type.from_record(message.content)
-            reply = handler(request, paths)
+            content = handler(request, paths).to_record()
         except Exception as exc:  # any failure: a reply the round can go on without this center
             name = paths.name if paths else f"node {context.node_id}"
             reason = _report_error(exc, phase, name, paths)
             code = CENTER_REFUSED if isinstance(exc, Refused) else CENTER_ERROR
             return Message(Error(code=code, reason=f"{name}: {reason}"), reply_to=message)
         seconds = time.monotonic() - started
-        CenterState(paths.state).record(
-            "phase", run=request.run, phase=phase, seconds=round(seconds, 2)
-        )
         log.info("center %s: phase %s of run %s done in %.1f s", paths.name, phase, request.run,
                  seconds)  # fmt: skip
-        return Message(reply.to_record(), reply_to=message)
+        try:  # the phase's work is done: a state folder that refuses the event must not undo it
+            CenterState(paths.state).record(
+                "phase", run=request.run, phase=phase, seconds=round(seconds, 2)
+            )
+        except OSError as failure:
+            log.error("%s could not record phase %s in %s: %s", paths.name, phase, paths.state,
+                      failure)  # fmt: skip
+        return Message(content, reply_to=message)
 
     handle.__name__ = f"{request_type.ACTION}_handler"
     return handle

@@ -11,16 +11,19 @@ Identical values carry identical noise (common/privacy/noise.py), so asking for 
 reveals nothing new and costs nothing: only new values are charged. The ledger is an
 append-only log in the center's state folder (`privacy-ledger.jsonl`, one line per charged
 release, on disk before the release leaves, so a crash can cut short only a line whose release
-never left); deleting it resets the budget, which is the hospital's decision, never the
-coordinator's.
+never left), checked and written under a file lock that concurrent rounds share. Deleting it
+resets the budget, which is the hospital's decision, never the coordinator's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import math
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.privacy.sensitivity import Part, release_sigmas
 
 LEDGER = "privacy-ledger.jsonl"
+LEDGER_LOCK = "privacy-ledger.lock"  # held while a release is checked and charged
 _lock = threading.Lock()  # in-process simulations run several centers' handlers in threads
 
 
@@ -94,7 +98,7 @@ def charge_release(
         + values.tobytes()
     ).hexdigest()
     path = state / LEDGER
-    with _lock:
+    with _charging(state):
         ledger = _load(path)
         if digest in ledger.seen:
             return  # the same values again: the same noise, nothing new revealed
@@ -110,6 +114,17 @@ def charge_release(
         append_json_line(path, record, durable=True)
         _add(ledger, record)
         ledger.stamp = _stamp(path)
+
+
+@contextlib.contextmanager
+def _charging(state: Path) -> Iterator[None]:
+    """One charge at a time per ledger: across this process's threads and across processes
+    (a deployed center runs each message in its own process, so two rounds could otherwise
+    both pass the budget check before either wrote its line)."""
+    state.mkdir(parents=True, exist_ok=True)
+    with _lock, open(state / LEDGER_LOCK, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def _load(path: Path) -> _Ledger:

@@ -17,11 +17,20 @@ from typing import Any
 from flwr.app import Context
 
 from feddel.client.site import load_center_site
+from feddel.common.curation.methods import METHODS
 from feddel.common.deployment.audit import AuditLog
 from feddel.common.errors import Refused
 
 CENTER_CONFIG_KEY = "center-config"  # node config: the center.toml `join` was started with
 FIRST_PHASE = "inventory"  # every round starts with it: one "accepted" audit line per round
+
+
+def retention(run: dict[str, Any]) -> float:
+    """The share of the pool a round would select here, the number max-budget caps: `full`
+    keeps everything whatever budget it names, and a round that names none counts as 1."""
+    budget = float(run.get("budget", 1.0))
+    method = METHODS.get(str(run.get("method", "")))
+    return budget if method is None else method.budget_for(budget)
 
 
 def admit(context: Context, state: Path, phase: str) -> None:
@@ -31,7 +40,7 @@ def admit(context: Context, state: Path, phase: str) -> None:
         return
     run: dict[str, Any] = dict(context.run_config)
     operator = str(run.get("operator", ""))
-    method, budget = str(run.get("method", "")), float(run.get("budget", 0.0))
+    method, budget = str(run.get("method", "")), retention(run)
     reason = load_center_site(site_file).policy.refusal(method, budget, operator)
     if reason is None and phase != FIRST_PHASE:
         return

@@ -69,7 +69,7 @@ class RoundPolicy:
         if budget > self.max_budget:
             return (
                 f"budget {budget:g} is above this center's max-budget {self.max_budget:g} "
-                "([policy] in center.toml)"
+                "(the share of the pool the round selects; [policy] in center.toml)"
             )
         if self.operators and operator not in self.operators:
             return (

@@ -133,6 +133,19 @@ def test_admit_audits_each_accepted_round_once_and_refuses_with_one_line(tmp_pat
     assert "\n" not in entries[1]["reason"]
 
 
+def test_max_budget_caps_what_a_round_selects_not_the_budget_it_names(tmp_path, _toml):
+    """`full` selects every sample whatever budget it names; a round naming none counts as 1."""
+    toml = _toml(tmp_path, "max-budget = 0.2")
+    state = tmp_path / "state"
+    admit(_context(toml, budget=0.1), state, "inventory")
+    with pytest.raises(Refused, match=r"budget 1 is above this center.s max-budget 0\.2"):
+        admit(_context(toml, method="full", budget=0.05), state, "inventory")
+    no_budget = _context(toml)
+    del no_budget.run_config["budget"]
+    with pytest.raises(Refused, match="budget 1 is above"):
+        admit(no_budget, state, "inventory")
+
+
 def test_a_policy_change_applies_to_the_next_round_without_a_restart(tmp_path, _toml):
     toml = _toml(tmp_path)
     admit(_context(toml, method="random"), tmp_path / "state", "inventory")

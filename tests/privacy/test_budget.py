@@ -6,14 +6,24 @@ protects, joins a dp-epsilon round within its budget, charges nothing for values
 and refuses once a coordinator's extra questions have spent the budget.
 """
 
+import fcntl
 import json
 import math
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 from feddel.client import handlers
-from feddel.client.budget import LEDGER, charge_release, ledger_epsilon, ledger_summary
+from feddel.client.budget import (
+    LEDGER,
+    LEDGER_LOCK,
+    charge_release,
+    ledger_epsilon,
+    ledger_summary,
+)
 from feddel.client.commands.status import center_status
 from feddel.client.handlers import CenterPaths
 from feddel.client.state import CenterState
@@ -160,3 +170,42 @@ def test_an_unreadable_ledger_stops_with_one_line_naming_it(tmp_path):
     (tmp_path / LEDGER).write_text('{"rho": 0.5}\n')
     with pytest.raises(DataError, match=r"record 1: KeyError\('digest'\)"):
         _charge(tmp_path, [1.0])
+
+
+CHARGE_IN_ANOTHER_PROCESS = """
+import sys
+from pathlib import Path
+import numpy as np
+from feddel.client.budget import charge_release
+from feddel.common.errors import Refused
+from feddel.common.privacy.policy import PrivacyPolicy
+from feddel.common.privacy.sensitivity import release_parts
+state, noise, count = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+parts = release_parts("lloyd", 32, reports_survivors=False)
+print("ready", flush=True)
+try:
+    charge_release(state, PrivacyPolicy(max_dp_epsilon=10.0), "run", "lloyd", parts,
+                   (noise, count), 3, np.arange(4.0))
+except Refused:
+    sys.exit(3)
+"""
+
+
+def test_a_charge_in_another_process_waits_for_the_ledger_and_sees_what_was_spent(tmp_path):
+    """A deployed center runs each message in its own process: while one holds the ledger,
+    another's check waits, then counts what the first charged (here: the whole budget)."""
+    sigmas = RoundPrivacy.plan(DP).for_phase("lloyd")
+    with open(tmp_path / LEDGER_LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        other = subprocess.Popen(
+            [sys.executable, "-c", CHARGE_IN_ANOTHER_PROCESS, str(tmp_path),
+             str(sigmas.noise), str(sigmas.count)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert other.stdout.readline().strip() == "ready"
+        time.sleep(2.0)
+        assert other.poll() is None  # waiting for the ledger, not charging past it
+        with open(tmp_path / LEDGER, "a") as ledger:  # this process spends the budget
+            ledger.write(json.dumps({"run": "r", "phase": "p", "rho": 1e6, "digest": "x"}) + "\n")
+    assert other.wait(timeout=60) == 3  # Refused: it read the ledger again under the lock
+    assert ledger_summary(tmp_path, BUDGET)["releases"] == 1

@@ -122,6 +122,29 @@ def test_redact_keeps_words_that_name_folders_and_punctuation(tmp_path):
     assert redact("weights /opt/models/vit.pth: bad", {}) == "weights <path>: bad"
 
 
+def test_redact_takes_names_with_spaces_and_commas_whole(tmp_path):
+    data = tmp_path / "data"
+    (data / "John Smith").mkdir(parents=True)
+    (data / "John Smith" / "IM0001").write_bytes(b"")
+    (data / "Müller, Anna").mkdir()
+    (data / "Müller, Anna" / "scan 01.png").write_bytes(b"")
+    folders = {"data folder": data}
+    assert redact(f"cannot read {data}/John Smith/IM0001: truncated", folders) == (
+        "cannot read <a file in the data folder>: truncated"
+    )
+    assert redact(f"bad {data}/Müller, Anna/scan 01.png, skipped", folders) == (
+        "bad <a file in the data folder>, skipped"
+    )
+    assert redact("also John Smith/IM0001 and Müller, Anna/scan 01.png; done", folders) == (
+        "also <file> and <file>; done"
+    )
+    # a path that no longer exists goes up to the next colon: no half of it is left
+    assert redact(f"lost {data}/Jane Doe/IM2: gone", folders) == (
+        "lost <a file in the data folder>: gone"
+    )
+    assert redact(r"see C:\Users\Jane Doe\x.dcm: bad", {}) == "see <path>: bad"
+
+
 def test_public_reason_is_one_bounded_line():
     long = DataError("line one\nline two " + "x" * 1000)
     reason = public_reason(long, "seed", {})

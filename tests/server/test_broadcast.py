@@ -175,6 +175,38 @@ def test_a_round_every_center_refuses_stops_with_the_refusal(monkeypatch, tmp_pa
     grid.shutdown()
 
 
+def test_a_failure_after_the_handler_is_redacted_and_an_unwritable_event_log_loses_no_reply(
+    monkeypatch, tmp_path
+):
+    """Turning the reply into a record fails at center 0 (its error names a patient's file);
+    center 1's state path is a file, so its phase event cannot be written."""
+    secret = tmp_path / "smith_john.png"
+
+    class Unsendable(SeedReply):
+        def to_record(self):
+            raise OSError(f"cannot write {secret}")
+
+    def seed(request, paths):
+        reply_type = Unsendable if paths.name == "hospital-0" else SeedReply
+        return reply_type(centroids=np.ones((K, D)), counts=np.full(K, 10))
+
+    def resolve(context):
+        partition = int(context.node_config["partition-id"])
+        state = tmp_path / f"state-{partition}"
+        if partition == 1:
+            state.write_text("not a folder")
+        return CenterPaths(f"hospital-{partition}", tmp_path, state, PrivacyPolicy())
+
+    monkeypatch.setitem(client_app.PHASES, "seed", (SeedRequest, seed))
+    grid = InProcessGrid(client_app.build_client_app(resolve), num_nodes=3)
+    cast = Broadcaster(grid, min_fraction=0.5, timeout=10, group="g")
+    replies = cast.ask(_seed_request(), SeedReply)
+    grid.shutdown()
+    assert len(replies) == 2  # hospital-1 answered although its event log is unwritable
+    [failure] = cast.failures
+    assert failure.reason == "hospital-0: internal error in phase seed; see the center's log"
+
+
 def test_no_secure_sum_is_asked_of_fewer_centers_than_min_roster():
     grid = InProcessGrid(_masking_app({}, set()), num_nodes=4)
     cast = Broadcaster(grid, min_fraction=0.5, timeout=10, group="g", min_roster=5)
