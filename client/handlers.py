@@ -335,8 +335,9 @@ def _center_report(paths: CenterPaths, request: SelectRequest) -> None:
     """The center's own report (contact sheets); it stays here, and never fails the phase."""
     try:
         write_center_report(paths.state, paths.data, request.run, request.round)
-    except FedDELError as exc:
-        log.warning("%s: center report not written: %s", paths.name, exc)
+    except Exception as exc:  # a full disk or an image library's error: the selection stands
+        log.warning("%s: center report not written: %s", paths.name, exc,
+                    exc_info=not isinstance(exc, FedDELError))  # fmt: skip
 
 
 def select(request: SelectRequest, paths: CenterPaths) -> SelectReply:
@@ -352,12 +353,14 @@ def select(request: SelectRequest, paths: CenterPaths) -> SelectReply:
     )  # fmt: skip
     chosen = method.select(view, plan, request.seed, request.keep)
     k = len(request.quotas)
+    per_cluster = np.bincount(scores.labels[chosen], minlength=k)
+    # the release first: a center that refuses it (its roster floor, its budget) is out of
+    # the round and must keep no selection for pre-training to train on
+    masked = _masked(request, paths, select_layout(k), len(ids), per_cluster=per_cluster)
     rows = manifest_rows(pool.name, pool.files, ids, scores.labels, scores.pvi, chosen, pool.frames)
     path = write_manifest(state.manifest_path(request.run, request.round), rows)
     state.record(
         "manifest", run=request.run, round=request.round, selected=len(rows), path=path.name
     )
     _center_report(paths, request)
-    per_cluster = np.bincount(scores.labels[chosen], minlength=k)
-    masked = _masked(request, paths, select_layout(k), len(ids), per_cluster=per_cluster)
     return SelectReply(selected=len(rows), masked=masked)

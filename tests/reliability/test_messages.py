@@ -434,6 +434,28 @@ def test_center_sending_replies_that_do_not_fit_the_round_is_dropped(
     assert summary.selected > 0
 
 
+def test_a_center_refusing_its_select_release_keeps_no_selection(federation, monkeypatch):
+    """center-00's policy refuses the select phase's roster only (its floor rose mid-round):
+    it must not keep a selection that pre-training would later train on. The others' contact
+    sheets fail on a full disk, which costs their report only."""
+    request_type, handler = client_app.PHASES["select"]
+
+    def stricter(request, paths):
+        if paths.name == "center-00":
+            paths = dataclasses.replace(paths, policy=PrivacyPolicy(min_roster=10))
+        return handler(request, paths)
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(client_app.PHASES, "select", (request_type, stricter))
+    monkeypatch.setattr("feddel.client.handlers.write_center_report", full_disk)
+    summary = _run(federation, "late-refusal")  # the others' reports fail: their selections stand
+    assert [(f.center, f.phase) for f in summary.failed_centers] == [("center-00", "select")]
+    assert not list((federation / "state" / "center-00").glob("selection-late-refusal-*.csv"))
+    assert list((federation / "state" / "center-01").glob("selection-late-refusal-*.csv"))
+
+
 def test_corrupt_masked_vector_stops_the_round_instead_of_curating_noise(federation, monkeypatch):
     rng = np.random.default_rng(0)
 
