@@ -125,8 +125,8 @@ def round_warnings(result: RoundResult) -> list[str]:
     if plans and candidates < budget:
         warnings.append(
             f"selected {result.total_selected} of a budget of {budget}: only {candidates} "
-            f"candidates are in clusters with at least min-count={config.min_count} of them "
-            "across the federation; lower k or min-count, or add data"
+            "candidates remain across the federation after outliers and near-duplicates are "
+            "left out; lower eps or raise eta, or add data"
         )
     if plans and result.total_selected < min(budget, candidates):
         warnings.append(

@@ -59,13 +59,16 @@ def pooled_kmeans(shards: list[np.ndarray], config: CurationConfig) -> KMeansRes
     return lloyd(shards, init, config.kmeans_max_rounds, config.kmeans_tol, rng)
 
 
-def pooled_plan(method: Method, views: list[CenterView], k: int, config: CurationConfig) -> Plan:
-    """The method's plan from the pooled histograms and survivor counts (no secure sums)."""
+def pooled_plan(
+    method: Method, views: list[CenterView], k: int, config: CurationConfig, eta: float
+) -> Plan:
+    """The method's plan from the pooled histograms and survivor counts (no secure sums), the
+    candidates deduplicated at `eta`."""
     total = sum(len(view.sample_ids) for view in views)
     merged = Merged(
         np.sum([candidate_histograms(view.scores, k) for view in views], axis=0),
         np.sum([method.survivors(view, config.keep) for view in views], axis=0),
-        config.eta,
+        eta,
         np.sum([beyond_share_counts(view.scores, k) for view in views], axis=0),
     )
     return method.plan(merged, math.ceil(config.budget * total), config.budget)
@@ -144,25 +147,35 @@ def curate_pools(pools: list[CenterPool], config: CurationConfig) -> PooledRound
     prior = smoothed_prior(stats.count)
     tau = config.tau or auto_tau(stats.inertia, int(stats.count.sum()))
     series_share = method.series_share(config.series_cap, config.budget)
-    scores = [
-        score_center(
-            p.embeddings,
-            e,
-            kmeans.centers,
-            prior,
-            tau=tau,
-            eps=config.eps,
-            eta=config.eta,
-            keep=config.keep,
-            series=p.series_codes(),
-            series_share=series_share,
-        )
-        for p, e in zip(pools, eligible, strict=True)
-    ]
+
+    def scored(eta: float) -> list[CenterScores]:
+        return [
+            score_center(
+                p.embeddings,
+                e,
+                kmeans.centers,
+                prior,
+                tau=tau,
+                eps=config.eps,
+                eta=eta,
+                keep=config.keep,
+                series=p.series_codes(),
+                series_share=series_share,
+            )
+            for p, e in zip(pools, eligible, strict=True)
+        ]
+
+    # the federated round's eta ladder: dedup less only when the budget cannot be filled
+    budget = math.ceil(config.budget * sum(len(p.sample_ids) for p in pools))
+    eta, scores = config.eta, scored(config.eta)
+    for higher in (e for e in method.eta_ladder if e > config.eta):
+        if sum(int(np.sum(s.candidate)) for s in scores) >= budget:
+            break
+        eta, scores = higher, scored(higher)
     views = [
         CenterView(p.embeddings, s, p.sample_ids, e)
         for p, s, e in zip(pools, scores, eligible, strict=True)
     ]
-    plan = pooled_plan(method, views, k, config)
+    plan = pooled_plan(method, views, k, config, eta)
     masks = method.select_pooled(views, plan, config.seed, config.keep)
     return PooledRound(kmeans, float(stats.inertia), tau, scores, plan, masks)

@@ -81,6 +81,12 @@ class Merged(NamedTuple):
     beyond_share: np.ndarray | None = None  # (k,) candidates past their series' share
     unbinned: np.ndarray | None = None  # (k,) candidates of clusters without a histogram
 
+    @property
+    def candidates(self) -> np.ndarray:
+        """(k,) candidates per cluster, binned or not: what a plan shares the budget over."""
+        binned = self.histograms.sum(axis=1)
+        return binned if self.unbinned is None else binned + self.unbinned
+
 
 @dataclass(frozen=True)
 class CenterView:

@@ -141,7 +141,7 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
     eta = config.eta
     merged = _score(sums, centers, prior, tau, eligible, eta)
     for higher in (e for e in method.eta_ladder if e > config.eta):
-        if merged.histograms.sum() >= budget:
+        if merged.candidates.sum() >= budget:
             break
         eta = higher  # too few candidates: the encoder packs samples closer, dedup less
         merged = _score(sums, centers, prior, tau, eligible, eta)
@@ -162,7 +162,7 @@ def run_round(cast: Broadcaster, config: CurationConfig, round_: int = 0) -> Rou
         centers=centers,
         stats=stats,
         inertia_history=lloyd.result.inertia_history,
-        candidates=merged.histograms.sum(axis=1),
+        candidates=merged.candidates,
         quotas=plan.quotas,
         selected_per_cluster=per_cluster,
         mean_image=image,

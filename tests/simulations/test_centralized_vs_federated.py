@@ -9,7 +9,8 @@ import pytest
 from feddel.client.state import CenterState
 from feddel.common.config import CurationConfig
 from feddel.common.curation.kmeans import assign
-from feddel.common.curation.methods import FEDDEL
+from feddel.common.curation.methods import FEDDEL, Merged
+from feddel.common.curation.selection import HISTOGRAM_BINS
 from feddel.common.io import read_csv
 from feddel.common.privacy import noise, secagg
 from feddel.common.wire.protocol import LloydReply, record_bytes
@@ -189,3 +190,19 @@ def test_federated_feddel_loosens_eta_when_dedup_leaves_too_few_candidates(feder
     budget = math.ceil(0.2 * summary.total_samples)
     assert summary.eta > 0.3
     assert abs(summary.selected - budget) <= summary.k
+
+
+def test_centralized_feddel_loosens_eta_as_the_federated_round_does(federation):
+    summary, rows = _centralized(federation, "eta-ladder-reference", eta=0.3, budget=0.2)
+    assert summary.eta > 0.3
+    assert abs(len(rows) - math.ceil(0.2 * summary.total_samples)) <= summary.k
+
+
+def test_candidates_of_clusters_without_a_histogram_count_toward_the_budget():
+    """20 binned candidates and 9 in a cluster under min-count fill a budget of 25: the round
+    must not loosen eta (letting near-duplicates back in) or warn that the budget is short."""
+    histograms = np.zeros((2, HISTOGRAM_BINS), dtype=np.int64)
+    histograms[0, 10] = 20
+    merged = Merged(histograms, np.zeros(1), 0.9, unbinned=np.array([0, 9]))
+    assert merged.candidates.tolist() == [20, 9]
+    assert FEDDEL.plan(merged, 25, 0.1).quotas.sum() == 25
