@@ -118,9 +118,9 @@ def _windowed(path: str, size: int, mtime_ns: int, max_pixels: int) -> tuple[np.
     mtime: the scan and the embedding read a volume's slices in order."""
     nifti_frames(path, max_pixels)  # the header's checks, before any voxel is read
     image = _load(path)
-    data = np.asanyarray(image.dataobj)
-    while data.ndim > 3:  # 4-D and up: the first volume (see the module docstring)
-        data = data[..., 0]
+    extra = len(image.shape) - 3  # 4-D and up: the first volume (see the module docstring)
+    first = (slice(None),) * 3 + (0,) * extra  # the proxy reads that volume only
+    data = np.asanyarray(image.dataobj[first] if extra > 0 else image.dataobj)
     volume = window(data if data.ndim == 3 else data[:, :, None])
     volume.flags.writeable = False
     return volume, slice_axis(image) if image.ndim >= 3 else 2

@@ -95,6 +95,26 @@ def test_nifti_4d_series_contributes_its_first_volume(tmp_path: Path) -> None:
         np.testing.assert_array_equal(grey(path, z), grey(three_d, z))
 
 
+def test_float_image_reads_nan_as_black_and_scales_the_rest_by_its_own_range(tmp_path):
+    values = np.array([[100.0, np.nan], [150.0, 200.0]], dtype=np.float32)
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tiff")
+    pixels = decode_file(tmp_path / "float.tiff").pixels[..., 0]
+    assert pixels.tolist() == [[0, 0], [128, 255]]
+
+
+def test_nifti_4d_series_reads_its_first_volume_only(tmp_path: Path) -> None:
+    """The header's voxel limit counts one volume, so only that one may be read: a series cut
+    off after its first volume still decodes (reading the whole series would fail here)."""
+    first = ramp_volume((16, 16, 4))
+    series = np.stack([first] * 50, axis=3)
+    path = write_nifti(tmp_path / "long.nii", series, (2.0, 2.0, 3.0, 2.0))
+    header = int(nib.load(path).dataobj.offset)
+    with open(path, "r+b") as file:
+        file.truncate(header + first.size * series.dtype.itemsize)
+    three_d = write_nifti(tmp_path / "first.nii", first, (2.0, 2.0, 3.0))
+    np.testing.assert_array_equal(grey(path, 2), grey(three_d, 2))
+
+
 @pytest.mark.parametrize("damage", ["junk", "truncated"])
 def test_nifti_damaged_file_is_unreadable_with_a_reason(tmp_path: Path, damage: str) -> None:
     good = write_nifti(tmp_path / "good.nii", ramp_volume(), (1.0, 1.0, 3.0)).read_bytes()
