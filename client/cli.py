@@ -17,7 +17,7 @@ from feddel.client.commands.status import add_status_arguments, run_status
 from feddel.common.cliutil import EXIT_FAILED, EXIT_OK, Command, console, dispatch, run_cli
 from feddel.common.cliutil import build_parser as build_parser_for
 from feddel.common.data.scan import Inventory, scan_center
-from feddel.common.io import write_json
+from feddel.common.io import require_writable_file, write_json
 
 DESCRIPTION = """\
 Run FedDEL at one center. Images, embeddings and sample ids never leave this machine: the
@@ -51,6 +51,8 @@ def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    if args.json:
+        require_writable_file(args.json, "--json")
     inventory = _scan_with_progress(args.data)
     summary = check_summary(inventory)
     _print_check(inventory, summary)

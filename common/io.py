@@ -132,6 +132,16 @@ def require_writable_folder(path: str | os.PathLike[str], setting: str) -> Path:
     return target
 
 
+def require_writable_file(path: str | os.PathLike[str], setting: str) -> Path:
+    """Fail now, in one line, when `path` cannot be written as a file: not a folder, and in a
+    folder this process writes into (see require_writable_folder)."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise DataError(f"{target} is a folder; give {setting} a file name")
+    require_writable_folder(target.parent, setting)
+    return target
+
+
 def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         return list(csv.DictReader(handle))

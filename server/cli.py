@@ -11,7 +11,7 @@ from feddel.common.cliutil import EXIT_OK, Command, console, dispatch, run_cli
 from feddel.common.cliutil import build_parser as build_parser_for
 from feddel.common.config import CurationConfig, parse_overrides
 from feddel.common.deployment.audit import AuditLog
-from feddel.common.io import write_json
+from feddel.common.io import require_writable_file, write_json
 from feddel.server.deployment.certs import add_certs_arguments, run_certs
 from feddel.server.deployment.operators import add_operator_arguments, run_operator
 from feddel.server.deployment.site import CoordinatorSite, load_site, operator_networks
@@ -36,6 +36,8 @@ Deployment step by step: deploy/README.md.
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
+    if args.json:
+        require_writable_file(args.json, "--json")
     overrides = parse_overrides(args.set)
     site = load_site(args.config) if args.config else None
     config = site.round_config(overrides) if site else CurationConfig.from_run_config(overrides)

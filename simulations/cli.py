@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from feddel.common.cliutil import EXIT_OK, Command, console, dispatch, run_cli
 from feddel.common.cliutil import build_parser as build_parser_for
 from feddel.common.errors import ConfigError
+from feddel.common.io import require_writable_folder
 from feddel.simulations.commands.bench import add_bench_arguments, bench_run
 from feddel.simulations.commands.compare import add_compare_arguments, compare_run
 from feddel.simulations.commands.curate import (
@@ -68,6 +69,7 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _data_run(args: argparse.Namespace) -> int:
+    require_writable_folder(args.out, "--out")
     columns = (
         TextColumn("generating centers"),
         BarColumn(),

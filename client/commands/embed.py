@@ -16,7 +16,7 @@ from rich.table import Table
 
 from feddel.common.cliutil import EXIT_FAILED, EXIT_OK, console
 from feddel.common.config import CurationConfig
-from feddel.common.io import require_writable_folder, write_json
+from feddel.common.io import require_writable_file, require_writable_folder, write_json
 
 DEFAULTS = CurationConfig()
 
@@ -77,7 +77,7 @@ def run_embed(args: argparse.Namespace) -> int:
     )  # fmt: skip
     require_writable_folder(args.state, "--state")
     if args.json:
-        require_writable_folder(args.json.parent, "--json")
+        require_writable_file(args.json, "--json")
     inventory = scan_center(args.data)
     columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     started = time.perf_counter()

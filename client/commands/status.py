@@ -29,7 +29,7 @@ from feddel.client.site import load_center_site
 from feddel.client.state import CenterState
 from feddel.common.cliutil import EXIT_FAILED, EXIT_OK, console
 from feddel.common.deployment.audit import AuditLog
-from feddel.common.deployment.metrics import Gauge, write_status_files
+from feddel.common.deployment.metrics import Gauge, require_status_files, write_status_files
 from feddel.common.deployment.sites import superlink_health
 from feddel.common.errors import DataError
 from feddel.common.privacy.policy import PrivacyPolicy
@@ -60,6 +60,7 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    require_status_files(args.json, args.prometheus)
     probe = None
     privacy = PrivacyPolicy()
     if args.config:

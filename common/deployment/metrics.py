@@ -17,7 +17,7 @@ from typing import Any
 
 from feddel.common.cliutil import console
 from feddel.common.errors import ConfigError
-from feddel.common.io import atomic_write_text, write_json
+from feddel.common.io import atomic_write_text, require_writable_file, write_json
 
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -51,6 +51,13 @@ def render(gauges: Iterable[Gauge]) -> str:
 
 def write_prometheus(path: str | Path, gauges: Iterable[Gauge]) -> Path:
     return atomic_write_text(path, render(gauges))
+
+
+def require_status_files(json_path: Path | None, prometheus_path: Path | None) -> None:
+    """Before any probe: the files write_status_files will write can be written."""
+    for path, setting in ((json_path, "--json"), (prometheus_path, "--prometheus")):
+        if path:
+            require_writable_file(path, setting)
 
 
 def write_status_files(

@@ -31,7 +31,7 @@ from pathlib import Path
 from feddel.common.cliutil import EXIT_OK, console
 from feddel.common.deployment.certs import check_name, is_name
 from feddel.common.errors import ConfigError
-from feddel.common.io import atomic_write_bytes
+from feddel.common.io import atomic_write_bytes, require_writable_file
 from feddel.server.deployment.site import load_site
 
 OPERATORS_FILE = "operators.json"
@@ -182,6 +182,7 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
 def run_operator(args: argparse.Namespace) -> int:
     state = load_site(args.config, state=args.state).state
     if args.action == "add":
+        require_writable_file(args.out, "--out")  # before the registry keeps a token it lost
         token = add_operator(state, args.name, force=args.force)
         atomic_write_bytes(args.out, (token + "\n").encode(), mode=0o600)
         console.print(f"operator {args.name}: token written to {args.out} (mode 0600); "

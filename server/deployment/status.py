@@ -22,7 +22,7 @@ from rich.table import Table
 from feddel.common.cliutil import EXIT_FAILED, EXIT_OK, console
 from feddel.common.deployment.audit import AuditLog
 from feddel.common.deployment.certs import registered_centers
-from feddel.common.deployment.metrics import Gauge, write_status_files
+from feddel.common.deployment.metrics import Gauge, require_status_files, write_status_files
 from feddel.common.deployment.sites import superlink_health
 from feddel.server.deployment.deployed import PROGRESS_FILE
 from feddel.server.deployment.flwrcli import CONNECTION, error_message, flwr_json, write_connection
@@ -49,6 +49,7 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    require_status_files(args.json, args.prometheus)
     site = load_site(args.config, certs=args.certs, state=args.state)
     health = superlink_health(site.local_address, site.certs / "ca.crt")
     if args.check:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from feddel.common.cliutil import EXIT_FAILED, EXIT_OK, console
+from feddel.common.io import require_writable_folder
 from feddel.simulations.benchmarks import gpu
 from feddel.simulations.benchmarks.gpu import run_gpu_check
 from feddel.simulations.benchmarks.suite import FULL, NAMES, QUICK, parse_only, run_suite
@@ -45,6 +46,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bench_run(args: argparse.Namespace) -> int:
+    require_writable_folder(args.out, "--out")
     started = time.monotonic()
 
     def say(line: str) -> None:

@@ -70,6 +70,12 @@ def tripwire(monkeypatch):
         "feddel.client.commands.join.FlowerProcess",
         "feddel.server.deployment.superlink.check_superlink_files",
         "feddel.server.deployment.submit.write_app",
+        "feddel.client.commands.status.center_status",
+        "feddel.server.deployment.status.load_site",
+        "feddel.server.deployment.operators.add_operator",
+        "feddel.server.cli.parse_overrides",
+        "feddel.simulations.cli.generate_federation",
+        "feddel.simulations.commands.bench.run_suite",
     ):
         monkeypatch.setattr(target, reached)
 
@@ -115,6 +121,46 @@ def _commands(data: Path, bad: Path, tmp_path: Path) -> dict[str, tuple]:
             ["start", "--certs", str(tmp_path), "--state", str(bad)],
             "--state (or [coordinator] state)",
         ),
+        "center check --json": (
+            center_cli,
+            ["check", "--data", center, "--json", f"{bad}/c.json"],
+            "--json",
+        ),
+        "center status --json": (
+            center_cli,
+            ["status", "--state", str(tmp_path), "--json", f"{bad}/s.json"],
+            "--json",
+        ),
+        "center status --prometheus": (
+            center_cli,
+            ["status", "--state", str(tmp_path), "--prometheus", f"{bad}/s.prom"],
+            "--prometheus",
+        ),
+        "coordinator config --json": (
+            coordinator_cli,
+            ["config", "--json", f"{bad}/c.json"],
+            "--json",
+        ),
+        "coordinator status --json": (
+            coordinator_cli,
+            [
+                "status",
+                "--certs",
+                str(tmp_path),
+                "--state",
+                str(tmp_path),
+                "--json",
+                f"{bad}/s.json",
+            ],
+            "--json",
+        ),
+        "coordinator operator add --out": (
+            coordinator_cli,
+            ["operator", "add", "alice", "--state", str(tmp_path), "--out", f"{bad}/alice.token"],
+            "--out",
+        ),
+        "sim data": (sim_cli, ["data", "--out", str(bad)], "--out"),
+        "sim bench": (sim_cli, ["bench", "--out", str(bad)], "--out"),
         "coordinator curate": (
             coordinator_cli,
             ["curate", "--certs", str(tmp_path), "--state", str(tmp_path), "--out", str(bad)],
