@@ -154,10 +154,13 @@ COMMANDS: tuple[Command, ...] = (
         name="demo",
         summary="the main job: the whole pipeline on the demo federation, FedDEL vs random at 5%",
         description="Generate (once) the 31-center demo federation under OUT/data, then run "
-        "the pipeline of `compare` for FedDEL and random at 5% and for the full pool: a shared "
-        "federated MAE warm-up, curation, federated MAE pre-training and downstream "
-        "segmentation. Prints R, mIoU, DEL, NormDEL and the curation-quality measures, and "
-        "writes OUT/results.csv (the columns of `compare`). A curation round alone: `curate`.",
+        "the pipeline of `compare` for each seed: the random-init encoder (scratch), the "
+        "controls from the simulation's truth (oracle and disruptive-only) and FedDEL against "
+        "random, all at 5%: federated curation with the random-init encoder, pre-training from "
+        "the seed's random init by the fast exact FedSGD path (the same steps for every cell) "
+        "and downstream segmentation at every center. Prints R, mIoU, DEL, NormDEL, the "
+        "curation-quality measures and the paired differences with 95% CIs, and writes "
+        "OUT/results.csv (the columns of `compare`). A curation round alone: `curate`.",
         add_arguments=add_demo_arguments,
         run=demo_run,
     ),

@@ -24,13 +24,6 @@ from feddel.simulations.benchmarks.records import Record, Say, machine, machine_
 from feddel.simulations.benchmarks.records import markdown as render_markdown
 
 JSON_FILE, MARKDOWN_FILE = "gpu-check.json", "gpu-check.md"
-CELL_ROUNDS = 2000  # the demo's pre-training rounds: a cell's real cost
-# the demo's pre-training settings (simulations/commands/demo.py), as `compare` flags
-CELL_FLAGS = (
-    "--fast", "--fedadam", "--local-steps", "1", "--local-lr", "1", "--batch-size", "4",
-    "--centers-per-round", "4", "--center-weighting", "equal", "--curation-encoder",
-    "random-init",
-)  # fmt: skip
 
 
 def cuda_missing() -> str | None:
@@ -57,7 +50,7 @@ def run_gpu_check(out: Path, say: Say, *, quick: bool = False) -> list[Record] |
     params = embedding.QUICK if quick else embedding.EmbedParams()
     params = replace(params, cases=params.cases[:1])  # FedDEL's encoder; run() adds ViT-B/16
     records = embedding.run(params, out / "work", say)
-    records += demo_cell(out / "cell", say, rounds=20 if quick else CELL_ROUNDS)
+    records += demo_cell(out / "cell", say, quick=quick)
     records.append(record(0, "gpu_check_s", time.perf_counter() - started, "s"))
     write_json(out / JSON_FILE, {"machine": info, "records": [r.to_json() for r in records]})
     atomic_write_text(
@@ -66,9 +59,14 @@ def run_gpu_check(out: Path, say: Say, *, quick: bool = False) -> list[Record] |
     return records
 
 
-def demo_cell(out: Path, say: Say, *, rounds: int) -> list[Record]:
-    """FedDEL 5%, seed 0, on the demo federation (made here if missing): wall time and mIoU."""
+def demo_cell(out: Path, say: Say, *, quick: bool) -> list[Record]:
+    """FedDEL 5%, seed 0, on the demo federation (made here if missing) with the demo's
+    settings (20 rounds when quick): wall time and mIoU."""
     from feddel.simulations.cli import main  # the CLI imports the benchmarks
+    from feddel.simulations.commands.compare import pipeline_flags
+    from feddel.simulations.commands.demo import DEMO_SETTINGS
+
+    rounds = 20 if quick else DEMO_SETTINGS.rounds
 
     data = out / "data"
     if not (data / "federation.json").is_file():
@@ -76,8 +74,9 @@ def demo_cell(out: Path, say: Say, *, rounds: int) -> list[Record]:
         if main(["data", "--out", str(data)]) != 0:
             raise RuntimeError(f"could not generate the demo federation in {data}")
     say(f"one demo cell on the GPU: FedDEL 5%, seed 0, {rounds} fast FedSGD rounds")
-    argv = ["compare", "--data", str(data), "--out", str(out), "--seeds", "1"]
-    argv += ["--methods", FEDDEL.name, "--budgets", "0.05", "--rounds", str(rounds), *CELL_FLAGS]
+    argv = ["compare", "--data", str(data), "--out", str(out), "--seeds", "1", "--fresh"]
+    argv += ["--methods", FEDDEL.name, "--budgets", "0.05"]
+    argv += pipeline_flags(replace(DEMO_SETTINGS, rounds=rounds))  # the demo's cell, timed anew
     started = time.perf_counter()
     if main(argv) != 0:
         raise RuntimeError(f"the demo cell failed; see {out}")

@@ -45,6 +45,41 @@ from feddel.simulations.science.paired import (
 )
 
 
+def pipeline_flags(settings: PipelineSettings) -> list[str]:
+    """The flags of add_pipeline_arguments that give `settings` (a caller's fixed settings as
+    the command line of `compare`)."""
+    flags = [
+        "--rounds", str(settings.rounds), "--local-steps", str(settings.local_steps),
+        "--batch-size", str(settings.batch_size),
+        "--centers-per-round", str(settings.centers_per_round),
+        "--warmup-rounds", str(settings.warmup_rounds), "--lr", repr(settings.lr),
+        "--local-lr", repr(settings.local_lr), "--center-weighting", settings.center_weighting,
+        "--curation-encoder", settings.curation_encoder,
+        "--head-steps", str(settings.head.steps), "--head-repeats", str(settings.head.repeats),
+    ]  # fmt: skip
+    switches = {"fedadam": settings.fedadam, "fast": settings.fast,
+                "finetune": settings.head.finetune}  # fmt: skip
+    return flags + [f"--{'' if on else 'no-'}{name}" for name, on in switches.items()]
+
+
+def pipeline_settings(args: argparse.Namespace) -> PipelineSettings:
+    """The settings the flags of add_pipeline_arguments gave (pipeline_flags' inverse)."""
+    return PipelineSettings(
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        centers_per_round=args.centers_per_round,
+        warmup_rounds=args.warmup_rounds,
+        lr=args.lr,
+        fedadam=args.fedadam,
+        local_lr=args.local_lr,
+        center_weighting=args.center_weighting,
+        head=HeadConfig(steps=args.head_steps, repeats=args.head_repeats, finetune=args.finetune),
+        curation_encoder=args.curation_encoder,
+        fast=args.fast,
+    )
+
+
 def add_pipeline_arguments(
     parser: argparse.ArgumentParser, defaults: PipelineSettings | None = None
 ) -> None:
@@ -241,20 +276,7 @@ def run_pipeline(
     """Run every cell in one simulated Flower run; write and return the rows. `keep_earlier`
     adds the cells that earlier runs finished in `out` (same settings: Pipeline checks), so
     `compare --methods optidel --budgets 0.05` after a larger comparison extends its table."""
-    settings = PipelineSettings(
-        rounds=args.rounds,
-        local_steps=args.local_steps,
-        batch_size=args.batch_size,
-        centers_per_round=args.centers_per_round,
-        warmup_rounds=args.warmup_rounds,
-        lr=args.lr,
-        fedadam=args.fedadam,
-        local_lr=args.local_lr,
-        center_weighting=args.center_weighting,
-        head=HeadConfig(steps=args.head_steps, repeats=args.head_repeats, finetune=args.finetune),
-        curation_encoder=args.curation_encoder,
-        fast=args.fast,
-    )
+    settings = pipeline_settings(args)
     base = CurationConfig.from_run_config(parse_overrides(args.set))
     if args.fresh:
         for path in discard_results(out):
