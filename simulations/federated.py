@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from feddel.client.site import load_privacy_policy
 from feddel.common.config import CurationConfig
 from feddel.common.data.manifest import MANIFEST_COLUMNS, manifest_name, read_manifest
 from feddel.common.errors import ConfigError, DataError
-from feddel.common.io import write_csv
+from feddel.common.io import atomic_write_bytes, write_csv
 from feddel.common.privacy.policy import PrivacyPolicy
 from feddel.common.reports.summary import RoundSummary
 from feddel.server.app import build_server_app
@@ -91,7 +90,7 @@ def run_federated(
     run_apps(server_app, centers, state, engine, observer, workers, policy)
     if not captured:
         raise DataError(f"the simulated round wrote no summary; see the log above (output: {out})")
-    gather_manifests(centers, state, out, config)
+    gather_manifests(centers, state, out, config, captured[0])
     return captured[0]
 
 
@@ -133,19 +132,20 @@ def worker_threads(phase_timeout: float) -> int:
 
 
 def gather_manifests(
-    centers: list[Path], state_root: Path, out: Path, config: CurationConfig
+    centers: list[Path], state_root: Path, out: Path, config: CurationConfig, summary: RoundSummary
 ) -> Path:
-    """Copy each center's manifest to RUN/centers/<center>/ and concatenate RUN/selection.csv."""
+    """Copy the manifest of each center that selected in this round (`summary.per_center`) to
+    RUN/centers/<center>/ and concatenate RUN/selection.csv. A manifest of the same name from
+    an earlier run into the same folder, at a center that has since dropped out, is left out."""
     rows: list[list[str]] = []
     name = manifest_name(config.run_name, 0)
     for folder in centers:
         source = state_root / folder.name / name
-        if not source.is_file():
+        if folder.name not in summary.per_center or not source.is_file():
             continue
         target = out / "centers" / folder.name / name
         if source.resolve() != target.resolve():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+            atomic_write_bytes(target, source.read_bytes())
         rows.extend([row[c] for c in MANIFEST_COLUMNS] for row in read_manifest(source))
     return write_csv(out / "selection.csv", MANIFEST_COLUMNS, rows)
 

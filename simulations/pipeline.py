@@ -356,7 +356,7 @@ class Pipeline:
         result = run_round(self._cast(run_name), config)
         run_dir = cell_dir / run_name
         summary = write_round(result, run_dir)
-        selection = gather_manifests(self.centers, self.state_root, run_dir, config)
+        selection = gather_manifests(self.centers, self.state_root, run_dir, config, summary)
         measures = truth_measures(
             self.centers, selected_files(selection), None, summary.retention, cell.seed
         )

@@ -18,7 +18,6 @@ prints and writes figures, it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from feddel.common.io import write_json
 
 BOMBS = ("bilevel.png", "depth16.png", "float.tif")
 SIDE = (10000, 9999)  # under MAX_PIXELS (100,000,000), so no limit refuses them
@@ -115,7 +116,7 @@ def main() -> None:
     for name, mib in peaks.items():
         print(f"{name:<36} {mib:>6} MiB")
     if args.json:
-        args.json.write_text(json.dumps(peaks, indent=2) + "\n")
+        write_json(args.json, peaks)
 
 
 if __name__ == "__main__":

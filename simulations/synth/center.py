@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from feddel.common.io import write_csv
+from feddel.common.io import atomic_write_bytes, write_csv
 from feddel.simulations.synth.disrupt import disrupt
 from feddel.simulations.synth.modes import MODES
 from feddel.simulations.synth.plan import CenterPlan, VideoPlan, frame_file, mask_file
@@ -65,9 +65,9 @@ def write_center(plan: CenterPlan, root: Path, seed: int, size: int) -> CenterSu
     mode_of = {row[0]: row[2] for row in rows}
     video_of = {row[0]: row[1] for row in rows}
     for copy, source in plan.duplicates.items():
-        (folder / copy).write_bytes((folder / source).read_bytes())
+        atomic_write_bytes(folder / copy, (folder / source).read_bytes())
         if (folder / mask_file(source)).exists():
-            (folder / mask_file(copy)).write_bytes((folder / mask_file(source)).read_bytes())
+            atomic_write_bytes(folder / mask_file(copy), (folder / mask_file(source)).read_bytes())
         rows.append([copy, video_of[source], mode_of[source], "", source, "0"])
     rows.sort(key=lambda row: row[0])
     write_csv(folder / "truth.csv", TRUTH_COLUMNS, rows)

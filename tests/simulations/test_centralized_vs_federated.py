@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,11 +12,12 @@ from feddel.common.config import CurationConfig
 from feddel.common.curation.kmeans import assign
 from feddel.common.curation.methods import FEDDEL, Merged
 from feddel.common.curation.selection import HISTOGRAM_BINS
+from feddel.common.data.manifest import manifest_name, write_manifest
 from feddel.common.io import read_csv
 from feddel.common.privacy import noise, secagg
 from feddel.common.wire.protocol import LloydReply, record_bytes
 from feddel.simulations.centralized import pooled_kmeans, run_centralized
-from feddel.simulations.federated import run_federated
+from feddel.simulations.federated import gather_manifests, run_federated
 from feddel.simulations.synth import generate_federation
 
 SUMMARY_KEYS = {
@@ -206,3 +208,18 @@ def test_candidates_of_clusters_without_a_histogram_count_toward_the_budget():
     merged = Merged(histograms, np.zeros(1), 0.9, unbinned=np.array([0, 9]))
     assert merged.candidates.tolist() == [20, 9]
     assert FEDDEL.plan(merged, 25, 0.1).quotas.sum() == 25
+
+
+def test_a_manifest_left_by_an_earlier_run_of_a_center_not_in_this_round_is_not_gathered(
+    tmp_path,
+):
+    config = _config(run_name="again")
+    for center in ("north", "south"):  # south selected in an earlier run into the same folder
+        write_manifest(tmp_path / "state" / center / manifest_name("again", 0),
+                       [(center, "a.png", "s1", 0, 1.0, "")])  # fmt: skip
+    round_summary = SimpleNamespace(per_center={"north": {"selected": 1}})
+    centers = [tmp_path / "data" / "north", tmp_path / "data" / "south"]
+    selection = gather_manifests(centers, tmp_path / "state", tmp_path / "run", config,
+                                 round_summary)  # fmt: skip
+    assert [row["center"] for row in read_csv(selection)] == ["north"]
+    assert not (tmp_path / "run" / "centers" / "south").exists()
