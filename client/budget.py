@@ -54,12 +54,6 @@ class _Ledger:
 _ledgers: dict[Path, _Ledger] = {}
 
 
-def ledger_epsilon(state: Path, delta: float) -> float:
-    """The (epsilon, delta) privacy loss of everything in a center's ledger."""
-    with _lock:
-        return rho_epsilon(_load(state / LEDGER).rho, delta)
-
-
 def ledger_summary(state: Path, policy: PrivacyPolicy) -> dict:
     """What `feddel-center status` reports of the ledger: releases charged, rho, epsilon at the
     policy's delta, the budget (None: the center keeps no budget) and lines cut short by a

@@ -7,7 +7,8 @@ category, decided in this order:
     selected            in the round's manifest
     disruptive: <why>   flagged by the quality metrics (blur, dark, ...)
     outlier             too far from its cluster's centroid (eps)
-    near-duplicate      a harder near-copy in the same cluster was kept (eta)
+    near-duplicate      a harder near-copy was kept (eta; within the center's pool, or
+                        within a cluster in pools past DEDUP_POOL_LIMIT)
     not chosen          everything else (a candidate the plan did not pick)
 
 For the baselines (random, full, meddel) some categories are empty, or the flags were computed

@@ -2,7 +2,7 @@
 
 Every statistic FedDEL releases with `dp-epsilon` set is a Gaussian mechanism: a vector whose
 L2 change when one image is added to or removed from one center is at most Delta (unit
-embeddings bound a sample's share of a sum by 1, of a squared distance by 4, of a count by 1),
+embeddings bound a sample's share of a sum by 1, of a count by 1),
 plus N(0, sigma^2) per value. Such a release is rho-zCDP with rho = Delta^2 / (2 sigma^2), and
 rho adds up over releases (Bun & Steinke, TCC 2016, Prop. 1.6 and Lemma 2.3).
 
@@ -69,20 +69,6 @@ def gaussian_mu(epsilon: float, delta: float) -> float:
         middle = 0.5 * (low + high)
         low, high = (middle, high) if gaussian_delta(epsilon, middle) <= delta else (low, middle)
     return low
-
-
-def zcdp_epsilon_bound(rho: float, delta: float) -> float:
-    """Bun & Steinke's generic conversion: rho-zCDP is (rho + 2 sqrt(rho ln(1/delta)), delta)-DP."""
-    _check_delta(delta)
-    return rho + 2.0 * math.sqrt(rho * math.log(1.0 / delta))
-
-
-def noise_multiplier(epsilon: float, delta: float, releases: int) -> float:
-    """z such that `releases` Gaussian releases, each with sigma = z x its sensitivity, compose
-    to (epsilon, delta)-DP: together they are a Gaussian mechanism with mu = sqrt(releases) / z."""
-    if releases < 1:
-        raise ConfigError(f"releases={releases} must be >= 1")
-    return math.sqrt(releases) / gaussian_mu(epsilon, delta)
 
 
 @dataclass

@@ -120,9 +120,6 @@ class PrivacyPolicy:
                 "dp-epsilon set"
             )
 
-    def to_section(self) -> dict[str, Any]:
-        return {_key(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
-
 
 def _key(name: str) -> str:
     return name.replace("_", "-")

@@ -337,10 +337,10 @@ class KeysReply(Payload):
 class Masked(Payload):
     """Fields of every securely summed phase: who is in the sum, which attempt it is, and the
     Gaussian noise the sum must carry (common/privacy/noise.py): `noise_sigma` in each sum of
-    embeddings (or pixels), 4 x that in each sum of squared distances, `count_sigma` in each
-    count (0: exact). Each of the m roster members adds 1/sqrt(m) of it. `samples` (the
-    federation's samples at inventory) bounds every value of the sum; with the roster's size
-    and the sigmas it fixes the ring the sum is taken in, on both sides (`sum_ring`)."""
+    embeddings (or pixels), `count_sigma` in each count (0: exact). Each of the m roster
+    members adds 1/sqrt(m) of it. `samples` (the federation's samples at inventory) bounds
+    every value of the sum; with the roster's size and the sigmas it fixes the ring the sum is
+    taken in, on both sides (`sum_ring`)."""
 
     run: str
     attempt: int

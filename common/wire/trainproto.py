@@ -63,9 +63,9 @@ class WithWeights(Payload):
 class SynthesizeRequest(WithWeights):
     """Make OptiDEL mosaics from this center's selection of run `run`, with the attached MAE.
 
-    The center keeps its `selected` hardest lesion-like patches (the plan's quota) and stitches
-    every 4 into a 2x2 mosaic; `mean_image` (s, s, 3), the federated mean image in pixel
-    units, is the context-free predictor of patch PVI."""
+    The center cuts one lesion-like patch from each image it selected and stitches every 4
+    into a 2x2 mosaic (as many mosaics as a quarter of its selection); `mean_image` (s, s, 3),
+    the federated mean image in pixel units, is the context-free predictor of patch PVI."""
 
     ACTION: ClassVar[str] = "synthesize"
     run: str

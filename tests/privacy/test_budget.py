@@ -21,7 +21,6 @@ from feddel.client.budget import (
     LEDGER,
     LEDGER_LOCK,
     charge_release,
-    ledger_epsilon,
     ledger_summary,
 )
 from feddel.client.commands.status import center_status
@@ -87,14 +86,14 @@ def test_a_dp_round_fits_each_centers_budget_and_rerunning_it_costs_nothing(dp_r
     so it may spend less than the coordinator planned (measured with these noise
     secrets: 5.2-6.8 of 10)."""
     root, summary = dp_round
-    spent = {state.name: ledger_epsilon(state, BUDGET.dp_delta) for state in _states(root)}
+    spent = {state.name: ledger_summary(state, BUDGET)["epsilon"] for state in _states(root)}
     print("each center's epsilon after one round:", spent)
     assert summary.centers == 6 and not summary.failed_centers
     assert summary.privacy["dp"]["epsilon"] <= EPSILON * (1 + 1e-9)
     assert all(0.3 * EPSILON < eps <= EPSILON * (1 + 1e-9) for eps in spent.values()), spent
     run_federated(root / "data", tmp_path / "rerun", DP, engine="inprocess",
                   state_root=root / "state", policy=BUDGET)  # fmt: skip
-    again = {state.name: ledger_epsilon(state, BUDGET.dp_delta) for state in _states(root)}
+    again = {state.name: ledger_summary(state, BUDGET)["epsilon"] for state in _states(root)}
     assert again == spent  # the same values carry the same noise: nothing new was released
     status = center_status(_states(root)[0], privacy=BUDGET)["privacy_ledger"]
     assert status["epsilon"] == spent["center-00"] and status["max_epsilon"] == EPSILON
@@ -127,7 +126,7 @@ def test_extra_questions_are_refused_once_the_budget_is_spent(dp_round, tmp_path
             answered += 1
     rhos = [json.loads(line)["rho"] for line in (state / LEDGER).read_text().splitlines()]
     print(f"extra Lloyd releases answered before the refusal: {answered}")
-    assert ledger_epsilon(state, BUDGET.dp_delta) <= EPSILON * (1 + 1e-9)
+    assert ledger_summary(state, BUDGET)["epsilon"] <= EPSILON * (1 + 1e-9)
     assert answered < 1000 and math.isfinite(sum(rhos)) and min(rhos) > 0
 
 
@@ -166,7 +165,7 @@ def test_a_line_cut_short_by_a_crash_is_counted_and_costs_nothing_else(tmp_path)
 def test_an_unreadable_ledger_stops_with_one_line_naming_it(tmp_path):
     (tmp_path / LEDGER).write_text('{"digest": "ab", "rho": -1.0}\n')
     with pytest.raises(DataError, match=r"privacy ledger .*privacy-ledger.jsonl is unreadable"):
-        ledger_epsilon(tmp_path, 1e-6)
+        ledger_summary(tmp_path, BUDGET)
     (tmp_path / LEDGER).write_text('{"rho": 0.5}\n')
     with pytest.raises(DataError, match=r"record 1: KeyError\('digest'\)"):
         _charge(tmp_path, [1.0])

@@ -7,7 +7,6 @@ import pytest
 
 from feddel.common.config import CurationConfig
 from feddel.common.curation.local import ETA_GRID
-from feddel.common.privacy.accountant import zcdp_epsilon_bound
 from feddel.server.curation.privacy import RoundPrivacy, Sigmas, planned_releases
 
 
@@ -74,7 +73,8 @@ def test_the_dp_summary_reports_epsilon_delta_and_what_it_does_not_cover():
     privacy = _spend_the_plan(config)
     dp = privacy.summary()["dp"]
     assert dp["epsilon"] <= 5.0 + 1e-9 and dp["delta"] == 1e-6 and dp["releases"] == 52
-    assert dp["epsilon"] < zcdp_epsilon_bound(dp["rho"], 1e-6)  # the exact conversion is tighter
+    generic = dp["rho"] + 2 * math.sqrt(dp["rho"] * math.log(1e6))  # Bun & Steinke's bound
+    assert dp["epsilon"] < generic  # the exact conversion is tighter
     assert set(dp["rho_by_phase"]) == {"moments", "counts", "lloyd", "score", "histograms",
                                        "select"}  # fmt: skip
     assert any("center-level counts" in line for line in dp["not_covered"])
