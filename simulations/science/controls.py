@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from feddel.common.curation import selection
 from feddel.common.data.manifest import manifest_name, write_manifest
 from feddel.common.data.scan import scan_center
 from feddel.common.errors import ConfigError, RunFailed
-from feddel.simulations.layout import load_truth
+from feddel.simulations.layout import TRUTH_FILE, load_truth
 
 CONTROLS = ("oracle", "disruptive-only", "whole-videos", "one-mode-only")
 _FALSE = ("", "0", "false", "no", "none")
@@ -44,6 +45,7 @@ class Frame:
     video: str  # federation-unique, e.g. c07-v0012
     mode: str
     disruptive: bool
+    frame: int | None = None  # of a multi-frame file (a NIfTI slice, a DICOM frame)
 
 
 def pool_frames(centers: list[Path]) -> list[Frame]:
@@ -59,18 +61,33 @@ def pool_frames(centers: list[Path]) -> list[Frame]:
     for folder in centers:
         rows = {row["file"]: row for row in truth[folder.name]}
         for sample in scan_center(folder).samples:
-            row = rows[sample.file]
+            row = rows.get(sample.locator)
+            if row is None or not {"mode", "disruptive"} <= row.keys():
+                raise ConfigError(
+                    f"{folder / TRUTH_FILE} has no row with mode and disruptive for "
+                    f"{sample.locator}; control selections need a truth.csv as `feddel-sim "
+                    "data` writes it"
+                )
             frames.append(
                 Frame(
                     folder.name,
                     sample.file,
                     sample.sample_id,
-                    row["video"],
+                    _video(row, folder.name),
                     row["mode"],
                     row["disruptive"].strip().lower() not in _FALSE,
+                    sample.frame,
                 )
             )
     return frames
+
+
+def _video(row: dict[str, str], center: str) -> str:
+    """The sample's video (synthetic federations) or series (`--source packages`; both named
+    federation-unique): the unit the controls take one frame of before a second."""
+    if "video" in row or "series" in row:
+        return row.get("video") or row["series"]
+    raise ConfigError(f"truth.csv of {center} has neither a video nor a series column")
 
 
 def control_selection(kind: str, frames: list[Frame], count: int, seed: int) -> list[Frame]:
@@ -103,23 +120,11 @@ def control_selection(kind: str, frames: list[Frame], count: int, seed: int) -> 
 
 
 def water_fill(capacity: dict[str, int], count: int) -> dict[str, int]:
-    """Split `count` as evenly as the capacities allow (the smallest filled first); the
-    remainder of an even split goes to the modes in name order."""
-    quotas = dict.fromkeys(capacity, 0)
-    open_ = sorted(capacity, key=lambda m: (capacity[m], m))
-    left = count
-    while open_ and left:
-        share, extra = divmod(left, len(open_))
-        smallest = open_[0]
-        if capacity[smallest] <= share:
-            quotas[smallest] = capacity[smallest]
-            left -= capacity[smallest]
-            open_.pop(0)
-            continue
-        for k, mode in enumerate(sorted(open_)):
-            quotas[mode] = share + (1 if k < extra else 0)
-        left = 0
-    return quotas
+    """Split `count` as evenly as the capacities allow (the curation's water-filling, modes in
+    name order: the remainder of an even split goes to the first names)."""
+    modes = sorted(capacity)
+    quotas = selection.water_fill(np.array([capacity[m] for m in modes], np.int64), count)
+    return {mode: int(q) for mode, q in zip(modes, quotas, strict=True)}
 
 
 def _spread(frames: list[Frame], quota: int, rng: np.random.Generator, whole_videos: bool):
@@ -147,7 +152,10 @@ def write_control_manifests(chosen: list[Frame], state_root: Path, run: str) -> 
     for frame in chosen:
         by_center[frame.center].append(frame)
     for center, members in by_center.items():
-        rows = [(center, f.file, f.sample_id, -1, 0.0) for f in sorted(members, key=_file)]
+        rows = [
+            (center, f.file, f.sample_id, -1, 0.0, "" if f.frame is None else str(f.frame))
+            for f in sorted(members, key=_file)
+        ]
         write_manifest(state_root / center / manifest_name(run, 0), rows)
     return {center: len(members) for center, members in by_center.items()}
 

@@ -7,6 +7,7 @@ import pytest
 
 from feddel.client.handlers import CenterPaths
 from feddel.client.training import training_images
+from feddel.common.data.manifest import read_manifest
 from feddel.common.errors import ConfigError, RunFailed
 from feddel.common.wire.trainproto import TrainRequest
 from feddel.simulations.layout import center_dirs
@@ -104,3 +105,34 @@ def test_controls_need_a_federation_with_truth(tmp_path):
     (tmp_path / "c0").mkdir()
     with pytest.raises(ConfigError, match=r"truth\.csv"):
         pool_frames([Path(tmp_path / "c0")])
+
+
+def test_controls_take_one_frame_per_series_on_the_real_image_federation(
+    packaged_federation, tmp_path
+):
+    """`--source packages` names series, not videos, and frames of volumes as file#frame:
+    the controls read both, and their manifests name the frame pre-training loads."""
+    frames = pool_frames(center_dirs(packaged_federation))
+    assert any(f.frame is not None for f in frames)
+    chosen = control_selection("oracle", frames, 30, seed=0)
+    assert not any(f.disruptive for f in chosen)
+    for mode, taken in Counter(f.mode for f in chosen).items():  # a series' second frame last
+        series = {f.video for f in frames if f.mode == mode and not f.disruptive}
+        assert len({f.video for f in chosen if f.mode == mode}) == min(taken, len(series))
+    write_control_manifests(chosen, tmp_path / "state", "oracle")
+    rows = [
+        row
+        for path in (tmp_path / "state").glob("*/selection-oracle-0.csv")
+        for row in read_manifest(path)
+    ]
+    assert len(rows) == 30
+    assert {row["frame"] for row in rows} != {""}
+
+
+def test_a_truth_file_without_a_sample_s_row_is_one_line(tmp_path):
+    data = tmp_path / "data"
+    generate_federation(data, centers=1, scale="small", seed=0, size=32)
+    (center,) = center_dirs(data)
+    (center / "truth.csv").write_text("file,video,mode,disruptive\n")
+    with pytest.raises(ConfigError, match=r"truth\.csv has no row with mode and disruptive"):
+        pool_frames([center])
