@@ -21,6 +21,7 @@ from feddel.common.errors import FedDELError, Refused
 MAX_REASON = 400  # characters: a reason is one line of a report, not a dump
 # One path or name: up to whitespace, quotes, brackets or the separators messages put around it.
 _TOKEN = r"[^\s'\"`,;()\[\]{}<>]+"
+_TOKEN_RE = re.compile(_TOKEN)
 _DRIVE = re.compile(r"[A-Za-z]:\\")
 _ABSOLUTE = re.compile(rf"(?<![\w.~-])(?:{_DRIVE.pattern}|~?/){_TOKEN}")
 _DATA_FILE = re.compile(
@@ -82,7 +83,7 @@ def _replace_entries(text: str, data: Path) -> str:
     alone: a message saying "no images found" must not lose its word to a folder called
     `images`."""
     out, done = [], 0
-    for token in re.finditer(_TOKEN, text):
+    for token in _TOKEN_RE.finditer(text):
         if token.start() < done:
             continue
         end = _name_end(text, token.start(), lambda name: data / name, fallback=False)
@@ -101,7 +102,7 @@ def _name_end(text: str, start: int, locate, fallback: bool) -> int:
     stop = _HARD_STOP.search(text, start + drive)
     limit = stop.start() if stop else len(text)
     longest, position = start, start
-    for token in re.compile(_TOKEN).finditer(text, start, limit):
+    for token in _TOKEN_RE.finditer(text, start, limit):
         if token.start() != position:
             break
         name = text[start : token.end()]

@@ -85,9 +85,13 @@ def pool_frames(centers: list[Path]) -> list[Frame]:
 def _video(row: dict[str, str], center: str) -> str:
     """The sample's video (synthetic federations) or series (`--source packages`; both named
     federation-unique): the unit the controls take one frame of before a second."""
-    if "video" in row or "series" in row:
-        return row.get("video") or row["series"]
-    raise ConfigError(f"truth.csv of {center} has neither a video nor a series column")
+    unit = row.get("video") or row.get("series")
+    if unit:
+        return unit
+    raise ConfigError(
+        f"truth.csv of {center} names no video or series for {row.get('file')!r}; control "
+        "selections need a truth.csv as `feddel-sim data` writes it"
+    )
 
 
 def control_selection(kind: str, frames: list[Frame], count: int, seed: int) -> list[Frame]:
