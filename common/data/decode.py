@@ -415,13 +415,11 @@ def _bad_data(path: Path, reason: str) -> Iterator[None]:
 
 def _scale_to_uint8(values: np.ndarray, full_range: int | None) -> np.ndarray:
     """Min-max scale any numeric array to uint8; a constant array maps by `full_range` (or 0).
-    Non-finite values (NaN, inf) are black and take no part in the range."""
+    Non-finite values (NaN, inf) read as 0 for the range and are black."""
     low, high = float(np.min(values)), float(np.max(values))
     if not (math.isfinite(low) and math.isfinite(high)):
         finite = np.isfinite(values)
-        if not finite.any():
-            return np.zeros(values.shape, dtype=np.uint8)
-        scaled = _scale_to_uint8(np.where(finite, values, values[finite].min()), full_range)
+        scaled = _scale_to_uint8(np.where(finite, values, 0.0), full_range)
         return np.where(finite, scaled, 0).astype(np.uint8)
     if high > low:
         scaled = (values.astype(np.float32) - low) * (255.0 / (high - low))

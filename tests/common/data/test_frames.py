@@ -95,11 +95,11 @@ def test_nifti_4d_series_contributes_its_first_volume(tmp_path: Path) -> None:
         np.testing.assert_array_equal(grey(path, z), grey(three_d, z))
 
 
-def test_float_image_reads_nan_as_black_and_scales_the_rest_by_its_own_range(tmp_path):
-    values = np.array([[100.0, np.nan], [150.0, 200.0]], dtype=np.float32)
+def test_float_image_reads_nan_as_black_even_below_zero(tmp_path):
+    values = np.array([[-1.0, np.nan], [0.0, 1.0]], dtype=np.float32)
     Image.fromarray(values, mode="F").save(tmp_path / "float.tiff")
     pixels = decode_file(tmp_path / "float.tiff").pixels[..., 0]
-    assert pixels.tolist() == [[0, 0], [128, 255]]
+    assert pixels.tolist() == [[0, 0], [128, 255]]  # the NaN had read as 0: mid-grey
 
 
 def test_nifti_4d_series_reads_its_first_volume_only(tmp_path: Path) -> None:
